@@ -1,0 +1,114 @@
+"""Shared fixtures: hermetic git, repositories built from plain trees, the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURE_REPOS = ROOT / "fixtures" / "repos"
+LANES = Path(__file__).resolve().parent / "lanes"
+PY = sys.executable
+
+
+@pytest.fixture(autouse=True)
+def hermetic_git(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No user or system git config, a fixed identity and dates: every test sees the same
+    git whatever machine it runs on."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", "/dev/null")
+    for role in ("AUTHOR", "COMMITTER"):
+        monkeypatch.setenv(f"GIT_{role}_NAME", "Test Author")
+        monkeypatch.setenv(f"GIT_{role}_EMAIL", "test@example.com")
+        monkeypatch.setenv(f"GIT_{role}_DATE", "2026-01-01T00:00:00Z")
+    for var in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "EMAIL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+
+
+def git(repo: Path, *args: str, input: bytes | None = None) -> str:
+    res = subprocess.run(["git", *args], cwd=repo, input=input, capture_output=True, check=False)
+    if res.returncode != 0:
+        raise AssertionError(f"git {' '.join(args)} failed: {res.stderr.decode()}")
+    return res.stdout.decode("utf-8", "surrogateescape").strip()
+
+
+def make_repo(dest: Path, fixture: str = "calc") -> Path:
+    """A repository from ``fixtures/repos/<fixture>``: copied, ``git init``, committed."""
+    shutil.copytree(FIXTURE_REPOS / fixture, dest)
+    git(dest, "init", "-q", "-b", "main")
+    git(dest, "add", "-A")
+    git(dest, "commit", "-q", "-m", "initial")
+    return dest
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    return make_repo(tmp_path / "repo")
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+
+def wtmesh(*args: str | Path, cwd: Path, env: dict[str, str] | None = None,
+           timeout: float = 300) -> Result:
+    """The real CLI, in a subprocess."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    res = subprocess.run([PY, "-m", "worktree_mesh", *map(str, args)], cwd=cwd,
+                         capture_output=True, env=full_env, timeout=timeout, check=False,
+                         stdin=subprocess.DEVNULL)
+    return Result(res.returncode, res.stdout.decode("utf-8", "replace"),
+                  res.stderr.decode("utf-8", "replace"))
+
+
+@pytest.fixture
+def write_plan(tmp_path: Path) -> Callable[..., Path]:
+    def write(data: dict[str, Any], name: str = "plan.json") -> Path:
+        path = tmp_path / name
+        path.write_text(json.dumps(data, indent=2))
+        return path
+    return write
+
+
+def lane(name: str, *args: str) -> list[str]:
+    """argv for a lane script in tests/lanes/."""
+    return [PY, str(LANES / name), *args]
+
+
+PROOF = [PY, "-m", "unittest", "discover", "-q", "-s", "tests", "-t", "."]
+
+
+def state_dir(repo: Path) -> Path:
+    return repo / ".git" / "wtmesh"
+
+
+def no_worktrees_left(repo: Path) -> bool:
+    listing = git(repo, "worktree", "list", "--porcelain")
+    return listing.count("worktree ") == 1
+
+
+@pytest.fixture
+def capture_dir(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "captured"
+    path.mkdir()
+    yield path

@@ -1,0 +1,343 @@
+"""Typed git operations: the only module that speaks git.
+
+Every call runs hook-free (``core.hooksPath=/dev/null``: the proof is the gate, and a hook
+a lane planted must never run inside an integration) and with ``core.fsync`` on objects
+and refs, so a landing that was reported survives a power cut. Paths are bytes-safe:
+listings use ``-z`` and are decoded with ``surrogateescape``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NewType
+
+from . import proc
+
+Sha = NewType("Sha", str)
+ZERO_SHA = Sha("0" * 40)
+
+# Settings for every internal call. fsync: git does not fsync loose objects or refs by
+# default. gc/maintenance: an auto-gc must not start in the middle of an integration.
+_CONFIG = (
+    "-c", "core.hooksPath=/dev/null",
+    "-c", "core.fsync=objects,reference",
+    "-c", "gc.auto=0",
+    "-c", "maintenance.auto=false",
+    "-c", "core.quotePath=true",
+    "-c", "advice.detachedHead=false",
+)
+
+# Variables that would point our calls (and lanes' git) at another repository or index.
+# Discovery honours them (the user's GIT_DIR decides which repo this is); after that every
+# call names its repository or worktree explicitly.
+_REDIRECTING_ENV = (
+    "GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_COMMON_DIR", "GIT_NAMESPACE", "GIT_PREFIX",
+    "GIT_EXTERNAL_DIFF", "GIT_DIFF_OPTS", "GIT_QUARANTINE_PATH",
+)
+
+# Neutral diff options: plumbing (diff-tree) ignores diff.* UI settings; these flags cover
+# the rest (external diff, textconv, prefixes, context, rename detection, submodules).
+_DIFF_OPTIONS = (
+    "-r", "-p", "--binary", "--full-index", "--no-ext-diff", "--no-textconv",
+    "--src-prefix=a/", "--dst-prefix=b/", "-U3", "-M", "--no-color", "--submodule=short",
+)
+
+WTMESH_NAME = "wtmesh"
+WTMESH_EMAIL = "wtmesh@localhost"
+
+
+def clean_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    for key in _REDIRECTING_ENV:
+        env.pop(key, None)
+    env["GIT_TERMINAL_PROMPT"] = "0"
+    return env
+
+
+def decode_path(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+@dataclass(frozen=True)
+class RepoInfo:
+    toplevel: Path | None  # None for a bare repository
+    git_dir: Path
+    common_dir: Path
+    head_branch: str | None  # e.g. "main"; None when detached
+
+
+class NotARepository(Exception):
+    pass
+
+
+def discover(cwd: Path) -> RepoInfo:
+    """Find the repository the way git does (GIT_DIR, GIT_CEILING_DIRECTORIES honoured)."""
+    if not cwd.is_dir():
+        raise NotARepository(f"{cwd} is not a directory")
+    res = proc.run(
+        ["git", "rev-parse", "--path-format=absolute", "--git-dir", "--git-common-dir",
+         "--is-bare-repository"],
+        cwd=cwd, check=False,
+    )
+    if res.returncode != 0:
+        raise NotARepository(f"{cwd} is not inside a git repository")
+    git_dir, common_dir, bare = res.text.splitlines()[:3]
+    toplevel: Path | None = None
+    if bare != "true":
+        top = proc.run(["git", "rev-parse", "--show-toplevel"], cwd=cwd, check=False)
+        if top.returncode == 0 and top.text.strip():
+            toplevel = Path(top.text.strip())
+    head = proc.run(["git", "symbolic-ref", "-q", "--short", "HEAD"], cwd=cwd, check=False)
+    branch = head.text.strip() if head.returncode == 0 else None
+    return RepoInfo(toplevel, Path(git_dir), Path(common_dir), branch or None)
+
+
+@dataclass(frozen=True)
+class Change:
+    """One entry of ``diff-tree --name-status``: ``paths`` has two entries for a rename."""
+
+    status: str
+    paths: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class WorktreeEntry:
+    path: Path
+    head: Sha | None
+    branch: str | None  # full ref, e.g. refs/heads/main
+    bare: bool
+
+
+class Git:
+    """Git operations on one repository, named by its common git directory."""
+
+    def __init__(self, common_dir: Path, *, identity_env: Mapping[str, str] | None = None):
+        self.common_dir = common_dir
+        self.env = clean_env()
+        self._identity = dict(identity_env) if identity_env is not None else None
+
+    # -- running -----------------------------------------------------------------------
+
+    def run(
+        self,
+        *args: str,
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        input: bytes | None = None,
+        check: bool = True,
+    ) -> proc.Completed:
+        """Run git on the repository (``cwd`` None) or inside a worktree (``cwd`` given)."""
+        argv: list[str] = ["git", *_CONFIG]
+        if cwd is None:
+            argv.append(f"--git-dir={self.common_dir}")
+        argv.extend(args)
+        full_env = dict(self.env)
+        if env:
+            full_env.update(env)
+        return proc.run(argv, cwd=cwd, env=full_env, input=input, check=check)
+
+    # -- objects and refs ----------------------------------------------------------------
+
+    def resolve_commit(self, rev: str) -> Sha | None:
+        res = self.run("rev-parse", "-q", "--verify", "--end-of-options", f"{rev}^{{commit}}",
+                       check=False)
+        return Sha(res.text.strip()) if res.returncode == 0 else None
+
+    def read_ref(self, ref: str) -> Sha | None:
+        res = self.run("rev-parse", "-q", "--verify", "--end-of-options", ref, check=False)
+        return Sha(res.text.strip()) if res.returncode == 0 else None
+
+    def tree_of(self, commit: str) -> Sha:
+        return Sha(self.run("rev-parse", "--verify", f"{commit}^{{tree}}").text.strip())
+
+    def update_ref(self, ref: str, new: str, old: str | None, message: str = "wtmesh") -> bool:
+        """Compare-and-swap: move ``ref`` to ``new`` only if it still is ``old``
+        (``old`` None: only if it does not exist). False when someone moved it first."""
+        res = self.run("update-ref", "-m", message, ref, new, old or ZERO_SHA, check=False)
+        return res.returncode == 0
+
+    def delete_ref(self, ref: str) -> None:
+        self.run("update-ref", "-d", ref, check=False)
+
+    def list_refs(self, prefix: str) -> dict[str, Sha]:
+        res = self.run("for-each-ref", "--format=%(objectname) %(refname)", prefix)
+        refs: dict[str, Sha] = {}
+        for line in res.text.splitlines():
+            sha, _, name = line.partition(" ")
+            refs[name] = Sha(sha)
+        return refs
+
+    def is_ancestor(self, ancestor: str, descendant: str) -> bool:
+        return self.run("merge-base", "--is-ancestor", ancestor, descendant,
+                        check=False).returncode == 0
+
+    def commit_tree(self, tree: str, parents: Sequence[str], message: str) -> Sha:
+        args = ["commit-tree", tree]
+        for parent in parents:
+            args += ["-p", parent]
+        res = self.run(*args, "-F", "-", input=message.encode("utf-8", "surrogateescape"),
+                       env=self.identity_env())
+        return Sha(res.text.strip())
+
+    def identity_env(self) -> dict[str, str]:
+        """The repository's identity where configured, else wtmesh's, so a run never fails
+        for want of ``user.email`` on a fresh machine or in CI."""
+        if self._identity is None:
+            ident: dict[str, str] = {}
+            name = self.run("config", "user.name", check=False).text.strip()
+            email = self.run("config", "user.email", check=False).text.strip()
+            for role in ("AUTHOR", "COMMITTER"):
+                if not name and not os.environ.get(f"GIT_{role}_NAME"):
+                    ident[f"GIT_{role}_NAME"] = WTMESH_NAME
+                if not email and not os.environ.get(f"GIT_{role}_EMAIL") \
+                        and not os.environ.get("EMAIL"):
+                    ident[f"GIT_{role}_EMAIL"] = WTMESH_EMAIL
+            self._identity = ident
+        return dict(self._identity)
+
+    def cat_blob(self, sha: str) -> bytes:
+        return self.run("cat-file", "blob", sha).stdout
+
+    def ls_tree_entries(self, tree: str, paths: Sequence[str]) -> dict[str, tuple[str, Sha]]:
+        """``{path: (mode, sha)}`` for the given paths in ``tree`` (missing ones absent)."""
+        if not paths:
+            return {}
+        res = self.run("ls-tree", "-z", "--full-tree", tree, "--",
+                       *[":(literal)" + p for p in paths])
+        out: dict[str, tuple[str, Sha]] = {}
+        for record in res.stdout.split(b"\0"):
+            if not record:
+                continue
+            meta, _, path = record.partition(b"\t")
+            mode, _kind, sha = meta.decode().split(" ")
+            out[decode_path(path)] = (mode, Sha(sha))
+        return out
+
+    # -- diffs ---------------------------------------------------------------------------
+
+    def diff(self, old: str, new: str) -> bytes:
+        """A binary-safe, full-index unified diff, untouched by the user's diff settings."""
+        return self.run("diff-tree", *_DIFF_OPTIONS, old, new).stdout
+
+    def changes(self, old: str, new: str) -> list[Change]:
+        res = self.run("diff-tree", "-r", "-z", "--name-status", "-M", "--no-ext-diff",
+                       old, new)
+        fields = res.stdout.split(b"\0")
+        out: list[Change] = []
+        i = 0
+        while i < len(fields) and fields[i]:
+            status = fields[i].decode()
+            count = 2 if status[0] in "RC" else 1
+            paths = tuple(decode_path(p) for p in fields[i + 1:i + 1 + count])
+            out.append(Change(status[0], paths))
+            i += 1 + count
+        return out
+
+    def apply_to_tree(self, base: str, patch: Path, index: Path, *, cwd: Path) -> Sha | None:
+        """Apply ``patch`` onto ``base`` in a temporary index; the resulting tree, or None
+        when it conflicts. Plain apply first, then three-way. ``apply --3way`` exits 0 even
+        when the merge conflicts, so conflicts are read from unmerged entries instead."""
+        env = {"GIT_INDEX_FILE": str(index)}
+        self.run("read-tree", base, env=env, cwd=cwd)
+        plain = self.run("apply", "--cached", "--binary", str(patch), env=env, cwd=cwd,
+                         check=False)
+        if plain.returncode != 0:
+            self.run("read-tree", base, env=env, cwd=cwd)
+            merged = self.run("apply", "--cached", "--binary", "--3way", str(patch),
+                              env=env, cwd=cwd, check=False)
+            unmerged = self.run("ls-files", "-u", "-z", env=env, cwd=cwd).stdout
+            if merged.returncode != 0 or unmerged:
+                return None
+        written = self.run("write-tree", env=env, cwd=cwd, check=False)
+        return Sha(written.text.strip()) if written.returncode == 0 else None
+
+    def format_patch(self, commit: str) -> bytes:
+        return self.run("format-patch", "-1", "--stdout", "--binary", "--full-index",
+                        "--no-signature", "--no-numbered", "--no-thread", "--no-cover-letter",
+                        "--no-ext-diff", "--src-prefix=a/", "--dst-prefix=b/", commit).stdout
+
+    # -- worktrees -----------------------------------------------------------------------
+
+    def worktree_add(self, path: Path, commit: str) -> None:
+        self.run("worktree", "add", "--detach", "--force", str(path), commit)
+
+    def worktree_remove(self, path: Path) -> None:
+        """Remove one worktree of ours, by path (never a bare ``worktree prune``, which
+        would also unregister worktrees of the user's whose directory is missing)."""
+        self.run("worktree", "remove", "--force", "--force", str(path), check=False)
+        if path.exists():
+            shutil.rmtree(path, ignore_errors=True)
+        # `worktree remove` refuses when the directory is already gone: drop the admin
+        # entry that points at exactly this path ourselves.
+        admin_root = self.common_dir / "worktrees"
+        if admin_root.is_dir():
+            target = os.fsencode(path / ".git")
+            for admin in admin_root.iterdir():
+                gitdir = admin / "gitdir"
+                try:
+                    if gitdir.read_bytes().strip() == target:
+                        shutil.rmtree(admin, ignore_errors=True)
+                except OSError:
+                    continue
+
+    def worktrees(self) -> list[WorktreeEntry]:
+        res = self.run("worktree", "list", "--porcelain", "-z")
+        entries: list[WorktreeEntry] = []
+        current: dict[str, str] = {}
+        for field in res.stdout.split(b"\0") + [b""]:
+            if not field:
+                if current:
+                    entries.append(WorktreeEntry(
+                        Path(current["worktree"]),
+                        Sha(current["HEAD"]) if "HEAD" in current else None,
+                        current.get("branch"), "bare" in current))
+                current = {}
+                continue
+            key, _, value = decode_path(field).partition(" ")
+            current[key] = value
+        return entries
+
+    def checkout_clean(self, worktree: Path, commit: str) -> None:
+        """Move a worktree to ``commit`` and make it indistinguishable from a fresh checkout:
+        no tracked change, no untracked or ignored file, nothing staged."""
+        self.remove_stale_index_lock(worktree)
+        self.run("checkout", "-q", "--detach", "--force", commit, cwd=worktree)
+        self.run("clean", "-q", "-ffdx", cwd=worktree)
+
+    def remove_stale_index_lock(self, worktree: Path) -> None:
+        """A killed git inside a lane can leave index.lock behind; the lane's process group
+        is gone by the time we get here, so the lock is stale."""
+        gitdir = self.run("rev-parse", "--path-format=absolute", "--git-dir",
+                          cwd=worktree).text.strip()
+        lock = Path(gitdir) / "index.lock"
+        if lock.exists():
+            lock.unlink()
+
+    def snapshot(self, worktree: Path, parent: str, message: str) -> Sha:
+        """Commit everything in the worktree (new, deleted, renamed, binary, mode changes;
+        ignored files excluded) as a child of ``parent``, without touching HEAD."""
+        self.remove_stale_index_lock(worktree)
+        self.run("add", "-A", "--", ".", cwd=worktree)
+        tree = self.run("write-tree", cwd=worktree).text.strip()
+        return self.commit_tree(tree, [parent], message)
+
+    def tracked_changes(self, worktree: Path) -> bytes:
+        """Uncommitted changes to tracked files (staged or not); empty when clean."""
+        self.run("update-index", "-q", "--refresh", cwd=worktree, check=False)
+        return self.run("status", "--porcelain=v1", "-z", "--untracked-files=no",
+                        cwd=worktree, env={"GIT_OPTIONAL_LOCKS": "0"}).stdout
+
+    def head_of(self, worktree: Path) -> Sha | None:
+        res = self.run("rev-parse", "-q", "--verify", "HEAD", cwd=worktree, check=False)
+        return Sha(res.text.strip()) if res.returncode == 0 else None
+
+    def bring_along(self, worktree: Path, old: str, new: str) -> proc.Completed:
+        """Move a worktree's index and files from ``old`` to ``new``; refuses (non-zero)
+        when a dirty or untracked file of the user's would be overwritten."""
+        self.run("update-index", "-q", "--refresh", cwd=worktree, check=False)
+        return self.run("read-tree", "-m", "-u", old, new, cwd=worktree, check=False)

@@ -1,0 +1,110 @@
+"""Rendering: one plain line per state change, the final table, the JSON summary.
+
+Core modules return records and write the ledger; only this module and the CLI print.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from typing import Any, TextIO
+
+from rich.console import Console
+from rich.table import Table
+
+from .integrator import wait_message
+
+_STATE_STYLE = {"integrated": "green", "no_diff": "dim", "rejected": "yellow",
+                "failed": "red", "skipped": "magenta", "running": "cyan"}
+
+
+class LineRenderer:
+    """Observer of ledger records that prints state changes, one line each."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self._lock = threading.Lock()
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        line = describe(record)
+        if line is None:
+            return
+        with self._lock:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+
+
+def describe(record: dict[str, Any]) -> str | None:
+    event = record["event"]
+    if event == "run_started":
+        return (f"run {record['run_id']}: {len(record['units'])} units, "
+                f"{record['delivery_mode']} onto {record['target']} "
+                f"from {record['base'][:12]}, {record['max_active']} at a time")
+    if event == "unit_state":
+        phase = record.get("phase")
+        if record["state"] == "running" and phase in ("starting", None):
+            return None
+        return f"{record['unit']:<20} {record['state']:<10} {phase or ''}".rstrip()
+    if event == "lane_started" and record["attempt"] > 1:
+        return f"{record['unit']:<20} retry      {record['lane']} attempt {record['attempt']}"
+    if event == "unit_finished":
+        detail = record.get("commit", "")[:12] if record.get("commit") else ""
+        if record.get("patch"):
+            detail += f" {record['patch']}"
+        if record.get("failure_code"):
+            detail = f"{record['failure_code']}: {first_line(record.get('notes', ''))}"
+        elif record["status"] != "integrated" and record.get("notes"):
+            detail = first_line(record["notes"])
+        return f"{record['unit']:<20} {record['status']:<10} {detail}".rstrip()
+    if event == "lock_wait":
+        return "wtmesh: " + wait_message(record.get("holder"), record["timeout_s"])
+    if event == "stranded":
+        return (f"wtmesh: the worktree {record['worktree']} cannot follow the target "
+                f"({record['reason']}); further units land on {record['ref'][11:]}")
+    return None
+
+
+def first_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def print_summary_table(summary: dict[str, Any], stream: TextIO | None = None) -> None:
+    stream = stream or sys.stdout
+    console = Console(file=stream, highlight=False, soft_wrap=False,
+                      width=None if stream.isatty() else 120)
+    table = Table(title=f"run {summary['run_id']}", title_justify="left")
+    for column in ("unit", "status", "failure", "files", "commit / patch", "s"):
+        table.add_column(column, overflow="fold")
+    for unit in summary["units"]:
+        style = _STATE_STYLE.get(unit["status"], "")
+        table.add_row(unit["id"], f"[{style}]{unit['status']}[/]" if style else unit["status"],
+                      unit["failure_code"] or "", str(len(unit["files"])),
+                      unit["patch"] or (unit["commit"] or "")[:12], f"{unit['duration_s']:.1f}")
+    console.print(table)
+    counts = ", ".join(f"{n} {state}" for state, n in summary["counts"].items() if n)
+    console.print(counts)
+    where = landing_note(summary)
+    if where:
+        console.print(where)
+
+
+def landing_note(summary: dict[str, Any]) -> str:
+    integrated = summary["counts"].get("integrated", 0)
+    if summary.get("stranded_ref"):
+        return (f"the target's worktree could not be brought along: the integrated commits "
+                f"are on branch {summary['stranded_ref']} ({summary['head'][:12]})")
+    if summary["delivery_mode"] == "patch_first":
+        return (f"{integrated} patches in {summary['patch_dir']} (listed in its series file; "
+                f"apply on {summary['base'][:12]} with: git am {summary['patch_dir']}/*.patch); "
+                f"{summary['target']} untouched")
+    if integrated:
+        return f"{integrated} commits on {summary['target']}, now at {summary['head'][:12]}"
+    return f"{summary['target']} unchanged"
+
+
+def print_json(data: Any, stream: TextIO | None = None) -> None:
+    stream = stream or sys.stdout
+    stream.write(json.dumps(data, sort_keys=False) + "\n")
+    stream.flush()

@@ -1,0 +1,385 @@
+"""The plan file: load, validate (every problem, each with its JSON path), and records.
+
+The shape lives in ``plan.schema.json`` (published with the package so editors can check
+plan files); the rules that span fields — unique ids, known and acyclic dependencies,
+scopes that stay inside the repository — live here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+from jsonschema.exceptions import ValidationError, best_match
+
+from .errors import PlanError, UsageError
+from .scope import Scope, pattern_problem, split_scope
+
+DELIVERY_MODES = ("commit_first", "patch_first")
+LANE_NAMES = ("coder", "fixer")
+DEFAULT_MAX_ACTIVE = 2
+DEFAULT_LANE_TIMEOUT_S = 1800.0
+DEFAULT_PROOF_TIMEOUT_S = 1800.0
+DEFAULT_RETRIES = 1
+MESH_LABELS = ("delivery_mode", "attempt", "variant", "budget_tier")
+
+Command = str | tuple[str, ...]
+
+UPDATE_PLAN_HINT = ("$: this is an update_plan payload, not a wtmesh plan; `wtmesh slice "
+                    "--input-json FILE --output-json plan.json` turns it into units")
+STEP_LIST_HINT = ("$: expected a plan object with \"units\", got a list (a step list? "
+                  "`wtmesh slice` turns it into units)")
+
+
+@dataclass(frozen=True)
+class LaneSpec:
+    name: str
+    command: Command | None
+    preset: str | None
+    timeout_s: float
+    retries: int
+    env: Mapping[str, str] = field(default_factory=dict)
+    # Preset options (model, max_turns, max_budget_usd, args) as given.
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SetupSpec:
+    command: Command | None
+    copy_ignored: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Unit:
+    id: str
+    objective: str
+    scope: Scope
+    constraints: str
+    invariants: str
+    proof_command: Command | None
+    proof_timeout_s: float
+    depends_on: tuple[str, ...]
+    coder: LaneSpec
+    fixer: LaneSpec | None
+    labels: Mapping[str, Any]
+    raw: Mapping[str, Any]
+
+    def as_record(self) -> dict[str, Any]:
+        """The unit with all its fields resolved: what lanes read from WTMESH_UNIT_JSON."""
+        record: dict[str, Any] = {
+            "id": self.id,
+            "objective": self.objective,
+            "unit_scope": list(self.scope.patterns),
+            "constraints": self.constraints,
+            "invariants": self.invariants,
+            "proof_command": _command_json(self.proof_command),
+            "proof_timeout_s": self.proof_timeout_s,
+            "depends_on": list(self.depends_on),
+        }
+        record.update(self.labels)
+        return record
+
+
+@dataclass(frozen=True)
+class Plan:
+    path: Path
+    version: int
+    base: str | None
+    target: str | None
+    delivery_mode: str
+    proof_command: Command | None
+    max_active: int
+    setup: SetupSpec
+    units: tuple[Unit, ...]
+    raw: Mapping[str, Any]
+
+    @property
+    def plan_dir(self) -> Path:
+        return self.path.parent
+
+    def unit(self, unit_id: str) -> Unit:
+        return next(u for u in self.units if u.id == unit_id)
+
+
+def _command_json(command: Command | None) -> str | list[str] | None:
+    return list(command) if isinstance(command, tuple) else command
+
+
+@cache
+def schema() -> dict[str, Any]:
+    text = resources.files("worktree_mesh").joinpath("plan.schema.json").read_text("utf-8")
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
+
+
+def _json_path(parts: Sequence[str | int]) -> str:
+    out = "$"
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def _describe(error: ValidationError) -> list[str]:
+    """One line per schema problem, phrased for people."""
+    path = list(error.absolute_path)
+    where = _json_path(path)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = set(error.schema.get("properties", {}))
+        return [f"{_json_path([*path, key])}: unknown key {key!r}"
+                for key in error.instance if key not in allowed]
+    if error.validator == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else error.message
+        return [f"{where}: missing required key {missing!r}"]
+    if error.validator == "oneOf" and error.context:
+        return _describe(best_match(error.context))
+    if error.validator == "enum":
+        allowed_values = ", ".join(map(str, error.validator_value))
+        return [f"{where}: {error.instance!r} is not one of {allowed_values}"]
+    if error.validator == "const":
+        return [f"{where}: must be {error.validator_value!r} (got {error.instance!r})"]
+    if error.validator in ("minimum", "exclusiveMinimum"):
+        op = ">=" if error.validator == "minimum" else ">"
+        return [f"{where}: must be {op} {error.validator_value} (got {error.instance!r})"]
+    if error.validator == "minItems" and error.validator_value == 1:
+        return [f"{where}: must not be empty"]
+    if error.validator == "minLength":
+        return [f"{where}: must not be empty"]
+    if error.validator == "pattern":
+        return [f"{where}: {error.instance!r} must match {error.validator_value}"]
+    if error.validator == "type":
+        return [f"{where}: expected {error.validator_value}, got {type(error.instance).__name__}"]
+    return [f"{where}: {error.message}"]
+
+
+def _dependency_cycles(depends: Mapping[str, Sequence[str]]) -> list[list[str]]:
+    """Each cycle once, as the ids along it."""
+    cycles: list[list[str]] = []
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    stack: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for dep in depends.get(node, ()):
+            if dep not in depends:
+                continue
+            if state.get(dep) == 1:
+                cycles.append(stack[stack.index(dep):] + [dep])
+            elif dep not in state:
+                visit(dep)
+        stack.pop()
+        state[node] = 2
+
+    for node in depends:
+        if node not in state:
+            visit(node)
+    return cycles
+
+
+def problems(data: Any) -> list[str]:
+    """Every problem of a parsed plan, each line starting with its JSON path."""
+    if isinstance(data, dict) and "units" not in data and isinstance(
+            data.get("plan", data.get("steps")), list):
+        return [UPDATE_PLAN_HINT]
+    if isinstance(data, list):
+        return [STEP_LIST_HINT]
+    validator = jsonschema.Draft202012Validator(schema())
+    found: list[str] = []
+    for error in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.path))):
+        found.extend(_describe(error))
+    if not isinstance(data, dict):
+        return found or ["$: expected a JSON object"]
+    units = data.get("units")
+    units = units if isinstance(units, list) else []
+    ids: dict[str, int] = {}
+    depends: dict[str, list[str]] = {}
+    for index, unit in enumerate(units):
+        if not isinstance(unit, dict) or not isinstance(unit.get("id"), str):
+            continue
+        uid = unit["id"]
+        if uid in ids:
+            found.append(f"$.units[{index}].id: duplicate id {uid!r} "
+                         f"(also $.units[{ids[uid]}])")
+        else:
+            ids[uid] = index
+    for index, unit in enumerate(units):
+        if not isinstance(unit, dict):
+            continue
+        where = f"$.units[{index}]"
+        deps = unit.get("depends_on")
+        if isinstance(deps, list) and isinstance(unit.get("id"), str):
+            depends.setdefault(unit["id"], [d for d in deps if isinstance(d, str)])
+            for j, dep in enumerate(deps):
+                if isinstance(dep, str) and dep not in ids:
+                    found.append(f"{where}.depends_on[{j}]: unknown unit id {dep!r}")
+                elif dep == unit["id"]:
+                    found.append(f"{where}.depends_on[{j}]: a unit cannot depend on itself")
+        scope = unit.get("unit_scope")
+        if isinstance(scope, (str, list)) and all(isinstance(s, str) for s in scope):
+            for pattern in split_scope(scope):
+                problem = pattern_problem(pattern)
+                if problem:
+                    found.append(f"{where}.unit_scope: {problem}")
+        mode = unit.get("delivery_mode")
+        plan_mode = data.get("delivery_mode", "commit_first")
+        if isinstance(mode, str) and mode in DELIVERY_MODES and mode != plan_mode:
+            found.append(f"{where}.delivery_mode: {mode!r} differs from the run's {plan_mode!r}")
+        found.extend(_lane_problems(data.get("lanes"), unit.get("lanes"), where))
+    for cycle in _dependency_cycles(depends):
+        if len(cycle) == 2:
+            continue  # a unit depending on itself, reported above
+        found.append(f"$.units[{ids[cycle[0]]}].depends_on: dependency cycle "
+                     + " -> ".join(cycle))
+    setup = data.get("setup")
+    if isinstance(setup, dict):
+        copies = setup.get("copy_ignored")
+        for j, item in enumerate([copies] if isinstance(copies, str) else copies or []):
+            if isinstance(item, str):
+                problem = pattern_problem(item)
+                if problem:
+                    found.append(f"$.setup.copy_ignored[{j}]: "
+                                 + problem.replace("scope", "path"))
+    return found
+
+
+def _lane_problems(plan_lanes: Any, unit_lanes: Any, where: str) -> list[str]:
+    out: list[str] = []
+    for name in LANE_NAMES:
+        plan_lane = plan_lanes.get(name) if isinstance(plan_lanes, dict) else None
+        unit_lane = unit_lanes.get(name) if isinstance(unit_lanes, dict) else None
+        for lane, path in ((plan_lane, f"$.lanes.{name}"), (unit_lane, f"{where}.lanes.{name}")):
+            if isinstance(lane, dict) and "command" in lane and "preset" in lane:
+                out.append(f"{path}: give either command or preset, not both")
+        if name == "coder":
+            merged = {**(plan_lane if isinstance(plan_lane, dict) else {}),
+                      **(unit_lane if isinstance(unit_lane, dict) else {})}
+            if "command" not in merged and "preset" not in merged:
+                out.append(f"{where}: no coder lane: give lanes.coder.command (or preset) "
+                           "in the plan or the unit")
+    return out
+
+
+def load(path: Path) -> Plan:
+    """Read and validate a plan file; raises PlanError listing every problem."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such plan file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path}: is a directory, not a plan file") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{path}: not valid JSON: line {exc.lineno} column {exc.colno}: "
+                         f"{exc.msg}") from None
+    found = problems(data)
+    if found:
+        # One line per problem; duplicates (a plan-level lane problem seen from every unit)
+        # are shown once.
+        unique = list(dict.fromkeys(found))
+        raise PlanError(f"{path}: invalid plan", details=[f"{path}: {p}" for p in unique])
+    return build(data, path.resolve())
+
+
+def _command(value: Any) -> Command | None:
+    if value is None or value == "":
+        return None
+    return value if isinstance(value, str) else tuple(value)
+
+
+def _lane(name: str, plan_lane: Mapping[str, Any] | None, unit_lane: Mapping[str, Any] | None,
+          unit_timeout: float | None) -> LaneSpec | None:
+    base = dict(plan_lane or {})
+    over = dict(unit_lane or {})
+    if "command" in over or "preset" in over:
+        base.pop("command", None)
+        base.pop("preset", None)
+    merged = {**base, **over}
+    if "command" not in merged and "preset" not in merged:
+        return None
+    timeout = over.get("timeout_s", unit_timeout if unit_timeout is not None
+                       else base.get("timeout_s", DEFAULT_LANE_TIMEOUT_S))
+    options = {k: v for k, v in merged.items()
+               if k not in ("command", "preset", "timeout_s", "retries", "env")}
+    return LaneSpec(
+        name=name,
+        command=_command(merged.get("command")),
+        preset=merged.get("preset"),
+        timeout_s=float(timeout),
+        retries=int(merged.get("retries", DEFAULT_RETRIES)),
+        env=dict(merged.get("env", {})),
+        options=options,
+    )
+
+
+def build(data: Mapping[str, Any], path: Path) -> Plan:
+    """Records from an already validated plan."""
+    plan_lanes = data.get("lanes", {})
+    plan_proof = _command(data.get("proof_command"))
+    plan_proof_timeout = float(data.get("proof_timeout_s", DEFAULT_PROOF_TIMEOUT_S))
+    units = []
+    for raw in data["units"]:
+        unit_lanes = raw.get("lanes", {})
+        unit_timeout = raw.get("timeout_s")
+        coder = _lane("coder", plan_lanes.get("coder"), unit_lanes.get("coder"), unit_timeout)
+        assert coder is not None  # validated
+        fixer = None
+        if unit_lanes.get("fixer", {}) is not None:
+            fixer = _lane("fixer", plan_lanes.get("fixer"), unit_lanes.get("fixer"), unit_timeout)
+        units.append(Unit(
+            id=raw["id"],
+            objective=raw["objective"],
+            scope=Scope.parse(raw.get("unit_scope")),
+            constraints=raw.get("constraints", ""),
+            invariants=raw.get("invariants", ""),
+            proof_command=_command(raw["proof_command"]) if "proof_command" in raw
+            else plan_proof,
+            proof_timeout_s=float(raw.get("proof_timeout_s", plan_proof_timeout)),
+            depends_on=tuple(raw.get("depends_on", ())),
+            coder=coder,
+            fixer=fixer,
+            labels={k: raw[k] for k in MESH_LABELS if k in raw},
+            raw=raw,
+        ))
+    setup = data.get("setup", {})
+    copies = setup.get("copy_ignored", [])
+    return Plan(
+        path=path,
+        version=int(data.get("version", 1)),
+        base=data.get("base"),
+        target=data.get("target"),
+        delivery_mode=data.get("delivery_mode", "commit_first"),
+        proof_command=plan_proof,
+        max_active=int(data.get("max_active", DEFAULT_MAX_ACTIVE)),
+        setup=SetupSpec(_command(setup.get("command")),
+                        (copies,) if isinstance(copies, str) else tuple(copies)),
+        units=tuple(units),
+        raw=data,
+    )
+
+
+def integration_order(plan: Plan) -> list[Unit]:
+    """Plan order, with every unit moved after the units it depends on (stable)."""
+    placed: set[str] = set()
+    order: list[Unit] = []
+    pending = list(plan.units)
+    while pending:
+        for unit in pending:
+            if all(dep in placed for dep in unit.depends_on):
+                order.append(unit)
+                placed.add(unit.id)
+                pending.remove(unit)
+                break
+        else:  # pragma: no cover - cycles are rejected by validation
+            raise AssertionError("dependency cycle in a validated plan")
+    return order

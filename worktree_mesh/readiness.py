@@ -1,0 +1,56 @@
+"""When a unit may start (SPEC 3.1). Pure: the scheduler and ``replay`` share it.
+
+A unit is ready when every unit it depends on is integrated (or found nothing to do), no
+earlier unit in integration order whose scope overlaps its own is unfinished, and a slot
+is free. Overlapping units therefore run one after another, each from the other's
+integrated result, and cannot conflict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from .plan import Unit
+
+FINAL_STATES = frozenset({"integrated", "no_diff", "rejected", "failed", "skipped"})
+# A dependency that found nothing to change leaves the tree as its dependants expect.
+SATISFIES_DEPENDENCY = frozenset({"integrated", "no_diff"})
+
+
+class Readiness:
+    def __init__(self, order: Sequence[Unit]) -> None:
+        self.order = list(order)
+        self._blockers: dict[str, list[str]] = {}
+        for index, unit in enumerate(self.order):
+            self._blockers[unit.id] = [
+                earlier.id for earlier in self.order[:index]
+                if earlier.scope.overlaps(unit.scope)
+            ]
+
+    def failed_dependency(self, unit: Unit, states: Mapping[str, str]) -> str | None:
+        """The id of a dependency that ended without integrating, if any."""
+        for dep in unit.depends_on:
+            state = states[dep]
+            if state in FINAL_STATES and state not in SATISFIES_DEPENDENCY:
+                return dep
+        return None
+
+    def ready(self, unit: Unit, states: Mapping[str, str]) -> bool:
+        if states[unit.id] != "pending":
+            return False
+        if any(states[dep] not in SATISFIES_DEPENDENCY for dep in unit.depends_on):
+            return False
+        return all(states[other] in FINAL_STATES for other in self._blockers[unit.id])
+
+    def waves(self, max_active: int) -> list[list[str]]:
+        """Simulate the schedule with every unit integrating: the ids started together."""
+        states = {unit.id: "pending" for unit in self.order}
+        waves: list[list[str]] = []
+        while any(state == "pending" for state in states.values()):
+            wave = [u.id for u in self.order if self.ready(u, states)][:max_active]
+            if not wave:  # pragma: no cover - validated plans have no cycles
+                raise AssertionError("no unit can start")
+            waves.append(wave)
+            for unit_id in wave:
+                states[unit_id] = "integrated"
+        return waves

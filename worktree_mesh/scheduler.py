@@ -1,0 +1,337 @@
+"""The run loop: decides when units start and when they integrate.
+
+Lanes run on a pool of ``max_active`` threads (each lane is a subprocess); the integrator
+runs on one thread of its own, taking units strictly in integration order. Every state
+change goes to the ledger first, then to the observer that renders it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import proc
+from .errors import EXIT_ENVIRONMENT, EXIT_OK, EXIT_UNITS_FAILED, UsageError
+from .git import Git, RepoInfo, Sha
+from .integrator import Integrator, Landing
+from .ledger import Ledger
+from .plan import Plan, Unit, integration_order
+from .readiness import FINAL_STATES, Readiness
+from .state import RunDir, StateDir, new_run_id, write_atomic
+from .unit_runner import LocalExecutor, UnitJob, UnitWork
+from .worktrees import WorktreePool
+
+Observer = Callable[[dict[str, Any]], None]
+UNIT_STATES = ("pending", "running", "integrated", "no_diff", "rejected", "failed", "skipped")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    plan: Plan
+    repo: RepoInfo
+    max_active: int
+    delivery_mode: str
+    target: str
+    base: Sha
+    patch_dir: Path | None
+    keep_worktrees: bool
+    lock_timeout_s: float
+
+
+@dataclass
+class UnitProgress:
+    unit: Unit
+    state: str = "pending"
+    phase: str | None = None  # coder | fixer | waiting | integrating
+    failure_code: str | None = None
+    notes: str = ""
+    work: UnitWork | None = None
+    landing: Landing | None = None
+    attempts: int = 0
+    started: float | None = None
+    finished: float | None = None
+    files: list[str] = field(default_factory=list)
+
+    @property
+    def duration_s(self) -> float:
+        if self.started is None:
+            return 0.0
+        return round((self.finished or time.monotonic()) - self.started, 3)
+
+    def summary(self) -> dict[str, Any]:
+        landing = self.landing
+        return {
+            "id": self.unit.id,
+            "status": self.state,
+            "failure_code": self.failure_code,
+            "commit": landing.commit if landing and landing.status == "integrated" else None,
+            "patch": landing.patch if landing else None,
+            "files": self.files,
+            "attempts": self.attempts,
+            "duration_s": self.duration_s,
+            **({"labels": dict(self.unit.labels)} if self.unit.labels else {}),
+        }
+
+
+def resolve_run(plan: Plan, repo: RepoInfo, git: Git, *, target: str | None, base: str | None,
+                delivery_mode: str | None, max_active: int | None, patch_dir: Path | None,
+                keep_worktrees: bool, lock_timeout_s: float) -> RunOptions:
+    """Command line over plan over defaults; every problem is a usage error (exit 2)."""
+    mode = delivery_mode or plan.delivery_mode
+    target_name = target or plan.target or repo.head_branch
+    if not target_name:
+        raise UsageError("no target branch: HEAD is detached; give --target or \"target\"")
+    if git.read_ref(f"refs/heads/{target_name}") is None:
+        raise UsageError(f"target branch {target_name!r} does not exist")
+    base_rev = base or plan.base or f"refs/heads/{target_name}"
+    base_sha = git.resolve_commit(base_rev)
+    if base_sha is None:
+        raise UsageError(f"base {base_rev!r} is not a commit in this repository")
+    mismatched = [u.id for u in plan.units
+                  if u.labels.get("delivery_mode") not in (None, mode)]
+    if mismatched:
+        raise UsageError(f"units {', '.join(mismatched)} carry a delivery_mode other than "
+                         f"the run's {mode!r}")
+    return RunOptions(plan, repo, max_active or plan.max_active, mode, target_name, base_sha,
+                      patch_dir, keep_worktrees, lock_timeout_s)
+
+
+class Run:
+    def __init__(self, options: RunOptions, git: Git, observer: Observer,
+                 run_id: str | None = None) -> None:
+        self.options = options
+        self.git = git
+        self.observer = observer
+        self.run_id = run_id or new_run_id()
+        self.state = StateDir.for_common_dir(git.common_dir)
+        self.run_dir: RunDir = self.state.run(self.run_id)
+        self.order = integration_order(options.plan)
+        self.readiness = Readiness(self.order)
+        self.units = {u.id: UnitProgress(u) for u in self.order}
+        self.head: Sha = options.base  # where the next unit starts: the last landing
+        patch_dir = options.patch_dir
+        if options.delivery_mode == "patch_first" and patch_dir is None:
+            patch_dir = self.run_dir.default_patch_dir
+        self.patch_dir = patch_dir
+        self.ledger: Ledger | None = None
+        self.integrator = Integrator(
+            git=git, plan=options.plan, run_id=self.run_id, state=self.state,
+            run_dir=self.run_dir, delivery_mode=options.delivery_mode, target=options.target,
+            base=options.base, repo=options.repo.toplevel or git.common_dir,
+            patch_dir=patch_dir, lock_timeout_s=options.lock_timeout_s, report=self.emit)
+        self.pool = WorktreePool(git, self.run_dir.worktrees)
+        self.executor = LocalExecutor(git, self.pool)
+
+    # -- events ------------------------------------------------------------------------
+
+    def emit(self, event: str, **fields: Any) -> None:
+        assert self.ledger is not None
+        record = self.ledger.append(event, **fields)
+        self.observer(record)
+
+    def _set(self, progress: UnitProgress, state: str, phase: str | None = None) -> None:
+        progress.state, progress.phase = state, phase
+        self.emit("unit_state", unit=progress.unit.id, state=state, phase=phase)
+
+    def _finish(self, progress: UnitProgress, state: str, code: str | None, notes: str) -> None:
+        progress.state, progress.phase = state, None
+        progress.failure_code, progress.notes = code, notes
+        progress.finished = time.monotonic()
+        landing = progress.landing
+        fields: dict[str, Any] = {"unit": progress.unit.id, "status": state,
+                                  "failure_code": code, "notes": notes,
+                                  "attempts": progress.attempts,
+                                  "duration_s": progress.duration_s, "files": progress.files}
+        if landing is not None and landing.status == "integrated":
+            fields["commit"] = landing.commit
+            if landing.patch:
+                fields["patch"] = landing.patch
+        self.emit("unit_finished", **fields)
+
+    # -- the run -----------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Refuse early (dirty target) before anything is written."""
+        self.integrator.check_start()
+        self.run_dir.create()
+        write_atomic(self.run_dir.plan_copy,
+                     json.dumps(self.options.plan.raw, indent=2).encode() + b"\n")
+        self.ledger = Ledger(self.run_dir.ledger, self.run_id)
+        opts = self.options
+        self.emit("run_started", plan=str(opts.plan.path), delivery_mode=opts.delivery_mode,
+                  target=opts.target, base=opts.base, max_active=opts.max_active,
+                  patch_dir=str(self.patch_dir) if self.patch_dir else None,
+                  units=[u.id for u in self.order], pid=os.getpid(),
+                  repo=str(opts.repo.toplevel) if opts.repo.toplevel else None)
+        self.integrator.start_patch_series()
+
+    def execute(self) -> dict[str, Any]:
+        try:
+            self._loop()
+        except BaseException:
+            proc.RUNNING_GROUPS.kill_all()
+            raise
+        finally:
+            if not self.options.keep_worktrees:
+                self.pool.remove_all()
+                self.integrator.close()
+        return self._finish_run()
+
+    def _job(self, progress: UnitProgress) -> UnitJob:
+        unit = progress.unit
+        return UnitJob(
+            run_id=self.run_id, unit=unit, start=self.head, first_attempt=progress.attempts + 1,
+            repo=self.options.repo.toplevel or self.git.common_dir,
+            plan_dir=self.options.plan.plan_dir, unit_dir=self.run_dir.unit_dir(unit.id),
+            setup=self.options.plan.setup, ref_prefix=f"refs/wtmesh/{self.run_id}/units/{unit.id}")
+
+    def _run_unit(self, job: UnitJob) -> UnitWork:
+        """A failure inside wtmesh while running one unit ends that unit, not the run."""
+        try:
+            return self.executor.run(job, self._report_from_lane)
+        except Exception as exc:  # noqa: BLE001 - recorded with its traceback
+            log = job.unit_dir / "error.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text(traceback.format_exc(), "utf-8")
+            return UnitWork(job.unit.id, "failed", "tooling_unavailable",
+                            f"wtmesh could not run the unit: {exc} (see {log})", job.start,
+                            None, None, None, job.first_attempt, (), 0.0)
+
+    def _report_from_lane(self, event: str, **fields: Any) -> None:
+        if event == "lane_started":
+            progress = self.units[fields["unit"]]
+            progress.attempts = max(progress.attempts, fields["attempt"])
+            self._set(progress, "running", fields["lane"])
+        self.emit(event, **fields)
+
+    def _states(self) -> dict[str, str]:
+        return {uid: p.state for uid, p in self.units.items()}
+
+    def _loop(self) -> None:
+        lanes_pool = ThreadPoolExecutor(max_workers=self.options.max_active,
+                                        thread_name_prefix="lane")
+        integration_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="integrator")
+        running: dict[Future[UnitWork], UnitProgress] = {}
+        integrating: tuple[Future[Landing], UnitProgress] | None = None
+        try:
+            while True:
+                self._skip_orphans()
+                states = self._states()
+                for unit in self.order:
+                    if len(running) >= self.options.max_active:
+                        break
+                    progress = self.units[unit.id]
+                    if self.readiness.ready(unit, states):
+                        progress.started = time.monotonic()
+                        self._set(progress, "running", "starting")
+                        states[unit.id] = "running"
+                        running[lanes_pool.submit(self._run_unit, self._job(progress))] = progress
+                if integrating is None:
+                    nxt = self._next_to_integrate()
+                    if nxt is not None:
+                        assert nxt.work is not None
+                        self._set(nxt, "running", "integrating")
+                        integrating = (integration_pool.submit(
+                            self.integrator.integrate, nxt.unit, nxt.work), nxt)
+                if all(p.state in FINAL_STATES for p in self.units.values()):
+                    return
+                waiting: list[Future[Any]] = list(running)
+                if integrating is not None:
+                    waiting.append(integrating[0])
+                if not waiting:  # pragma: no cover - readiness guarantees progress
+                    raise AssertionError("scheduler stalled: no unit can start")
+                done, _ = wait(waiting, return_when=FIRST_COMPLETED)
+                for future in done:
+                    if integrating is not None and future is integrating[0]:
+                        self._landed(integrating[1], integrating[0].result())
+                        integrating = None
+                    else:
+                        progress = running.pop(future)
+                        self._lanes_done(progress, future.result())
+        finally:
+            lanes_pool.shutdown(wait=True, cancel_futures=True)
+            integration_pool.shutdown(wait=True, cancel_futures=True)
+
+    def _skip_orphans(self) -> None:
+        """Dependants of a unit that did not integrate are skipped, transitively."""
+        changed = True
+        while changed:
+            changed = False
+            for unit in self.order:
+                progress = self.units[unit.id]
+                if progress.state != "pending":
+                    continue
+                dep = self.readiness.failed_dependency(unit, self._states())
+                if dep is not None:
+                    self._finish(progress, "skipped", "dependency_failed",
+                                 f"depends on {dep}, which ended {self.units[dep].state}")
+                    changed = True
+
+    def _next_to_integrate(self) -> UnitProgress | None:
+        """Strict integration order: the first unit not yet finished, once its lanes are done."""
+        for unit in self.order:
+            progress = self.units[unit.id]
+            if progress.state in FINAL_STATES:
+                continue
+            if progress.phase == "waiting":
+                return progress
+            return None
+        return None
+
+    def _lanes_done(self, progress: UnitProgress, work: UnitWork) -> None:
+        progress.work = work
+        progress.attempts = max(progress.attempts, work.attempts)
+        progress.files = list(work.diff.files) if work.diff else []
+        self.emit("lanes_done", unit=work.unit_id, status=work.status,
+                  failure_code=work.failure_code, notes=work.notes, result=work.result,
+                  diff_sha256=work.diff.sha256 if work.diff else None,
+                  stats=work.diff.stats() if work.diff else None)
+        if work.status == "accepted":
+            self._set(progress, "running", "waiting")
+        else:
+            self._finish(progress, work.status, work.failure_code, work.notes)
+
+    def _landed(self, progress: UnitProgress, landing: Landing) -> None:
+        progress.landing = landing
+        if landing.status == "integrated":
+            assert landing.commit is not None
+            self.head = landing.commit
+        self._finish(progress, landing.status, landing.failure_code, landing.notes)
+
+    def _finish_run(self) -> dict[str, Any]:
+        counts = {state: 0 for state in UNIT_STATES}
+        for progress in self.units.values():
+            counts[progress.state] += 1
+        failed = any(p.state not in ("integrated", "no_diff") for p in self.units.values())
+        exit_code = EXIT_ENVIRONMENT if self.integrator.stranded else (
+            EXIT_UNITS_FAILED if failed else EXIT_OK)
+        head = self.git.read_ref(self.integrator.landing_ref)
+        summary = {
+            "run_id": self.run_id,
+            "delivery_mode": self.options.delivery_mode,
+            "target": self.options.target,
+            "base": self.options.base,
+            "head": head,
+            "patch_dir": str(self.patch_dir) if self.patch_dir else None,
+            "units": [self.units[u.id].summary() for u in self.options.plan.units],
+            "counts": counts,
+            "exit_code": exit_code,
+        }
+        if self.integrator.stranded:
+            summary["stranded_ref"] = self.integrator.stranded_ref[len("refs/heads/"):]
+        self.emit("run_finished", counts=counts, exit_code=exit_code, head=head,
+                  stranded=self.integrator.stranded)
+        write_atomic(self.run_dir.path / "summary.json",
+                     json.dumps(summary, indent=2).encode() + b"\n")
+        return summary
+
+    def close(self) -> None:
+        if self.ledger is not None:
+            self.ledger.close()

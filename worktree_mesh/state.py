@@ -1,0 +1,89 @@
+"""Where a repository's wtmesh state lives: ``$(git rev-parse --git-common-dir)/wtmesh/``.
+
+The common dir is the same from every linked worktree, so the lock, the ledgers and the
+worktrees are shared by every run on the repository, whichever worktree started it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def new_run_id(now: dt.datetime | None = None) -> str:
+    now = now or dt.datetime.now(dt.UTC)
+    return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def safe_name(unit_id: str) -> str:
+    """Unit ids are ``[A-Za-z0-9._-]+`` but may still be ``.`` or ``..``: never a path."""
+    return unit_id if unit_id.strip(".") else "_" + unit_id
+
+
+@dataclass(frozen=True)
+class StateDir:
+    root: Path
+
+    @classmethod
+    def for_common_dir(cls, common_dir: Path) -> StateDir:
+        return cls(common_dir / "wtmesh")
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def integrator_lock(self) -> Path:
+        return self.root / "integrator.lock"
+
+    def run(self, run_id: str) -> RunDir:
+        return RunDir(self.runs / run_id, self.root / "worktrees" / run_id, run_id)
+
+    def run_ids(self) -> list[str]:
+        if not self.runs.is_dir():
+            return []
+        return sorted(p.name for p in self.runs.iterdir() if (p / "ledger.jsonl").exists())
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+    worktrees: Path
+    run_id: str
+
+    @property
+    def ledger(self) -> Path:
+        return self.path / "ledger.jsonl"
+
+    @property
+    def plan_copy(self) -> Path:
+        return self.path / "plan.json"
+
+    @property
+    def default_patch_dir(self) -> Path:
+        return self.path / "patches"
+
+    @property
+    def tmp(self) -> Path:
+        return self.path / "tmp"
+
+    def unit_dir(self, unit_id: str) -> Path:
+        return self.path / "units" / safe_name(unit_id)
+
+    def create(self) -> None:
+        for path in (self.path, self.worktrees, self.tmp):
+            path.mkdir(parents=True, exist_ok=True)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Whole-file writes go through a temporary file and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,247 @@
+"""Run one unit's lanes in a worktree and report what they produced.
+
+This is the executor seam: ``LocalExecutor.run(job, report)`` is a function of the
+repository, the start commit, the lane commands and the environment, and returns a
+``UnitWork`` record. It decides nothing about scheduling and never touches refs the user
+sees; its only writes to the repository are objects and refs under ``refs/wtmesh/``, so
+the work survives a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import apply_patch, diffs
+from .diffs import UnitDiff
+from .git import Git, Sha, clean_env
+from .lanes import LaneResult, LaneRun, render, run_lane
+from .plan import LaneSpec, SetupSpec, Unit
+from .prepare import SetupFailed, prepare
+from .state import write_atomic
+from .worktrees import WorktreePool
+
+Report = Callable[..., None]
+
+
+@dataclass(frozen=True)
+class UnitJob:
+    run_id: str
+    unit: Unit
+    start: Sha
+    first_attempt: int
+    repo: Path  # the user's working tree (placeholders, copy_ignored)
+    plan_dir: Path
+    unit_dir: Path  # logs, results, the diff
+    setup: SetupSpec
+    ref_prefix: str  # refs/wtmesh/<run-id>/units/<unit-id>
+
+
+@dataclass(frozen=True)
+class UnitWork:
+    unit_id: str
+    status: str  # accepted | rejected | no_diff | failed
+    failure_code: str | None
+    notes: str
+    start: Sha
+    result: Sha | None  # commit holding the unit's final worktree (parent: start)
+    diff: UnitDiff | None
+    diff_path: Path | None
+    attempts: int
+    lanes: tuple[LaneResult, ...]
+    duration_s: float
+
+
+class _Ended(Exception):
+    """The unit ended before producing a diff to integrate."""
+
+    def __init__(self, status: str, code: str | None, notes: str) -> None:
+        super().__init__(notes)
+        self.status, self.code, self.notes = status, code, notes
+
+
+class LocalExecutor:
+    """Runs units as local processes in pooled worktrees."""
+
+    def __init__(self, git: Git, pool: WorktreePool) -> None:
+        self.git = git
+        self.pool = pool
+
+    def run(self, job: UnitJob, report: Report) -> UnitWork:
+        started = time.monotonic()
+        worktree = self.pool.acquire(job.start)
+        attempt = [job.first_attempt]
+        lanes: list[LaneResult] = []
+        result: Sha | None = None
+        unit_diff: UnitDiff | None = None
+        diff_path: Path | None = None
+        try:
+            job.unit_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(job.unit_dir / "unit.json",
+                         json.dumps(job.unit.as_record(), indent=2).encode() + b"\n")
+            result = self._lanes(job, worktree, attempt, lanes, report)
+            unit_diff = diffs.collect(self.git, job.start, result, job.unit.scope)
+            diff_path = job.unit_dir / "unit.diff"
+            write_atomic(diff_path, unit_diff.raw)
+            if unit_diff.empty:
+                raise _Ended("no_diff", None, "the lanes changed nothing")
+            if unit_diff.violations:
+                raise _Ended("failed", "scope_violation", "; ".join(unit_diff.violations))
+            status, code, notes = "accepted", None, lanes[-1].notes if lanes else ""
+        except _Ended as ended:
+            status, code, notes = ended.status, ended.code, ended.notes
+        finally:
+            self.pool.release(worktree)
+        return UnitWork(job.unit.id, status, code, notes, job.start, result, unit_diff,
+                        diff_path, attempt[0], tuple(lanes), time.monotonic() - started)
+
+    # -- lanes -------------------------------------------------------------------------
+
+    def _lanes(self, job: UnitJob, worktree: Path, attempt: list[int],
+               lanes: list[LaneResult], report: Report) -> Sha:
+        self._setup(job, worktree, report)
+        coder = self._lane_with_retries(job, job.unit.coder, worktree, attempt, job.start,
+                                        None, report)
+        lanes.append(coder)
+        self._check_decision(coder)
+        if coder.decision == "no_diff":
+            raise _Ended("no_diff", None, coder.notes or "the coder reported no change")
+        self._apply_result_patch(coder, worktree)
+        after_coder = self.git.snapshot(worktree, job.start, f"wtmesh {job.unit.id}: coder")
+        self.git.update_ref(f"{job.ref_prefix}/coder", after_coder, None)
+        if self.git.tree_of(after_coder) == self.git.tree_of(job.start):
+            raise _Ended("no_diff", None, "the coder changed nothing")
+        fixer_spec = job.unit.fixer
+        if fixer_spec is None:
+            final = after_coder
+        else:
+            diff_file = job.unit_dir / "coder.diff"
+            write_atomic(diff_file, self.git.diff(job.start, after_coder))
+            fixer = self._lane_with_retries(job, fixer_spec, worktree, attempt, after_coder,
+                                            diff_file, report)
+            lanes.append(fixer)
+            self._check_decision(fixer)
+            # The fixer's word is final; its "no_diff" means it had nothing to add, so the
+            # coder's change stands.
+            self._apply_result_patch(fixer, worktree)
+            final = self.git.snapshot(worktree, job.start, f"wtmesh {job.unit.id}: result")
+        self.git.update_ref(f"{job.ref_prefix}/result", final, None)
+        return final
+
+    @staticmethod
+    def _check_decision(lane: LaneResult) -> None:
+        if lane.decision != "reject":
+            return
+        runner_said = lane.timed_out or (lane.exit_code is None
+                                         and lane.failure_code == "tooling_unavailable")
+        raise _Ended("failed" if runner_said else "rejected", lane.failure_code,
+                     lane.notes or f"the {lane.lane} rejected the change")
+
+    def _apply_result_patch(self, lane: LaneResult, worktree: Path) -> None:
+        """A lane may propose a patch instead of editing: a unified diff or Codex's
+        ``*** Begin Patch`` format. One that does not apply is invalid output."""
+        if not lane.patch or not lane.patch.strip():
+            return
+        if apply_patch.is_apply_patch(lane.patch):
+            try:
+                apply_patch.apply(lane.patch, worktree)
+            except apply_patch.PatchFormatError as exc:
+                raise _Ended("rejected", "invalid_output_schema",
+                             f"{lane.lane} patch does not apply: {exc}") from None
+            return
+        applied = self.git.run("apply", "--binary", "--whitespace=nowarn", "-",
+                               cwd=worktree, input=lane.patch.encode("utf-8", "surrogateescape"),
+                               check=False)
+        if applied.returncode != 0:
+            why = applied.stderr.decode("utf-8", "replace").strip().splitlines() or [
+                "git apply failed"]
+            raise _Ended("rejected", "invalid_output_schema",
+                         f"{lane.lane} patch does not apply: {why[0]}")
+
+    def _lane_with_retries(self, job: UnitJob, spec: LaneSpec, worktree: Path,
+                           attempt: list[int], reset_to: Sha, diff_file: Path | None,
+                           report: Report) -> LaneResult:
+        tries = 0
+        while True:
+            if tries:
+                attempt[0] += 1
+                # Retries start from a clean worktree at the lane's starting point.
+                self.git.checkout_clean(worktree, reset_to)
+                self._setup(job, worktree, report)
+            tries += 1
+            lane_run = self._lane_run(job, spec, worktree, attempt[0], diff_file)
+            report("lane_started", unit=job.unit.id, lane=spec.name, attempt=attempt[0])
+            if lane_run is None:
+                result = LaneResult(spec.name, attempt[0], "reject", "tooling_unavailable",
+                                    f"preset {spec.preset!r} is not available in this version",
+                                    None, None, None, False, 0.0, None)
+            else:
+                result = run_lane(lane_run, on_spawn=lambda pid: report(
+                    "lane_spawned", unit=job.unit.id, lane=spec.name, attempt=attempt[0],
+                    pgid=pid))
+            report("lane_finished", unit=job.unit.id, **result.as_record())
+            if not result.retryable or tries > spec.retries:
+                return result
+
+    def _lane_run(self, job: UnitJob, spec: LaneSpec, worktree: Path, attempt: int,
+                  diff_file: Path | None) -> LaneRun | None:
+        if spec.command is None:
+            return None  # presets arrive with the agent CLI support
+        name = f"{spec.name}-{attempt}"
+        env = self._env(job, worktree, diff_file)
+        env.update({
+            "WTMESH_LANE": spec.name,
+            "WTMESH_ATTEMPT": str(attempt),
+            "WTMESH_RESULT_JSON": str(job.unit_dir / f"{name}.result.json"),
+        })
+        env.update(spec.env)
+        return LaneRun(
+            lane=spec.name, unit_id=job.unit.id, attempt=attempt,
+            command=render(spec.command, self._placeholders(job, worktree)),
+            cwd=worktree, env=env, timeout_s=spec.timeout_s,
+            result_path=job.unit_dir / f"{name}.result.json",
+            stdout_log=job.unit_dir / f"{name}.stdout.log",
+            stderr_log=job.unit_dir / f"{name}.stderr.log",
+        )
+
+    @staticmethod
+    def _placeholders(job: UnitJob, worktree: Path) -> dict[str, str]:
+        return {"id": job.unit.id, "objective": job.unit.objective,
+                "plan_dir": str(job.plan_dir), "repo": str(job.repo),
+                "worktree": str(worktree), "run_id": job.run_id}
+
+    @staticmethod
+    def _env(job: UnitJob, worktree: Path, diff_file: Path | None) -> dict[str, str]:
+        env = clean_env()
+        env.update({
+            "WTMESH_RUN_ID": job.run_id,
+            "WTMESH_UNIT_ID": job.unit.id,
+            "WTMESH_UNIT_JSON": str(job.unit_dir / "unit.json"),
+            "WTMESH_BASE_SHA": job.start,
+            "WTMESH_WORKTREE": str(worktree),
+            "WTMESH_REPO": str(job.repo),
+            "WTMESH_PLAN_DIR": str(job.plan_dir),
+            "PWD": str(worktree),
+        })
+        if diff_file is not None:
+            env["WTMESH_DIFF"] = str(diff_file)
+        return env
+
+    # -- setup -------------------------------------------------------------------------
+
+    def _setup(self, job: UnitJob, worktree: Path, report: Report) -> None:
+        try:
+            prepare(self.git, job.setup, repo=job.repo, worktree=worktree,
+                    placeholders=self._placeholders(job, worktree),
+                    env=self._env(job, worktree, None), log=job.unit_dir / "setup.log")
+        except SetupFailed as exc:
+            report("setup_failed", unit=job.unit.id, notes=str(exc))
+            raise _Ended("failed", "tooling_unavailable", str(exc)) from None
+
+
+def lane_records(work: UnitWork) -> list[dict[str, Any]]:
+    return [lane.as_record() for lane in work.lanes]
