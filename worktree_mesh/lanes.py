@@ -106,6 +106,7 @@ class LaneResult:
     timed_out: bool
     duration_s: float
     pid: int | None
+    could_not_start: bool = False
 
     @property
     def retryable(self) -> bool:
@@ -164,7 +165,8 @@ def run_lane(run: LaneRun, on_spawn: Callable[[int], None] | None = None) -> Lan
         result = result or {}
         return LaneResult(run.lane, run.attempt, decision, code, notes,
                           result.get("proof_status"), result.get("patch"), done.returncode,
-                          done.timed_out, done.duration_s, done.pid)
+                          done.timed_out, done.duration_s, done.pid,
+                          could_not_start=done.start_error is not None)
 
     if done.start_error is not None:
         return ended("reject", "tooling_unavailable", done.start_error)

@@ -137,6 +137,17 @@ def _describe(error: ValidationError) -> list[str]:
         missing = error.message.split("'")[1] if "'" in error.message else error.message
         return [f"{where}: missing required key {missing!r}"]
     if error.validator == "oneOf" and error.context:
+        # Describe the alternative the value has the shape of (a lane object with a bad
+        # preset), not "expected null" from one it was never meant for.
+        branches: dict[Any, list[ValidationError]] = {}
+        for sub in error.context:
+            branches.setdefault(sub.relative_schema_path[0], []).append(sub)
+        for subs in branches.values():
+            if not any(_wrong_type(sub) for sub in subs):
+                return [line for sub in subs for line in _describe(sub)]
+        expected = " or ".join(dict.fromkeys(_expected_types(error)))
+        if expected:
+            return [f"{where}: expected {expected}, got {type(error.instance).__name__}"]
         return _describe(best_match(error.context))
     if error.validator == "enum":
         allowed_values = ", ".join(map(str, error.validator_value))
@@ -155,6 +166,31 @@ def _describe(error: ValidationError) -> list[str]:
     if error.validator == "type":
         return [f"{where}: expected {error.validator_value}, got {type(error.instance).__name__}"]
     return [f"{where}: {error.message}"]
+
+
+def _wrong_type(error: ValidationError) -> bool:
+    """The value is not of the type this (sub)schema wants at all."""
+    if error.relative_path:
+        return False
+    if error.validator == "type":
+        return True
+    if error.validator == "const":
+        return type(error.instance) is not type(error.validator_value)
+    if error.validator == "oneOf" and error.context:
+        return all(_wrong_type(sub) for sub in error.context)
+    return False
+
+
+def _expected_types(error: ValidationError) -> list[str]:
+    out: list[str] = []
+    for sub in error.context or []:
+        if sub.validator == "type":
+            out.append(str(sub.validator_value))
+        elif sub.validator == "const":
+            out.append(repr(sub.validator_value))
+        elif sub.validator == "oneOf":
+            out.extend(_expected_types(sub))
+    return out
 
 
 def _dependency_cycles(depends: Mapping[str, Sequence[str]]) -> list[list[str]]:
@@ -228,7 +264,8 @@ def problems(data: Any) -> list[str]:
                     found.append(f"{where}.unit_scope: {problem}")
         mode = unit.get("delivery_mode")
         plan_mode = data.get("delivery_mode", "commit_first")
-        if isinstance(mode, str) and mode in DELIVERY_MODES and mode != plan_mode:
+        if (isinstance(mode, str) and mode in DELIVERY_MODES and plan_mode in DELIVERY_MODES
+                and mode != plan_mode):
             found.append(f"{where}.delivery_mode: {mode!r} differs from the run's {plan_mode!r}")
         found.extend(_lane_problems(data.get("lanes"), unit.get("lanes"), where))
     for cycle in _dependency_cycles(depends):

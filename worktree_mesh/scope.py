@@ -116,7 +116,10 @@ class Scope:
         for pattern in self.patterns:
             if pattern.startswith(("!", "#")):
                 pattern = "\\" + pattern  # literal, not gitignore negation or comment
-            lines.append(pattern if pattern.startswith(EVERYTHING) else "/" + pattern)
+            # Only a leading ``**/`` (or ``**`` alone) reaches below the root; ``**.py``
+            # is ``*.py`` at the root, as ``_segments`` (and so ``overlaps``) reads it.
+            unanchored = pattern == EVERYTHING or pattern.startswith(EVERYTHING + "/")
+            lines.append(pattern if unanchored else "/" + pattern)
         object.__setattr__(self, "_spec", pathspec.PathSpec.from_lines("gitignore", lines))
 
     @classmethod
@@ -129,7 +132,14 @@ class Scope:
         return EVERYTHING in self.patterns
 
     def matches(self, path: str) -> bool:
-        return self.is_everything or self._spec.match_file(path)
+        """The path, or a directory above it, matches a pattern. pathspec's gitignore
+        flavour does not carry a match of ``src/*`` on the directory ``src/sub`` down to
+        ``src/sub/x.py``, though git (and ``overlaps``) does."""
+        if self.is_everything:
+            return True
+        parts = path.split("/")
+        return any(self._spec.match_file("/".join(parts[:i]) + "/")
+                   for i in range(1, len(parts))) or self._spec.match_file(path)
 
     def outside(self, paths: list[str]) -> list[str]:
         return [p for p in paths if not self.matches(p)]

@@ -136,8 +136,7 @@ class LocalExecutor:
     def _check_decision(lane: LaneResult) -> None:
         if lane.decision != "reject":
             return
-        runner_said = lane.timed_out or (lane.exit_code is None
-                                         and lane.failure_code == "tooling_unavailable")
+        runner_said = lane.timed_out or lane.could_not_start
         raise _Ended("failed" if runner_said else "rejected", lane.failure_code,
                      lane.notes or f"the {lane.lane} rejected the change")
 
@@ -178,7 +177,7 @@ class LocalExecutor:
             if lane_run is None:
                 result = LaneResult(spec.name, attempt[0], "reject", "tooling_unavailable",
                                     f"preset {spec.preset!r} is not available in this version",
-                                    None, None, None, False, 0.0, None)
+                                    None, None, None, False, 0.0, None, could_not_start=True)
             else:
                 result = run_lane(lane_run, on_spawn=lambda pid: report(
                     "lane_spawned", unit=job.unit.id, lane=spec.name, attempt=attempt[0],

@@ -1,0 +1,279 @@
+"""The integrator's promises (SPEC 4): ordered apply, proof gate, safe landing."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import PROOF, git, no_worktrees_left, wtmesh
+
+
+def run(repo: Path, plan: Path, *args: str, expect: int | None = None) -> dict[str, Any]:
+    res = wtmesh("run", plan, "--json", *args, cwd=repo)
+    assert "Traceback" not in res.stderr
+    if expect is not None:
+        assert res.returncode == expect, res.stderr
+    summary: dict[str, Any] = res.json()
+    return summary
+
+
+def status(summary: dict[str, Any], unit_id: str) -> tuple[str, str | None]:
+    unit = next(u for u in summary["units"] if u["id"] == unit_id)
+    return unit["status"], unit["failure_code"]
+
+
+def numbered_file(repo: Path) -> None:
+    (repo / "lines.txt").write_text("".join(f"line {i}\n" for i in range(1, 21)))
+    git(repo, "add", "lines.txt")
+    git(repo, "commit", "-q", "-m", "lines")
+
+
+def test_three_way_apply_when_plain_apply_fails(repo: Path, write_plan: Any) -> None:
+    """The unit starts from an older base; the target has since changed a nearby line, so
+    the diff's context no longer matches, but a three-way merge is clean."""
+    numbered_file(repo)
+    base = git(repo, "rev-parse", "HEAD")
+    text = (repo / "lines.txt").read_text().replace("line 3\n", "line 3 (target)\n")
+    (repo / "lines.txt").write_text(text)
+    git(repo, "commit", "-q", "-am", "target moves")
+    plan = write_plan({"base": base, "units": [{"id": "u1", "objective": "o", "lanes": {
+        "coder": {"command": "sed -i 's/^line 5$/line 5 (unit)/' lines.txt"}}}]})
+    summary = run(repo, plan, expect=0)
+    assert status(summary, "u1") == ("integrated", None)
+    text = (repo / "lines.txt").read_text()
+    assert "line 3 (target)\n" in text and "line 5 (unit)\n" in text
+
+
+def test_conflict_is_integration_conflict_and_nothing_applied(repo: Path,
+                                                              write_plan: Any) -> None:
+    numbered_file(repo)
+    base = git(repo, "rev-parse", "HEAD")
+    text = (repo / "lines.txt").read_text().replace("line 5\n", "line 5 (target)\n")
+    (repo / "lines.txt").write_text(text)
+    git(repo, "commit", "-q", "-am", "target moves")
+    tip = git(repo, "rev-parse", "HEAD")
+    plan = write_plan({"base": base, "units": [{"id": "u1", "objective": "o", "lanes": {
+        "coder": {"command": "sed -i 's/^line 5$/line 5 (unit)/' lines.txt; echo n > new.txt"}}}]})
+    summary = run(repo, plan, expect=1)
+    assert status(summary, "u1") == ("failed", "integration_conflict")
+    assert git(repo, "rev-parse", "HEAD") == tip
+    assert git(repo, "status", "--porcelain") == ""
+    assert not (repo / "new.txt").exists()
+
+
+def test_proof_failure_takes_the_change_back(repo: Path, write_plan: Any) -> None:
+    plan = write_plan({"proof_command": PROOF, "units": [
+        {"id": "good", "objective": "o", "unit_scope": "a.txt",
+         "lanes": {"coder": {"command": "echo a > a.txt"}}},
+        {"id": "bad", "objective": "o", "unit_scope": "calc/",
+         "lanes": {"coder": {"command": "echo 'def add(a, b): return 0' >> calc/ops.py; "
+                                        "echo b > calc/extra.txt"}}},
+        {"id": "after", "objective": "o", "unit_scope": "c.txt",
+         "lanes": {"coder": {"command": "echo c > c.txt"}}},
+    ]})
+    summary = run(repo, plan, expect=1)
+    assert status(summary, "bad") == ("failed", "proof_failed")
+    assert status(summary, "after") == ("integrated", None)
+    assert not (repo / "calc/extra.txt").exists()
+    assert "return 0" not in (repo / "calc/ops.py").read_text()
+    log = git(repo, "log", "--format=%s", "main").splitlines()
+    assert log[:2] == ["after: o", "good: o"]
+    # The proof log says why.
+    run_dir = repo / ".git/wtmesh/runs" / summary["run_id"]
+    assert "FAILED" in (run_dir / "units/bad/proof.log").read_text()
+
+
+def test_proof_that_modifies_tracked_files_fails(repo: Path, write_plan: Any) -> None:
+    plan = write_plan({"proof_command": "echo tampered >> README.md", "units": [
+        {"id": "u1", "objective": "o", "lanes": {"coder": {"command": "echo a > a.txt"}}}]})
+    summary = run(repo, plan, expect=1)
+    assert status(summary, "u1") == ("failed", "proof_failed")
+    assert "tampered" not in (repo / "README.md").read_text()
+
+
+def test_files_the_proof_creates_are_never_committed(repo: Path, write_plan: Any) -> None:
+    plan = write_plan({"proof_command": "echo report > report.xml; mkdir -p .cache; "
+                                        "touch .cache/x",
+                       "units": [{"id": "u1", "objective": "o",
+                                  "lanes": {"coder": {"command": "echo a > a.txt"}}}]})
+    summary = run(repo, plan, expect=0)
+    files = git(repo, "show", "--name-only", "--format=", summary["head"]).splitlines()
+    assert files == ["a.txt"]
+
+
+def test_proof_timeout_fails(repo: Path, write_plan: Any) -> None:
+    plan = write_plan({"proof_command": "sleep 30", "proof_timeout_s": 0.5, "units": [
+        {"id": "u1", "objective": "o", "lanes": {"coder": {"command": "echo a > a.txt"}}}]})
+    summary = run(repo, plan, expect=1)
+    assert status(summary, "u1") == ("failed", "proof_failed")
+
+
+def test_unit_proof_command_overrides_plan(repo: Path, write_plan: Any) -> None:
+    plan = write_plan({"proof_command": "false", "units": [
+        {"id": "u1", "objective": "o", "proof_command": "test -f a.txt",
+         "lanes": {"coder": {"command": "echo a > a.txt"}}}]})
+    summary = run(repo, plan, expect=0)
+    assert status(summary, "u1") == ("integrated", None)
+
+
+def test_proof_runs_on_exactly_the_tree_that_lands(repo: Path, write_plan: Any,
+                                                   tmp_path: Path) -> None:
+    seen = tmp_path / "proven-trees"
+    plan = write_plan({"proof_command": f"git rev-parse HEAD^{{tree}} >> {seen}", "units": [
+        {"id": f"u{i}", "objective": "o", "unit_scope": f"f{i}.txt",
+         "lanes": {"coder": {"command": f"echo {i} > f{i}.txt"}}} for i in range(3)]})
+    summary = run(repo, plan, expect=0)
+    landed = [git(repo, "rev-parse", f"{u['commit']}^{{tree}}") for u in summary["units"]]
+    assert seen.read_text().split() == landed
+
+
+def test_no_hooks_run_not_even_ones_a_lane_plants(repo: Path, write_plan: Any,
+                                                  tmp_path: Path) -> None:
+    marker = tmp_path / "hook-ran"
+    hooks = repo / ".git/hooks"
+    for name in ("post-checkout", "reference-transaction", "pre-commit", "post-commit",
+                 "pre-applypatch", "post-index-change"):
+        (hooks / name).write_text(f"#!/bin/sh\necho {name} >> {marker}\n")
+        (hooks / name).chmod(0o755)
+    plant = ("h=$(git rev-parse --git-common-dir)/hooks/post-merge; "
+             f"printf '#!/bin/sh\\necho planted >> {marker}\\n' > $h; chmod +x $h; "
+             "echo $WTMESH_RUN_ID > run.txt")
+    for mode in ("commit_first", "patch_first"):
+        plan = write_plan({"delivery_mode": mode, "units": [
+            {"id": "u1", "objective": "o", "lanes": {"coder": {"command": plant}}}]},
+            f"plan-{mode}.json")
+        summary = run(repo, plan, expect=0)
+        assert status(summary, "u1") == ("integrated", None)
+    assert not marker.exists(), marker.read_text()
+
+
+def test_identity_falls_back_to_wtmesh_when_none_configured(repo: Path, write_plan: Any,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    for role in ("AUTHOR", "COMMITTER"):
+        monkeypatch.delenv(f"GIT_{role}_NAME")
+        monkeypatch.delenv(f"GIT_{role}_EMAIL")
+    plan = write_plan({"units": [{"id": "u1", "objective": "o",
+                                  "lanes": {"coder": {"command": "echo a > a.txt"}}}]})
+    summary = run(repo, plan, expect=0)
+    assert git(repo, "log", "-1", "--format=%an <%ae>|%cn <%ce>", summary["head"]) == \
+        "wtmesh <wtmesh@localhost>|wtmesh <wtmesh@localhost>"
+    git(repo, "config", "user.name", "Repo Owner")
+    git(repo, "config", "user.email", "owner@example.com")
+    plan2 = write_plan({"units": [{"id": "u2", "objective": "o",
+                                   "lanes": {"coder": {"command": "echo b > b.txt"}}}]}, "p2.json")
+    summary = run(repo, plan2, expect=0)
+    assert git(repo, "log", "-1", "--format=%an <%ae>", summary["head"]) == \
+        "Repo Owner <owner@example.com>"
+
+
+def test_target_moved_by_hand_mid_run_is_integrated_onto(repo: Path, write_plan: Any) -> None:
+    # The first unit's lane commits to the target in the user's repository, as a person
+    # would by hand while the run goes on.
+    hand = ('cd "$WTMESH_REPO" && echo hand > hand.txt && git add hand.txt && '
+            'git commit -q -m "by hand" && cd - >/dev/null && echo a > a.txt')
+    plan = write_plan({"units": [
+        {"id": "u1", "objective": "o", "unit_scope": "a.txt",
+         "lanes": {"coder": {"command": hand}}},
+        {"id": "u2", "objective": "o", "unit_scope": "b.txt",
+         "lanes": {"coder": {"command": "echo b > b.txt"}}}]})
+    summary = run(repo, plan, expect=0)
+    log = git(repo, "log", "--format=%s", "main").splitlines()
+    assert log[:3] == ["u2: o", "u1: o", "by hand"]
+    assert (repo / "hand.txt").exists() and (repo / "a.txt").exists()
+    assert git(repo, "status", "--porcelain") == ""
+    assert summary["head"] == git(repo, "rev-parse", "HEAD")
+
+
+def test_user_worktree_that_cannot_follow_strands_commits_safely(repo: Path, write_plan: Any
+                                                                 ) -> None:
+    """The user creates (untracked) the very file the unit adds: bringing the worktree
+    along would overwrite it, so the target stays put, the commits go to
+    wtmesh/<run-id>/integrated, the run exits 3 and the user's file is intact."""
+    grab = 'echo "mine" > "$WTMESH_REPO/a.txt"; echo unit > a.txt'
+    plan = write_plan({"units": [{"id": "u1", "objective": "o",
+                                  "lanes": {"coder": {"command": grab}}}]})
+    tip = git(repo, "rev-parse", "main")
+    summary = run(repo, plan, expect=3)
+    assert git(repo, "rev-parse", "main") == tip
+    assert (repo / "a.txt").read_text() == "mine\n"
+    branch = f"wtmesh/{summary['run_id']}/integrated"
+    assert summary["stranded_ref"] == branch
+    assert git(repo, "show", f"{branch}:a.txt") == "unit"
+    assert summary["head"] == git(repo, "rev-parse", branch)
+
+
+def test_target_checked_out_in_a_linked_worktree_is_brought_along(repo: Path,
+                                                                   write_plan: Any,
+                                                                   tmp_path: Path) -> None:
+    git(repo, "checkout", "-q", "-b", "other")
+    linked = tmp_path / "linked"
+    git(repo, "worktree", "add", "-q", str(linked), "main")
+    plan = write_plan({"target": "main", "units": [{"id": "u1", "objective": "o", "lanes": {
+        "coder": {"command": "echo a > a.txt"}}}]})
+    summary = run(repo, plan, expect=0)
+    assert (linked / "a.txt").read_text() == "a\n"
+    assert git(linked, "status", "--porcelain") == ""
+    assert git(linked, "rev-parse", "HEAD") == summary["head"]
+    assert not (repo / "a.txt").exists()  # 'other' is untouched
+    # The user's own worktree survives; only ours are removed.
+    assert linked.is_dir()
+    listing = git(repo, "worktree", "list", "--porcelain")
+    assert listing.count("worktree ") == 2
+
+
+def test_patch_first_never_touches_target_or_worktree(repo: Path, write_plan: Any) -> None:
+    (repo / "untracked.txt").write_text("user's\n")
+    tip = git(repo, "rev-parse", "main")
+    reflog = git(repo, "reflog", "main")
+    plan = write_plan({"delivery_mode": "patch_first", "units": [
+        {"id": "u1", "objective": "o", "lanes": {"coder": {"command": "echo a > a.txt"}}}]})
+    summary = run(repo, plan, expect=0)
+    assert git(repo, "rev-parse", "main") == tip and git(repo, "reflog", "main") == reflog
+    assert not (repo / "a.txt").exists()
+    assert (repo / "untracked.txt").read_text() == "user's\n"
+    patch = Path(summary["patch_dir"]) / "0001-u1.patch"
+    text = patch.read_text()
+    assert text.startswith("From ") and "Subject: [PATCH] u1: o" in text
+    assert "Wtmesh-Unit: u1" in text
+
+
+def test_patch_dir_option(repo: Path, write_plan: Any, tmp_path: Path) -> None:
+    out = tmp_path / "out-patches"
+    plan = write_plan({"units": [
+        {"id": "u1", "objective": "o", "lanes": {"coder": {"command": "echo a > a.txt"}}}]})
+    summary = run(repo, plan, "--delivery", "patch_first", "--patch-dir", str(out), expect=0)
+    assert summary["patch_dir"] == str(out)
+    assert (out / "series").read_text() == "0001-u1.patch\n"
+
+
+def test_second_run_waits_for_the_lock_then_times_out(repo: Path, write_plan: Any) -> None:
+    import filelock
+    lock_path = repo / ".git/wtmesh/integrator.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    plan = write_plan({"units": [
+        {"id": "u1", "objective": "o", "lanes": {"coder": {"command": "echo a > a.txt"}}}]})
+    with filelock.FileLock(str(lock_path)):
+        res = wtmesh("run", plan, "--lock-timeout", "1", cwd=repo)
+    assert res.returncode == 3
+    assert "waiting for the integrator lock" in res.stdout
+    assert "timed out" in res.stderr and "Traceback" not in res.stderr
+    assert not (repo / "a.txt").exists()
+
+
+def test_worktrees_removed_unless_kept(repo: Path, write_plan: Any) -> None:
+    plan = write_plan({"units": [
+        {"id": "u1", "objective": "o", "lanes": {"coder": {"command": "echo a > a.txt"}}}]})
+    run(repo, plan, expect=0)
+    assert no_worktrees_left(repo)
+    plan2 = write_plan({"units": [
+        {"id": "u2", "objective": "o", "lanes": {"coder": {"command": "echo b > b.txt"}}}]},
+        "p2.json")
+    summary = run(repo, plan2, "--keep-worktrees", expect=0)
+    assert not no_worktrees_left(repo)
+    # Refs of the unit's work stay until gc, whatever happened.
+    refs = git(repo, "for-each-ref", "--format=%(refname)", f"refs/wtmesh/{summary['run_id']}")
+    assert f"refs/wtmesh/{summary['run_id']}/units/u2/result" in refs.splitlines()
+    assert os.path.isdir(repo / ".git/wtmesh/worktrees" / summary["run_id"])
