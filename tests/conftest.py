@@ -20,12 +20,10 @@ LANES = Path(__file__).resolve().parent / "lanes"
 PY = sys.executable
 
 
-@pytest.fixture(autouse=True)
-def hermetic_git(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def make_hermetic(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
     """No user or system git config, a fixed identity and dates: every test sees the same
     git whatever machine it runs on."""
-    home = tmp_path / "home"
-    home.mkdir()
+    home.mkdir(parents=True, exist_ok=True)
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
     monkeypatch.setenv("GIT_CONFIG_GLOBAL", "/dev/null")
@@ -33,9 +31,22 @@ def hermetic_git(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         monkeypatch.setenv(f"GIT_{role}_NAME", "Test Author")
         monkeypatch.setenv(f"GIT_{role}_EMAIL", "test@example.com")
         monkeypatch.setenv(f"GIT_{role}_DATE", "2026-01-01T00:00:00Z")
-    for var in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "EMAIL"):
+    for var in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "EMAIL", "WTMESH_FAULT"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+
+
+@pytest.fixture(autouse=True)
+def hermetic_git(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    make_hermetic(monkeypatch, tmp_path / "home")
+
+
+@pytest.fixture(scope="module")
+def hermetic_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The same, for module-scoped fixtures (which run before the autouse one)."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        make_hermetic(monkeypatch, tmp_path_factory.mktemp("home"))
+        yield
 
 
 def git(repo: Path, *args: str, input: bytes | None = None) -> str:
@@ -100,6 +111,16 @@ PROOF = [PY, "-m", "unittest", "discover", "-q", "-s", "tests", "-t", "."]
 
 def state_dir(repo: Path) -> Path:
     return repo / ".git" / "wtmesh"
+
+
+def alive(pid: int) -> bool:
+    """Running, that is: not gone and not a zombie waiting for a reaper (in a container
+    without an init that reaps, killed orphans stay zombies)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def no_worktrees_left(repo: Path) -> bool:

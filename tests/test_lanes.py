@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PY, git, lane, state_dir, wtmesh
+from conftest import PY, alive, git, lane, state_dir, wtmesh
 
 from worktree_mesh.lanes import render
 
@@ -180,20 +179,7 @@ def test_timeout_kills_the_whole_group_then_retries(repo: Path, write_plan: Any,
     assert (unit["status"], unit["failure_code"]) == ("failed", "timeout_retry_exhausted")
     assert unit["attempts"] == 2
     for pid in pids.read_text().split():
-        assert not _alive(int(pid)), f"background process {pid} survived its lane"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie waiting for its reaper is dead for our purposes.
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+        assert not alive(int(pid)), f"background process {pid} survived its lane"
 
 
 def test_retry_starts_from_a_clean_worktree(repo: Path, write_plan: Any) -> None:

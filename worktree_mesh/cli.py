@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import signal
 import sys
 import tempfile
 import traceback
@@ -12,12 +15,15 @@ import click
 
 from . import __version__
 from . import plan as plan_mod
-from .errors import EXIT_INTERRUPTED, EXIT_USAGE, EnvironmentRefused, WtmeshError
+from .errors import EXIT_INTERRUPTED, EXIT_USAGE, EnvironmentRefused, UsageError, WtmeshError
 from .git import Git, NotARepository, RepoInfo, discover
 from .output import LineRenderer, print_json, print_summary_table
-from .scheduler import Run, resolve_run
+from .resume import Recovery, events, find_run, recover, run_finished
+from .scheduler import Run, resolve_run, resumed_options
+from .state import StateDir
 
 EXIT_INTERNAL = 70  # a bug in wtmesh (EX_SOFTWARE); details go to a log file
+NEWEST = "\0newest"  # --resume without a run id
 
 
 def open_repo(repo: Path | None) -> tuple[RepoInfo, Git]:
@@ -62,30 +68,85 @@ def validate(plan_file: Path) -> None:
 @click.option("--keep-worktrees", is_flag=True, help="Leave the unit worktrees in place.")
 @click.option("--lock-timeout", type=click.FloatRange(min=0), default=600.0, show_default=True,
               help="Seconds to wait for another run's integrator lock before exiting 3.")
+@click.option("--resume", "resume", is_flag=False, flag_value=NEWEST, default=None,
+              metavar="[RUN_ID]",
+              help="Continue an interrupted run (default: the newest unfinished run of PLAN).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print only the run summary, as one JSON object, on stdout.")
 def run(plan_file: Path, repo: Path | None, max_active: int | None, delivery: str | None,
         target: str | None, base: str | None, patch_dir: Path | None, keep_worktrees: bool,
-        lock_timeout: float, as_json: bool) -> None:
+        lock_timeout: float, resume: str | None, as_json: bool) -> None:
     """Run PLAN: lanes in worktrees, then integrate accepted changes in plan order."""
-    plan = plan_mod.load(plan_file)
-    info, git = open_repo(repo)
-    options = resolve_run(plan, info, git, target=target, base=base, delivery_mode=delivery,
-                          max_active=max_active,
-                          patch_dir=patch_dir.resolve() if patch_dir else None,
-                          keep_worktrees=keep_worktrees, lock_timeout_s=lock_timeout)
     renderer = LineRenderer(sys.stderr if as_json else sys.stdout)
-    the_run = Run(options, git, renderer)
+    if resume is not None:
+        if delivery or target or base or patch_dir:
+            raise UsageError("--resume continues a run as it was started: --delivery, "
+                             "--target, --base and --patch-dir cannot change")
+        the_run, recovery = _resumable(plan_file, repo, resume, renderer, as_json,
+                                       keep_worktrees=keep_worktrees, lock_timeout=lock_timeout,
+                                       max_active=max_active)
+    else:
+        plan = plan_mod.load(plan_file)
+        info, git = open_repo(repo)
+        options = resolve_run(plan, info, git, target=target, base=base,
+                              delivery_mode=delivery, max_active=max_active,
+                              patch_dir=patch_dir.resolve() if patch_dir else None,
+                              keep_worktrees=keep_worktrees, lock_timeout_s=lock_timeout)
+        the_run, recovery = Run(options, git, renderer), None
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        the_run.prepare()
+        if recovery is None:
+            the_run.prepare()
+        else:
+            the_run.resume(recovery)
         summary = the_run.execute()
     finally:
+        signal.signal(signal.SIGTERM, previous)
         the_run.close()
+    _print_summary(summary, as_json)
+    if summary["exit_code"] == EXIT_INTERRUPTED:
+        click.echo(f"wtmesh: interrupted; continue with: wtmesh run {plan_file} --resume "
+                   f"{summary['run_id']}", err=True)
+    sys.exit(summary["exit_code"])
+
+
+def _terminate(_signum: int, _frame: object) -> None:
+    """SIGTERM (a CI cancel, a kill) stops a run like Ctrl-C: lanes stopped, resumable."""
+    raise KeyboardInterrupt
+
+
+def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print_json(summary)
     else:
         print_summary_table(summary)
-    sys.exit(summary["exit_code"])
+
+
+def _resumable(plan_file: Path, repo: Path | None, resume: str, renderer: LineRenderer,
+               as_json: bool, *, keep_worktrees: bool, lock_timeout: float,
+               max_active: int | None) -> tuple[Run, Recovery]:
+    info, git = open_repo(repo)
+    state = StateDir.for_common_dir(git.common_dir)
+    run_id = find_run(state, plan_file.resolve(), None if resume == NEWEST else resume)
+    run_dir = state.run(run_id)
+    finished = run_finished(events(run_dir))
+    if finished is not None:
+        click.echo(f"run {run_id} had already finished "
+                   f"({_describe_counts(finished['counts'])}); nothing to resume", err=True)
+        summary_file = run_dir.path / "summary.json"
+        if as_json and summary_file.exists():
+            print_json(json.loads(summary_file.read_text("utf-8")))
+        sys.exit(finished["exit_code"])
+    recovery = recover(run_dir)
+    options = resumed_options(run_dir, info, recovery, keep_worktrees=keep_worktrees,
+                              lock_timeout_s=lock_timeout)
+    if max_active:
+        options = dataclasses.replace(options, max_active=max_active)
+    return Run(options, git, renderer, run_id=run_id), recovery
+
+
+def _describe_counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {state}" for state, n in counts.items() if n) or "no units"
 
 
 def _internal_error() -> int:

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NewType
+
+import filelock
 
 from . import proc
 
@@ -161,6 +164,10 @@ class Git:
         res = self.run("update-ref", "-m", message, ref, new, old or ZERO_SHA, check=False)
         return res.returncode == 0
 
+    def set_ref(self, ref: str, new: str, message: str = "wtmesh") -> None:
+        """Point one of wtmesh's own refs (never a user's) at ``new``, whatever it was."""
+        self.run("update-ref", "-m", message, ref, new)
+
     def delete_ref(self, ref: str) -> None:
         self.run("update-ref", "-d", ref, check=False)
 
@@ -263,30 +270,61 @@ class Git:
 
     # -- worktrees -----------------------------------------------------------------------
 
+    @contextmanager
+    def _worktree_admin(self) -> Iterator[None]:
+        """Serialise our changes to ``.git/worktrees/``, across threads and processes.
+        Two concurrent ``git worktree add`` race: one reads the other's half-made admin
+        entry and fails ("failed to read .../commondir")."""
+        lock_path = self.common_dir / "wtmesh" / "worktree-admin.lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with filelock.FileLock(str(lock_path), fallback_to_soft=False):
+            yield
+
     def worktree_add(self, path: Path, commit: str) -> None:
-        self.run("worktree", "add", "--detach", "--force", str(path), commit)
+        with self._worktree_admin():
+            self.run("worktree", "add", "--detach", "--force", str(path), commit)
 
     def worktree_remove(self, path: Path) -> None:
         """Remove one worktree of ours, by path (never a bare ``worktree prune``, which
         would also unregister worktrees of the user's whose directory is missing)."""
-        self.run("worktree", "remove", "--force", "--force", str(path), check=False)
-        if path.exists():
-            shutil.rmtree(path, ignore_errors=True)
-        # `worktree remove` refuses when the directory is already gone: drop the admin
-        # entry that points at exactly this path ourselves.
+        with self._worktree_admin():
+            self.run("worktree", "remove", "--force", "--force", str(path), check=False)
+            if path.exists():
+                shutil.rmtree(path, ignore_errors=True)
+            # `worktree remove` refuses when the directory is already gone, or when a
+            # crash cut `worktree add` short: drop the admin entry naming this path.
+            for admin, worktree in self.worktree_admin_entries():
+                if worktree == path:
+                    shutil.rmtree(admin, ignore_errors=True)
+
+    def worktree_admin_entries(self) -> list[tuple[Path, Path]]:
+        """``(admin dir, worktree path)`` for every registered worktree, read from the
+        admin entries themselves: this works where ``git worktree list`` fails on an
+        entry a killed ``worktree add`` left half written."""
         admin_root = self.common_dir / "worktrees"
-        if admin_root.is_dir():
-            target = os.fsencode(path / ".git")
-            for admin in admin_root.iterdir():
-                gitdir = admin / "gitdir"
-                try:
-                    if gitdir.read_bytes().strip() == target:
-                        shutil.rmtree(admin, ignore_errors=True)
-                except OSError:
-                    continue
+        entries: list[tuple[Path, Path]] = []
+        if not admin_root.is_dir():
+            return entries
+        for admin in admin_root.iterdir():
+            try:
+                gitdir = admin.joinpath("gitdir").read_bytes().strip()
+            except OSError:
+                continue
+            entries.append((admin, Path(os.fsdecode(gitdir)).parent))
+        return entries
+
+    def remove_worktrees_under(self, root: Path) -> list[Path]:
+        """Remove every worktree registered below ``root`` (a directory of wtmesh's)."""
+        removed = []
+        for _admin, worktree in self.worktree_admin_entries():
+            if worktree.is_relative_to(root):
+                self.worktree_remove(worktree)
+                removed.append(worktree)
+        return removed
 
     def worktrees(self) -> list[WorktreeEntry]:
-        res = self.run("worktree", "list", "--porcelain", "-z")
+        with self._worktree_admin():
+            res = self.run("worktree", "list", "--porcelain", "-z")
         entries: list[WorktreeEntry] = []
         current: dict[str, str] = {}
         for field in res.stdout.split(b"\0") + [b""]:

@@ -21,7 +21,7 @@ from typing import Any
 
 import filelock
 
-from . import proc
+from . import faults, proc
 from .errors import EnvironmentRefused
 from .git import Git, Sha, clean_env
 from .lanes import render
@@ -173,6 +173,7 @@ class Integrator:
             return Landing(unit.id, "no_diff", None, "the change is already on the target",
                            None, None, None, 0.0)
         candidate = self.git.commit_tree(tree, [head], commit_message(unit, self.run_id))
+        faults.point("apply")
         self.report("proof_started", unit=unit.id, candidate=candidate)
         proof_status, proof_notes, proof_s = self._prove(unit, candidate)
         self.report("proof_finished", unit=unit.id, status=proof_status,
@@ -182,6 +183,7 @@ class Integrator:
                            proof_status, proof_s)
         if not self._land(head, candidate):
             return None  # the landing ref moved under us: integrate again onto it
+        faults.point("land")
         patch = self._emit_patch(unit, candidate) if self.mode == "patch_first" else None
         self.report("landed", unit=unit.id, commit=candidate, ref=self.landing_ref, patch=patch)
         return Landing(unit.id, "integrated", None, "", candidate, patch, proof_status, proof_s)
@@ -228,7 +230,8 @@ class Integrator:
             self._worktree_ready = True
         done = proc.run_logged(render(unit.proof_command, self._placeholders(unit)),
                                cwd=self.worktree, env=self._proof_env(unit, candidate),
-                               stdout_path=log, stderr_path=log, timeout_s=unit.proof_timeout_s)
+                               stdout_path=log, stderr_path=log, timeout_s=unit.proof_timeout_s,
+                               on_spawn=lambda _pid: faults.point("proof"))
         if done.start_error:
             return "fail", f"proof could not start: {done.start_error}", done.duration_s
         if done.timed_out:
@@ -251,9 +254,12 @@ class Integrator:
             return self.git.update_ref(self.landing_ref, candidate, head, f"wtmesh {self.run_id}")
         worktree = target_worktree(self.git, self.target_ref)
         if worktree is not None:
+            # Recorded first: a crash between here and the swap is undone on resume.
+            self.report("bring_along", worktree=str(worktree), old=head, new=candidate)
             moved = self.git.bring_along(worktree, head, candidate)
             if moved.returncode != 0:
                 return self._strand(head, candidate, worktree, moved)
+            faults.point("bring-along")
         if self.git.update_ref(self.target_ref, candidate, head, f"wtmesh {self.run_id}"):
             return True
         if worktree is not None:
@@ -275,8 +281,22 @@ class Integrator:
             self.git.update_ref(self.stranded_ref, head, None, f"wtmesh {self.run_id}")
         return self.git.update_ref(self.stranded_ref, candidate, head, f"wtmesh {self.run_id}")
 
+    def rewrite_series(self, landed: list[tuple[str, Sha]]) -> dict[str, str]:
+        """Write the whole patch series again from the landed commits (after a crash the
+        last patch may be missing or torn): patches derive from commits, so this is
+        idempotent. Returns each unit's patch file name."""
+        assert self.patch_dir is not None
+        names: dict[str, str] = {}
+        for number, (unit_id, commit) in enumerate(landed, 1):
+            names[unit_id] = f"{number:04d}-{unit_id}.patch"
+            write_atomic(self.patch_dir / names[unit_id], self.git.format_patch(commit))
+        write_atomic(self.patch_dir / "series",
+                     "".join(f"{name}\n" for name in names.values()).encode())
+        return names
+
     def _emit_patch(self, unit: Unit, commit: Sha) -> str:
         assert self.patch_dir is not None
+        faults.point("patch")
         series = self.patch_dir / "series"
         names = series.read_text("utf-8").splitlines() if series.exists() else []
         name = f"{len(names) + 1:04d}-{unit.id}.patch"

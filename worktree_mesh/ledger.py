@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from . import faults
+
 
 class Ledger:
     def __init__(self, path: Path, run_id: str) -> None:
@@ -41,7 +43,8 @@ class Ledger:
             line = json.dumps(record, ensure_ascii=True, sort_keys=False) + "\n"
             os.write(self._fd, line.encode("ascii"))
             os.fsync(self._fd)
-            return record
+        faults.after_event(record["seq"])
+        return record
 
     def close(self) -> None:
         with self._lock:

@@ -328,6 +328,12 @@ def load(path: Path) -> Plan:
     return build(data, path.resolve())
 
 
+def load_as_run(copy: Path, original: Path) -> Plan:
+    """The plan a run recorded (its copy in the run directory), placed where the original
+    was so ``{plan_dir}`` still names the same directory."""
+    return build(json.loads(copy.read_text("utf-8")), original)
+
+
 def _command(value: Any) -> Command | None:
     if value is None or value == "":
         return None

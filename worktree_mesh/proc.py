@@ -86,11 +86,14 @@ class LoggedResult:
 
 
 class _GroupRegistry:
-    """Process groups of running lanes and proofs, so an interrupt can stop them all."""
+    """Process groups of running lanes and proofs, so an interrupt can stop them all.
+    Once stopped, no new command starts: a lane killed by the interrupt must not be
+    retried, nor a fixer started after it."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._groups: set[int] = set()
+        self.stopping = threading.Event()
 
     def add(self, pgid: int) -> None:
         with self._lock:
@@ -100,7 +103,8 @@ class _GroupRegistry:
         with self._lock:
             self._groups.discard(pgid)
 
-    def kill_all(self) -> None:
+    def stop_all(self) -> None:
+        self.stopping.set()
         with self._lock:
             groups = list(self._groups)
         for pgid in groups:
@@ -162,6 +166,8 @@ def run_logged(
     """
     argv = to_argv(command)
     started = time.monotonic()
+    if RUNNING_GROUPS.stopping.is_set():
+        return LoggedResult(None, False, "interrupted", 0.0, None)
     stdout_path.parent.mkdir(parents=True, exist_ok=True)
     with open(stdout_path, "ab") as out, open(stderr_path, "ab") as err:
         try:
@@ -179,6 +185,8 @@ def run_logged(
             return LoggedResult(None, False, f"cannot start {argv[0]!r}: {exc.strerror or exc}",
                                 time.monotonic() - started, None)
     RUNNING_GROUPS.add(proc.pid)
+    if RUNNING_GROUPS.stopping.is_set():  # stopped between our check and the spawn
+        kill_group(proc.pid, signal.SIGKILL)
     if on_spawn is not None:
         on_spawn(proc.pid)
     timed_out = False

@@ -17,13 +17,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import proc
-from .errors import EXIT_ENVIRONMENT, EXIT_OK, EXIT_UNITS_FAILED, UsageError
+from . import diffs, proc
+from . import plan as plan_mod
+from .errors import (
+    EXIT_ENVIRONMENT,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_UNITS_FAILED,
+    EnvironmentRefused,
+    UsageError,
+)
 from .git import Git, RepoInfo, Sha
 from .integrator import Integrator, Landing
 from .ledger import Ledger
 from .plan import Plan, Unit, integration_order
 from .readiness import FINAL_STATES, Readiness
+from .resume import (
+    Recovery,
+    RunLock,
+    landed_commits,
+    stop_leftover_processes,
+    undo_bring_along,
+)
 from .state import RunDir, StateDir, new_run_id, write_atomic
 from .unit_runner import LocalExecutor, UnitJob, UnitWork
 from .worktrees import WorktreePool
@@ -58,12 +73,13 @@ class UnitProgress:
     started: float | None = None
     finished: float | None = None
     files: list[str] = field(default_factory=list)
+    earlier_s: float = 0.0  # time spent before a resume
 
     @property
     def duration_s(self) -> float:
         if self.started is None:
-            return 0.0
-        return round((self.finished or time.monotonic()) - self.started, 3)
+            return round(self.earlier_s, 3)
+        return round(self.earlier_s + (self.finished or time.monotonic()) - self.started, 3)
 
     def summary(self) -> dict[str, Any]:
         landing = self.landing
@@ -103,6 +119,18 @@ def resolve_run(plan: Plan, repo: RepoInfo, git: Git, *, target: str | None, bas
                       patch_dir, keep_worktrees, lock_timeout_s)
 
 
+def resumed_options(run_dir: RunDir, repo: RepoInfo, recovery: Recovery, *,
+                    keep_worktrees: bool, lock_timeout_s: float) -> RunOptions:
+    """The options a run was started with, and the plan as it ran (not as it may have
+    been edited since)."""
+    started = recovery.started
+    plan = plan_mod.load_as_run(run_dir.plan_copy, Path(started["plan"]))
+    patch_dir = started.get("patch_dir")
+    return RunOptions(plan, repo, started["max_active"], started["delivery_mode"],
+                      started["target"], Sha(started["base"]),
+                      Path(patch_dir) if patch_dir else None, keep_worktrees, lock_timeout_s)
+
+
 class Run:
     def __init__(self, options: RunOptions, git: Git, observer: Observer,
                  run_id: str | None = None) -> None:
@@ -121,6 +149,8 @@ class Run:
             patch_dir = self.run_dir.default_patch_dir
         self.patch_dir = patch_dir
         self.ledger: Ledger | None = None
+        self.run_lock = RunLock(self.run_dir)
+        self.interrupted = False
         self.integrator = Integrator(
             git=git, plan=options.plan, run_id=self.run_id, state=self.state,
             run_dir=self.run_dir, delivery_mode=options.delivery_mode, target=options.target,
@@ -132,7 +162,9 @@ class Run:
     # -- events ------------------------------------------------------------------------
 
     def emit(self, event: str, **fields: Any) -> None:
-        assert self.ledger is not None
+        if self.ledger is None:  # before the run exists (waiting for the lock to start)
+            self.observer({"event": event, "run_id": self.run_id, **fields})
+            return
         record = self.ledger.append(event, **fields)
         self.observer(record)
 
@@ -159,8 +191,10 @@ class Run:
 
     def prepare(self) -> None:
         """Refuse early (dirty target) before anything is written."""
-        self.integrator.check_start()
+        with self.integrator.locked():
+            self.integrator.check_start()
         self.run_dir.create()
+        self.run_lock.try_acquire()
         write_atomic(self.run_dir.plan_copy,
                      json.dumps(self.options.plan.raw, indent=2).encode() + b"\n")
         self.ledger = Ledger(self.run_dir.ledger, self.run_id)
@@ -172,17 +206,122 @@ class Run:
                   repo=str(opts.repo.toplevel) if opts.repo.toplevel else None)
         self.integrator.start_patch_series()
 
+    def resume(self, recovery: Recovery) -> None:
+        """Continue an interrupted run: stop what it left running, undo a half-done move of
+        the user's worktree, then take each unit's state from git and the ledger."""
+        if not self.run_lock.try_acquire():
+            raise EnvironmentRefused(f"run {self.run_id} is still running; it cannot be "
+                                     "resumed from a second process")
+        self.ledger = Ledger(self.run_dir.ledger, self.run_id)
+        stopped = stop_leftover_processes(self.run_id)
+        # The dead process's worktrees: its pool is gone, and they may hold half a lane.
+        self.git.remove_worktrees_under(self.run_dir.worktrees)
+        pending = recovery.pending_bring_along
+        if pending and self.git.read_ref(self.integrator.target_ref) != pending["new"]:
+            undo_bring_along(self.git, Path(pending["worktree"]), pending["old"],
+                             pending["new"])
+        if recovery.stranded:
+            self.integrator.landing_ref = self.integrator.stranded_ref
+            self.integrator.stranded = True
+        with self.integrator.locked():
+            self.integrator.check_start()
+        self.emit("run_resumed", pid=os.getpid(), stopped_process_groups=stopped)
+        self.integrator.start_patch_series()
+        landed = self._landed_in_git()
+        for unit in self.order:
+            self._restore(self.units[unit.id], recovery, landed)
+        if landed:
+            self.head = list(landed.values())[-1]
+        if self.options.delivery_mode == "patch_first":
+            names = self.integrator.rewrite_series(list(landed.items()))
+            for unit_id, name in names.items():
+                landing = self.units[unit_id].landing
+                if landing is not None:
+                    self.units[unit_id].landing = Landing(**{**landing.__dict__, "patch": name})
+
+    def _landed_in_git(self) -> dict[str, Sha]:
+        """Units of this run whose commit is on a landing ref: integrated, whatever the
+        ledger managed to say. Oldest first."""
+        base = self.options.base
+        landed = landed_commits(self.git, self.run_id, self.integrator.scratch_ref
+                                if self.options.delivery_mode == "patch_first"
+                                else self.integrator.target_ref, base)
+        if self.integrator.stranded:
+            landed.update(landed_commits(self.git, self.run_id, self.integrator.stranded_ref,
+                                         base))
+        return landed
+
+    def _restore(self, progress: UnitProgress, recovery: Recovery,
+                 landed: dict[str, Sha]) -> None:
+        uid = progress.unit.id
+        progress.attempts = recovery.attempts.get(uid, 0)
+        record = recovery.finished.get(uid)
+        if record is not None:
+            progress.attempts = record.get("attempts", progress.attempts)
+            progress.earlier_s = record.get("duration_s", 0.0)
+            progress.files = record.get("files", [])
+        if uid in landed:
+            commit = landed[uid]
+            progress.landing = Landing(uid, "integrated", None, "", commit, None, None, 0.0)
+            if record is None:
+                parent = self.git.resolve_commit(f"{commit}^") or self.options.base
+                progress.files = [p for c in self.git.changes(parent, commit) for p in c.paths]
+                self._finish(progress, "integrated", None, "landed before the interruption")
+            else:
+                progress.state = "integrated"
+            return
+        if record is not None:
+            progress.state = record["status"]
+            progress.failure_code, progress.notes = record["failure_code"], record["notes"]
+            return
+        result_ref = f"refs/wtmesh/{self.run_id}/units/{uid}/result"
+        lanes = recovery.lanes_done.get(uid)
+        if lanes is not None and lanes["status"] != "accepted":
+            self._finish(progress, lanes["status"], lanes["failure_code"], lanes["notes"])
+            return
+        result = self.git.read_ref(result_ref)
+        if result is None:
+            return  # cut off before its lanes finished: it runs again, attempt + 1
+        # Its lanes finished: their work is on the result ref and is not redone.
+        work = self._work_from_ref(progress.unit, result, progress.attempts)
+        self._lanes_done(progress, work)
+
+    def _work_from_ref(self, unit: Unit, result: Sha, attempts: int) -> UnitWork:
+        start = self.git.resolve_commit(f"{result}^")
+        assert start is not None
+        unit_diff = diffs.collect(self.git, start, result, unit.scope)
+        diff_path = self.run_dir.unit_dir(unit.id) / "unit.diff"
+        write_atomic(diff_path, unit_diff.raw)
+        status, code, notes = "accepted", None, "lanes finished before the interruption"
+        if unit_diff.empty:
+            status, code, notes = "no_diff", None, "the lanes changed nothing"
+        elif unit_diff.violations:
+            status, code, notes = "failed", "scope_violation", "; ".join(unit_diff.violations)
+        return UnitWork(unit.id, status, code, notes, start, result, unit_diff, diff_path,
+                        max(attempts, 1), (), 0.0)
+
     def execute(self) -> dict[str, Any]:
         try:
             self._loop()
-        except BaseException:
-            proc.RUNNING_GROUPS.kill_all()
-            raise
+        except KeyboardInterrupt:
+            self.interrupted = True
         finally:
             if not self.options.keep_worktrees:
                 self.pool.remove_all()
                 self.integrator.close()
+        if self.interrupted:
+            return self._interrupted_summary()
         return self._finish_run()
+
+    def _interrupted_summary(self) -> dict[str, Any]:
+        in_flight = [p.unit.id for p in self.units.values() if p.state == "running"]
+        self.emit("run_interrupted", units=in_flight)
+        summary = self._summary(EXIT_INTERRUPTED)
+        for unit in summary["units"]:
+            if unit["id"] in in_flight:
+                unit["status"], unit["failure_code"] = "failed", "interrupted"
+        summary["counts"] = _counts(u["status"] for u in summary["units"])
+        return summary
 
     def _job(self, progress: UnitProgress) -> UnitJob:
         unit = progress.unit
@@ -255,6 +394,11 @@ class Run:
                     else:
                         progress = running.pop(future)
                         self._lanes_done(progress, future.result())
+        except BaseException:
+            # Stop lanes and proofs before waiting for their threads: an interrupt must
+            # not sit through a 30-minute lane.
+            proc.RUNNING_GROUPS.stop_all()
+            raise
         finally:
             lanes_pool.shutdown(wait=True, cancel_futures=True)
             integration_pool.shutdown(wait=True, cancel_futures=True)
@@ -306,12 +450,19 @@ class Run:
         self._finish(progress, landing.status, landing.failure_code, landing.notes)
 
     def _finish_run(self) -> dict[str, Any]:
-        counts = {state: 0 for state in UNIT_STATES}
-        for progress in self.units.values():
-            counts[progress.state] += 1
         failed = any(p.state not in ("integrated", "no_diff") for p in self.units.values())
         exit_code = EXIT_ENVIRONMENT if self.integrator.stranded else (
             EXIT_UNITS_FAILED if failed else EXIT_OK)
+        summary = self._summary(exit_code)
+        # The summary file first: once run_finished is in the ledger, resume points here.
+        write_atomic(self.run_dir.path / "summary.json",
+                     json.dumps(summary, indent=2).encode() + b"\n")
+        self.emit("run_finished", counts=summary["counts"], exit_code=exit_code,
+                  head=summary["head"], stranded=self.integrator.stranded)
+        return summary
+
+    def _summary(self, exit_code: int) -> dict[str, Any]:
+        counts = _counts(p.state for p in self.units.values())
         head = self.git.read_ref(self.integrator.landing_ref)
         summary = {
             "run_id": self.run_id,
@@ -326,12 +477,16 @@ class Run:
         }
         if self.integrator.stranded:
             summary["stranded_ref"] = self.integrator.stranded_ref[len("refs/heads/"):]
-        self.emit("run_finished", counts=counts, exit_code=exit_code, head=head,
-                  stranded=self.integrator.stranded)
-        write_atomic(self.run_dir.path / "summary.json",
-                     json.dumps(summary, indent=2).encode() + b"\n")
         return summary
 
     def close(self) -> None:
         if self.ledger is not None:
             self.ledger.close()
+        self.run_lock.release()
+
+
+def _counts(states: Any) -> dict[str, int]:
+    counts = {state: 0 for state in UNIT_STATES}
+    for state in states:
+        counts[state] += 1
+    return counts

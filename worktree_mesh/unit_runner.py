@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import apply_patch, diffs
+from . import apply_patch, diffs, faults, proc
 from .diffs import UnitDiff
 from .git import Git, Sha, clean_env
 from .lanes import LaneResult, LaneRun, render, run_lane
@@ -112,7 +112,7 @@ class LocalExecutor:
             raise _Ended("no_diff", None, coder.notes or "the coder reported no change")
         self._apply_result_patch(coder, worktree)
         after_coder = self.git.snapshot(worktree, job.start, f"wtmesh {job.unit.id}: coder")
-        self.git.update_ref(f"{job.ref_prefix}/coder", after_coder, None)
+        self.git.set_ref(f"{job.ref_prefix}/coder", after_coder)
         if self.git.tree_of(after_coder) == self.git.tree_of(job.start):
             raise _Ended("no_diff", None, "the coder changed nothing")
         fixer_spec = job.unit.fixer
@@ -129,7 +129,8 @@ class LocalExecutor:
             # coder's change stands.
             self._apply_result_patch(fixer, worktree)
             final = self.git.snapshot(worktree, job.start, f"wtmesh {job.unit.id}: result")
-        self.git.update_ref(f"{job.ref_prefix}/result", final, None)
+        self.git.set_ref(f"{job.ref_prefix}/result", final)
+        faults.point("lanes-done")
         return final
 
     @staticmethod
@@ -166,6 +167,8 @@ class LocalExecutor:
                            report: Report) -> LaneResult:
         tries = 0
         while True:
+            if proc.RUNNING_GROUPS.stopping.is_set():
+                raise _Ended("failed", "interrupted", "the run was interrupted")
             if tries:
                 attempt[0] += 1
                 # Retries start from a clean worktree at the lane's starting point.
@@ -179,9 +182,12 @@ class LocalExecutor:
                                     f"preset {spec.preset!r} is not available in this version",
                                     None, None, None, False, 0.0, None, could_not_start=True)
             else:
-                result = run_lane(lane_run, on_spawn=lambda pid: report(
-                    "lane_spawned", unit=job.unit.id, lane=spec.name, attempt=attempt[0],
-                    pgid=pid))
+                def spawned(pid: int) -> None:
+                    report("lane_spawned", unit=job.unit.id, lane=spec.name,
+                           attempt=attempt[0], pgid=pid)
+                    faults.point("lane")
+
+                result = run_lane(lane_run, on_spawn=spawned)
             report("lane_finished", unit=job.unit.id, **result.as_record())
             if not result.retryable or tries > spec.retries:
                 return result

@@ -1,0 +1,185 @@
+"""Reading an interrupted run back: from its ledger, and from git itself.
+
+The ledger says what was started and finished; git says what landed. The compare-and-swap
+on the landing ref is the commit point, so a unit counts as integrated exactly when a
+commit carrying its ``Wtmesh-Run``/``Wtmesh-Unit`` trailers is on the landing ref —
+whether or not the ledger got to say so before the crash.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import filelock
+
+from . import ledger as ledger_mod
+from .errors import UsageError
+from .git import Git, Sha
+from .state import RunDir, StateDir
+
+
+class RunLock:
+    """Held by the process running a run for its whole life: the kernel releases it when
+    that process dies, however it dies, so "is this run live?" never guesses from pids."""
+
+    def __init__(self, run_dir: RunDir) -> None:
+        self._lock = filelock.FileLock(str(run_dir.path / "run.lock"), fallback_to_soft=False)
+
+    def try_acquire(self) -> bool:
+        try:
+            self._lock.acquire(timeout=0)
+        except filelock.Timeout:
+            return False
+        return True
+
+    def release(self) -> None:
+        if self._lock.is_locked:
+            self._lock.release()
+
+
+def is_live(run_dir: RunDir) -> bool:
+    if not (run_dir.path / "run.lock").exists():
+        return False
+    probe = RunLock(run_dir)
+    if probe.try_acquire():
+        probe.release()
+        return False
+    return True
+
+
+def events(run_dir: RunDir) -> list[dict[str, Any]]:
+    return ledger_mod.read(run_dir.ledger) if run_dir.ledger.exists() else []
+
+
+def run_started(records: list[dict[str, Any]]) -> dict[str, Any]:
+    return next(r for r in records if r["event"] == "run_started")
+
+
+def run_finished(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    finished = [r for r in records if r["event"] == "run_finished"]
+    return finished[-1] if finished else None
+
+
+def find_run(state: StateDir, plan_path: Path, run_id: str | None) -> str:
+    """The run to resume: the one named, else the newest unfinished run of this plan,
+    else the newest run of this plan (which has finished)."""
+    if run_id is not None:
+        if not state.run(run_id).ledger.exists():
+            raise UsageError(f"no run {run_id!r} in this repository")
+        return run_id
+    mine: list[tuple[str, bool]] = []
+    for rid in state.run_ids():
+        records = events(state.run(rid))
+        started = next((r for r in records if r["event"] == "run_started"), None)
+        if started is None or Path(started["plan"]) != plan_path:
+            continue
+        mine.append((rid, run_finished(records) is not None))
+    if not mine:
+        raise UsageError(f"no run of {plan_path} to resume in this repository")
+    unfinished = [rid for rid, done in mine if not done]
+    return unfinished[-1] if unfinished else mine[-1][0]
+
+
+def landed_commits(git: Git, run_id: str, ref: str, base: str) -> dict[str, Sha]:
+    """Commits of this run on ``ref`` since ``base``, by unit id, oldest first."""
+    if git.read_ref(ref) is None:
+        return {}
+    res = git.run("log", "--reverse", "--format=%H%x1f%(trailers:key=Wtmesh-Run,valueonly,"
+                  "separator=%x2C)%x1f%(trailers:key=Wtmesh-Unit,valueonly,separator=%x2C)%x1e",
+                  f"{base}..{ref}", "--")
+    out: dict[str, Sha] = {}
+    for record in res.text.split("\x1e"):
+        fields = record.strip().split("\x1f")
+        if len(fields) == 3 and fields[1].strip() == run_id:
+            out[fields[2].strip()] = Sha(fields[0])
+    return out
+
+
+def _processes_of_run(run_id: str) -> Iterable[int]:
+    """Processes started for this run (lanes, setup, proofs): they carry WTMESH_RUN_ID."""
+    needle = f"WTMESH_RUN_ID={run_id}".encode()
+    proc_dir = Path("/proc")
+    if not proc_dir.is_dir():
+        return []
+    found = []
+    for entry in proc_dir.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if needle in environ.split(b"\0"):
+            found.append(int(entry.name))
+    return found
+
+
+def stop_leftover_processes(run_id: str) -> list[int]:
+    """Stop what a killed run left running (its lanes outlive it: they are in process
+    groups of their own). Returns the process groups signalled."""
+    groups: set[int] = set()
+    for pid in _processes_of_run(run_id):
+        try:
+            groups.add(os.getpgid(pid))
+        except ProcessLookupError:
+            continue
+    own = os.getpgid(0)
+    groups.discard(own)
+    for pgid in groups:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(True for _ in _processes_of_run(run_id)):
+        time.sleep(0.05)
+    return sorted(groups)
+
+
+def undo_bring_along(git: Git, worktree: Path, old: str, new: str) -> None:
+    """A crash came between moving the user's worktree to ``new`` and moving the target:
+    put the worktree back on ``old`` (the target's commit). Only files that still hold
+    what ``new`` put there are touched; anything the user changed since stays."""
+    if not worktree.is_dir():
+        return
+    index_tree = git.run("write-tree", cwd=worktree, check=False).text.strip()
+    if index_tree == git.tree_of(new):
+        git.run("read-tree", "-m", "-u", new, old, cwd=worktree, check=False)
+
+
+@dataclass
+class Recovery:
+    run_id: str
+    started: dict[str, Any]
+    finished: dict[str, dict[str, Any]] = field(default_factory=dict)  # unit_finished
+    lanes_done: dict[str, dict[str, Any]] = field(default_factory=dict)
+    attempts: dict[str, int] = field(default_factory=dict)
+    stranded: bool = False
+    pending_bring_along: dict[str, Any] | None = None
+
+
+def recover(run_dir: RunDir) -> Recovery:
+    records = events(run_dir)
+    recovery = Recovery(run_dir.run_id, run_started(records))
+    for record in records:
+        event = record["event"]
+        unit = str(record.get("unit", ""))
+        if event == "unit_finished":
+            recovery.finished[unit] = record
+        elif event == "lanes_done":
+            recovery.lanes_done[unit] = record
+        elif event == "lane_started":
+            recovery.attempts[unit] = max(recovery.attempts.get(unit, 0), record["attempt"])
+        elif event == "stranded":
+            recovery.stranded = True
+        elif event == "bring_along":
+            recovery.pending_bring_along = record
+        elif event == "landed":
+            recovery.pending_bring_along = None
+    return recovery
