@@ -1,0 +1,61 @@
+"""``scripts/demo`` end to end: it runs as designed and says where its results are."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ROOT
+
+DEMO = ROOT / "scripts" / "demo"
+
+# unit -> (state, failure code) as the demo plan is designed to end.
+EXPECTED = {
+    "add-power": ("integrated", ""),
+    "caret-operator": ("integrated", ""),
+    "add-modulo": ("integrated", ""),
+    "tidy-tests": ("rejected", "safety_regression_risk"),
+    "round-division": ("failed", "proof_failed"),
+    "add-version": ("failed", "scope_violation"),
+}
+PATCHES = ["0001-add-power.patch", "0002-caret-operator.patch", "0003-add-modulo.patch"]
+
+
+def shown(out: str, label: str) -> Path:
+    """The path the demo prints after ``label:``."""
+    match = re.search(rf"^{label}:\s+(\S+)$", out, re.M)
+    assert match, f"no {label!r} in:\n{out}"
+    return Path(match.group(1))
+
+
+def test_demo_runs_as_designed(tmp_path: Path) -> None:
+    # This suite's interpreter already has wtmesh: no venv made, nothing installed. The demo
+    # directory goes under tmp_path. A fresh machine: no git identity anywhere (conftest
+    # already hides the user's and the system's git config).
+    env = dict(os.environ, WTMESH_DEMO_PYTHON=sys.executable, TMPDIR=str(tmp_path))
+    for role in ("AUTHOR", "COMMITTER"):
+        for field in ("NAME", "EMAIL", "DATE"):
+            env.pop(f"GIT_{role}_{field}", None)
+    res = subprocess.run([str(DEMO)], env=env, capture_output=True, text=True, timeout=120,
+                         check=False, stdin=subprocess.DEVNULL, cwd=tmp_path)
+    out = res.stdout
+    assert res.returncode == 0, out + res.stderr
+    assert "demo OK" in out
+
+    # Both runs print each unit's end: "<unit> <state> [<failure code>: <evidence>]".
+    lines = out.splitlines()
+    for unit, (state, code) in EXPECTED.items():
+        ends = [line for line in lines if line.split()[:2] == [unit, state] and code in line]
+        assert len(ends) == 2, f"{unit} {state} {code}:\n{out}"
+
+    # Where the commits and patches are.
+    demo_dir = shown(out, "demo directory")
+    assert demo_dir.parent == tmp_path
+    assert re.search(r"^\s+\w+ add-modulo: ", out, re.M)  # git log --oneline
+    patch_dir = shown(out, "patch directory")
+    assert (patch_dir / "series").read_text().splitlines() == PATCHES
+    assert all(name in out for name in PATCHES)
+    assert f"rm -rf {demo_dir}" in out
