@@ -124,8 +124,12 @@ def alive(pid: int) -> bool:
 
 
 def no_worktrees_left(repo: Path) -> bool:
+    """Only the user's worktree is registered, and no run left a directory behind for
+    worktrees or temporary indexes."""
     listing = git(repo, "worktree", "list", "--porcelain")
-    return listing.count("worktree ") == 1
+    state = state_dir(repo)
+    leftovers = [*state.glob("worktrees/*"), *state.glob("runs/*/tmp")]
+    return listing.count("worktree ") == 1 and not leftovers
 
 
 @pytest.fixture

@@ -33,17 +33,10 @@ def snapshot(repo: Path) -> dict[str, Any]:
     }
 
 
-def assert_unchanged(repo: Path, before: dict[str, Any], *, lock_ok: bool = False) -> None:
-    """No ref, worktree, HEAD, index or file changed, and no run was started. With
-    ``lock_ok`` the refusal may have taken the integrator lock to look (a lock file in
-    the state directory), but it recorded no run."""
-    if lock_ok:
-        assert not (state_dir(repo) / "runs").exists() or \
-            not list((state_dir(repo) / "runs").iterdir())
-        assert not (state_dir(repo) / "worktrees").exists() or \
-            not list((state_dir(repo) / "worktrees").iterdir())
-    else:
-        assert not state_dir(repo).exists()
+def assert_unchanged(repo: Path, before: dict[str, Any]) -> None:
+    """No ref, worktree, HEAD, index or file changed, and no state (not even a lock
+    file) was written."""
+    assert not state_dir(repo).exists()
     assert snapshot(repo) == before
 
 
@@ -116,7 +109,7 @@ def test_modified_tracked_file_refuses_to_start(repo: Path, plan: Path) -> None:
     assert "uncommitted changes" in line and "'main'" in line
     assert ops.read_bytes() == dirty
     assert not (repo / "new.txt").exists()
-    assert_unchanged(repo, before, lock_ok=True)
+    assert_unchanged(repo, before)
 
 
 def test_staged_change_refuses_to_start(repo: Path, plan: Path) -> None:
@@ -134,7 +127,7 @@ def test_staged_change_refuses_to_start(repo: Path, plan: Path) -> None:
     assert "uncommitted changes" in line
     assert readme.read_bytes() == staged
     assert (repo / "added.txt").read_bytes() == b"only in the index\n"
-    assert_unchanged(repo, before, lock_ok=True)
+    assert_unchanged(repo, before)
 
 
 def test_staged_then_reverted_in_worktree_still_refuses(repo: Path, plan: Path) -> None:
@@ -148,7 +141,7 @@ def test_staged_then_reverted_in_worktree_still_refuses(repo: Path, plan: Path) 
     res = wtmesh("run", plan, cwd=repo)
     one_error_line(res, 3)
     assert readme.read_bytes() == original
-    assert_unchanged(repo, before, lock_ok=True)
+    assert_unchanged(repo, before)
 
 
 def test_dirty_target_checked_out_in_another_worktree(tmp_path: Path, repo: Path,
@@ -163,7 +156,7 @@ def test_dirty_target_checked_out_in_another_worktree(tmp_path: Path, repo: Path
     line = one_error_line(res, 3)
     assert "'feature'" in line and str(other) in line
     assert (other / "README.md").read_text() == "changed in the feature worktree\n"
-    assert_unchanged(repo, before, lock_ok=True)
+    assert_unchanged(repo, before)
 
 
 def test_untracked_file_does_not_block(repo: Path, plan: Path) -> None:

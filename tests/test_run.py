@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -247,3 +248,39 @@ def test_max_active_bounds_concurrency(repo: Path, write_plan: Any, tmp_path: Pa
             active.add(unit_id)
         peak = max(peak, len(active))
     assert peak == 2
+
+
+def test_unit_ids_that_are_not_valid_ref_names_still_run(repo: Path, tmp_path: Path) -> None:
+    """`a..b`, `x.lock`, `.h` and `..` are valid unit ids but not valid ref components;
+    each unit's work still gets its own ref and lands."""
+    ids = ["a..b", "x.lock", ".h", "..", "plain"]
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"proof_command": "true", "units": [
+        {"id": uid, "objective": "o", "unit_scope": f"f{n}.txt",
+         "lanes": {"coder": {"command": lane("act.py", f"write:f{n}.txt={n}\\n")}}}
+        for n, uid in enumerate(ids)]}))
+    res = wtmesh("run", plan, "--json", cwd=repo)
+    assert res.returncode == 0, res.stderr
+    summary = res.json()
+    assert {u["id"]: u["status"] for u in summary["units"]} == dict.fromkeys(ids, "integrated")
+    refs = git(repo, "for-each-ref", "--format=%(refname)",
+               f"refs/wtmesh/{summary['run_id']}/units/").splitlines()
+    result_refs = {r.rsplit("/", 2)[1] for r in refs if r.endswith("/result")}
+    assert len(result_refs) == len(ids)  # one distinct ref per unit
+    assert "plain" in result_refs
+
+
+def test_an_integrated_unit_keeps_its_fixers_notes(repo: Path, tmp_path: Path) -> None:
+    accept = '{"id": "u1", "decision": "accept", "notes": "added a docstring"}'
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"proof_command": "true", "units": [
+        {"id": "u1", "objective": "o", "unit_scope": "f.txt",
+         "lanes": {"coder": {"command": lane("act.py", "write:f.txt=x\\n")},
+                   "fixer": {"command": lane("act.py", f"result:{accept}")}}}]}))
+    res = wtmesh("run", plan, "--json", cwd=repo)
+    assert res.returncode == 0, res.stderr
+    ledger = repo / ".git/wtmesh/runs" / res.json()["run_id"] / "ledger.jsonl"
+    (finished,) = [json.loads(line) for line in ledger.read_text().splitlines()
+                   if json.loads(line)["event"] == "unit_finished"]
+    assert finished["status"] == "integrated"
+    assert finished["notes"] == "added a docstring"

@@ -271,13 +271,18 @@ class Git:
     # -- worktrees -----------------------------------------------------------------------
 
     @contextmanager
-    def _worktree_admin(self) -> Iterator[None]:
-        """Serialise our changes to ``.git/worktrees/``, across threads and processes.
+    def _worktree_admin(self, *, reading: bool = False) -> Iterator[None]:
+        """Serialise our use of ``.git/worktrees/``, across threads and processes.
         Two concurrent ``git worktree add`` race: one reads the other's half-made admin
-        entry and fails ("failed to read .../commondir")."""
-        lock_path = self.common_dir / "wtmesh" / "worktree-admin.lock"
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with filelock.FileLock(str(lock_path), fallback_to_soft=False):
+        entry and fails ("failed to read .../commondir"). A reader needs no lock where
+        no wtmesh state exists yet (no run of ours can be adding a worktree), and then
+        creates none: a refused start leaves no trace."""
+        state = self.common_dir / "wtmesh"
+        if reading and not state.is_dir():
+            yield
+            return
+        state.mkdir(parents=True, exist_ok=True)
+        with filelock.FileLock(str(state / "worktree-admin.lock"), fallback_to_soft=False):
             yield
 
     def worktree_add(self, path: Path, commit: str) -> None:
@@ -323,7 +328,7 @@ class Git:
         return removed
 
     def worktrees(self) -> list[WorktreeEntry]:
-        with self._worktree_admin():
+        with self._worktree_admin(reading=True):
             res = self.run("worktree", "list", "--porcelain", "-z")
         entries: list[WorktreeEntry] = []
         current: dict[str, str] = {}

@@ -161,6 +161,7 @@ class Integrator:
         self.report("apply_started", unit=unit.id, onto=head)
         self._ensure_worktree(head)
         index = self.run_dir.tmp / f"index-{os.getpid()}"
+        index.parent.mkdir(parents=True, exist_ok=True)  # removed when a run ends
         try:
             tree = self.git.apply_to_tree(head, diff_path, index, cwd=self.worktree)
         finally:

@@ -12,6 +12,7 @@ from typing import Any, TextIO
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .integrator import wait_message
 
@@ -74,20 +75,24 @@ def print_summary_table(summary: dict[str, Any], stream: TextIO | None = None) -
     stream = stream or sys.stdout
     console = Console(file=stream, highlight=False, soft_wrap=False,
                       width=None if stream.isatty() else 120)
-    table = Table(title=f"run {summary['run_id']}", title_justify="left")
+    table = Table()
     for column in ("unit", "status", "failure", "files", "commit / patch", "s"):
         table.add_column(column, overflow="fold")
     for unit in summary["units"]:
-        style = _STATE_STYLE.get(unit["status"], "")
-        table.add_row(unit["id"], f"[{style}]{unit['status']}[/]" if style else unit["status"],
-                      unit["failure_code"] or "", str(len(unit["files"])),
-                      unit["patch"] or (unit["commit"] or "")[:12], f"{unit['duration_s']:.1f}")
+        # Text, not markup: a unit id or patch name such as "[b]" is shown as written.
+        table.add_row(Text(unit["id"]),
+                      Text(unit["status"], style=_STATE_STYLE.get(unit["status"], "")),
+                      Text(unit["failure_code"] or ""), str(len(unit["files"])),
+                      Text(unit["patch"] or (unit["commit"] or "")[:12]),
+                      f"{unit['duration_s']:.1f}")
+    console.print(f"run {summary['run_id']}", markup=False)
     console.print(table)
     counts = ", ".join(f"{n} {state}" for state, n in summary["counts"].items() if n)
-    console.print(counts)
+    console.print(counts, markup=False)
     where = landing_note(summary)
     if where:
-        console.print(where)
+        # Paths and the git am line must stay whole to be copied: never wrapped.
+        console.print(where, markup=False, soft_wrap=True)
 
 
 def landing_note(summary: dict[str, Any]) -> str:

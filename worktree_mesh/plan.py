@@ -162,7 +162,10 @@ def _describe(error: ValidationError) -> list[str]:
     if error.validator == "minLength":
         return [f"{where}: must not be empty"]
     if error.validator == "pattern":
-        return [f"{where}: {error.instance!r} must match {error.validator_value}"]
+        # The schema's description spells the pattern for people; the regex itself
+        # carries an anchor trick ($(?!\n)) that would only confuse.
+        wanted = error.schema.get("description", error.validator_value)
+        return [f"{where}: {error.instance!r} must match {wanted}"]
     if error.validator == "type":
         return [f"{where}: expected {error.validator_value}, got {type(error.instance).__name__}"]
     return [f"{where}: {error.message}"]
@@ -331,7 +334,7 @@ def load(path: Path) -> Plan:
 def load_as_run(copy: Path, original: Path) -> Plan:
     """The plan a run recorded (its copy in the run directory), placed where the original
     was so ``{plan_dir}`` still names the same directory."""
-    return build(json.loads(copy.read_text("utf-8")), original)
+    return build(json.loads(copy.read_text("utf-8-sig")), original)
 
 
 def _command(value: Any) -> Command | None:

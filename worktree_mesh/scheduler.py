@@ -25,6 +25,7 @@ from .errors import (
     EXIT_OK,
     EXIT_UNITS_FAILED,
     EnvironmentRefused,
+    PlanError,
     UsageError,
 )
 from .git import Git, RepoInfo, Sha
@@ -39,7 +40,7 @@ from .resume import (
     stop_leftover_processes,
     undo_bring_along,
 )
-from .state import RunDir, StateDir, new_run_id, write_atomic
+from .state import RunDir, StateDir, new_run_id, unit_ref_prefix, write_atomic
 from .unit_runner import LocalExecutor, UnitJob, UnitWork
 from .worktrees import WorktreePool
 
@@ -110,11 +111,15 @@ def resolve_run(plan: Plan, repo: RepoInfo, git: Git, *, target: str | None, bas
     base_sha = git.resolve_commit(base_rev)
     if base_sha is None:
         raise UsageError(f"base {base_rev!r} is not a commit in this repository")
-    mismatched = [u.id for u in plan.units
-                  if u.labels.get("delivery_mode") not in (None, mode)]
+    source = "--delivery" if delivery_mode else "the plan"
+    mismatched = [
+        f"{plan.path}: $.units[{index}].delivery_mode: unit {u.id!r} says "
+        f"{u.labels['delivery_mode']!r} but the run delivers {mode!r} (from {source})"
+        for index, u in enumerate(plan.units)
+        if u.labels.get("delivery_mode") not in (None, mode)]
     if mismatched:
-        raise UsageError(f"units {', '.join(mismatched)} carry a delivery_mode other than "
-                         f"the run's {mode!r}")
+        raise PlanError(f"{plan.path}: units disagree with the delivery mode",
+                        details=mismatched)
     return RunOptions(plan, repo, max_active or plan.max_active, mode, target_name, base_sha,
                       patch_dir, keep_worktrees, lock_timeout_s)
 
@@ -191,6 +196,9 @@ class Run:
 
     def prepare(self) -> None:
         """Refuse early (dirty target) before anything is written."""
+        # First without the lock, so a refused start leaves no trace (not even a lock
+        # file); then under it, as another run may be moving the worktree right now.
+        self.integrator.check_start()
         with self.integrator.locked():
             self.integrator.check_start()
         self.run_dir.create()
@@ -274,7 +282,7 @@ class Run:
             progress.state = record["status"]
             progress.failure_code, progress.notes = record["failure_code"], record["notes"]
             return
-        result_ref = f"refs/wtmesh/{self.run_id}/units/{uid}/result"
+        result_ref = f"{unit_ref_prefix(self.run_id, uid)}/result"
         lanes = recovery.lanes_done.get(uid)
         if lanes is not None and lanes["status"] != "accepted":
             self._finish(progress, lanes["status"], lanes["failure_code"], lanes["notes"])
@@ -309,6 +317,7 @@ class Run:
             if not self.options.keep_worktrees:
                 self.pool.remove_all()
                 self.integrator.close()
+                _remove_if_empty(self.run_dir.worktrees, self.run_dir.tmp)
         if self.interrupted:
             return self._interrupted_summary()
         return self._finish_run()
@@ -329,7 +338,7 @@ class Run:
             run_id=self.run_id, unit=unit, start=self.head, first_attempt=progress.attempts + 1,
             repo=self.options.repo.toplevel or self.git.common_dir,
             plan_dir=self.options.plan.plan_dir, unit_dir=self.run_dir.unit_dir(unit.id),
-            setup=self.options.plan.setup, ref_prefix=f"refs/wtmesh/{self.run_id}/units/{unit.id}")
+            setup=self.options.plan.setup, ref_prefix=unit_ref_prefix(self.run_id, unit.id))
 
     def _run_unit(self, job: UnitJob) -> UnitWork:
         """A failure inside wtmesh while running one unit ends that unit, not the run."""
@@ -447,7 +456,11 @@ class Run:
         if landing.status == "integrated":
             assert landing.commit is not None
             self.head = landing.commit
-        self._finish(progress, landing.status, landing.failure_code, landing.notes)
+        # An integrated unit keeps what its lanes said (a fixer's notes); a failed landing
+        # says why it failed.
+        work_notes = progress.work.notes if progress.work is not None else ""
+        self._finish(progress, landing.status, landing.failure_code,
+                     landing.notes or work_notes)
 
     def _finish_run(self) -> dict[str, Any]:
         failed = any(p.state not in ("integrated", "no_diff") for p in self.units.values())
@@ -490,3 +503,11 @@ def _counts(states: Any) -> dict[str, int]:
     for state in states:
         counts[state] += 1
     return counts
+
+
+def _remove_if_empty(*dirs: Path) -> None:
+    for directory in dirs:
+        try:
+            directory.rmdir()
+        except OSError:  # not empty (kept for a reason) or already gone
+            pass

@@ -23,6 +23,19 @@ def safe_name(unit_id: str) -> str:
     return unit_id if unit_id.strip(".") else "_" + unit_id
 
 
+def unit_ref_prefix(run_id: str, unit_id: str) -> str:
+    """``refs/wtmesh/<run-id>/units/<id>``, with the id made a valid ref component.
+
+    Valid unit ids such as ``a..b``, ``x.lock`` or ``.h`` are not valid in a ref name
+    (git-check-ref-format); such an id is spelled ``+`` and its hex bytes instead. ``+``
+    never occurs in a unit id, so the spelling cannot collide with another id.
+    """
+    refusable = (unit_id.startswith(".") or unit_id.endswith((".", ".lock"))
+                 or ".." in unit_id)
+    component = "+" + unit_id.encode().hex() if refusable else unit_id
+    return f"refs/wtmesh/{run_id}/units/{component}"
+
+
 @dataclass(frozen=True)
 class StateDir:
     root: Path
