@@ -15,12 +15,14 @@ import click
 
 from . import __version__
 from . import plan as plan_mod
+from .cleanup import collect_garbage
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, EnvironmentRefused, UsageError, WtmeshError
 from .git import Git, NotARepository, RepoInfo, discover
-from .output import LineRenderer, print_json, print_summary_table
+from .output import LineRenderer, print_gc, print_json, print_status, print_summary_table
 from .resume import Recovery, events, find_run, recover, run_finished
 from .scheduler import Run, resolve_run, resumed_options
 from .state import StateDir
+from .status import run_status
 
 EXIT_INTERNAL = 70  # a bug in wtmesh (EX_SOFTWARE); details go to a log file
 NEWEST = "\0newest"  # --resume without a run id
@@ -147,6 +149,33 @@ def _resumable(plan_file: Path, repo: Path | None, resume: str, renderer: LineRe
 
 def _describe_counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{n} {state}" for state, n in counts.items() if n) or "no units"
+
+
+@cli.command()
+@click.argument("run_id", required=False)
+@repo_option
+@click.option("--json", "as_json", is_flag=True, help="Print the status as one JSON object.")
+def status(run_id: str | None, repo: Path | None, as_json: bool) -> None:
+    """What a run did (default: the newest), and what --resume would do."""
+    _info, git = open_repo(repo)
+    record = run_status(git, StateDir.for_common_dir(git.common_dir), run_id)
+    if as_json:
+        print_json(record)
+    else:
+        print_status(record)
+
+
+@cli.command()
+@repo_option
+@click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
+@click.option("--unfinished", is_flag=True,
+              help="Also drop the refs of interrupted runs (they can then not be resumed).")
+def gc(repo: Path | None, dry_run: bool, unfinished: bool) -> None:
+    """Remove worktrees, refs and stale locks of finished or dead runs."""
+    _info, git = open_repo(repo)
+    report = collect_garbage(git, StateDir.for_common_dir(git.common_dir), dry_run=dry_run,
+                             unfinished=unfinished)
+    print_gc(report)
 
 
 def _internal_error() -> int:

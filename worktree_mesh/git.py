@@ -171,6 +171,12 @@ class Git:
     def delete_ref(self, ref: str) -> None:
         self.run("update-ref", "-d", ref, check=False)
 
+    def delete_refs(self, refs: Mapping[str, str]) -> None:
+        """Delete ``{ref: expected value}`` in one transaction (each only if unchanged)."""
+        if refs:
+            script = "".join(f"delete {ref} {old}\n" for ref, old in refs.items())
+            self.run("update-ref", "--stdin", input=script.encode())
+
     def list_refs(self, prefix: str) -> dict[str, Sha]:
         res = self.run("for-each-ref", "--format=%(objectname) %(refname)", prefix)
         refs: dict[str, Sha] = {}

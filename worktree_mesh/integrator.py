@@ -27,7 +27,7 @@ from .git import Git, Sha, clean_env
 from .lanes import render
 from .plan import Plan, Unit
 from .prepare import SetupFailed, prepare
-from .state import RunDir, StateDir, write_atomic
+from .state import RunDir, StateDir, scratch_ref, stranded_ref, write_atomic
 from .unit_runner import UnitWork
 
 Report = Callable[..., None]
@@ -88,8 +88,8 @@ class Integrator:
         self._worktree_ready = False
         # Where landings go: the target (commit_first), or a ref of this run's own
         # (patch_first, and commit_first once the user's worktree could not follow).
-        self.scratch_ref = f"refs/wtmesh/{run_id}/integrated"
-        self.stranded_ref = f"refs/heads/wtmesh/{run_id}/integrated"
+        self.scratch_ref = scratch_ref(run_id)
+        self.stranded_ref = stranded_ref(run_id)
         self.landing_ref = self.target_ref if delivery_mode == "commit_first" else self.scratch_ref
         self.stranded = False
 

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from .cleanup import GcReport
 from .integrator import wait_message
 
 _STATE_STYLE = {"integrated": "green", "no_diff": "dim", "rejected": "yellow",
@@ -42,6 +43,13 @@ def describe(record: dict[str, Any]) -> str | None:
         return (f"run {record['run_id']}: {len(record['units'])} units, "
                 f"{record['delivery_mode']} onto {record['target']} "
                 f"from {record['base'][:12]}, {record['max_active']} at a time")
+    if event == "run_resumed":
+        lines = [f"resuming run {record['run_id']}"]
+        if record.get("stopped_process_groups"):
+            lines[0] += (f" (stopped {len(record['stopped_process_groups'])} process groups "
+                         "the interrupted run left running)")
+        lines += [f"  {uid:<20} {step['says']}" for uid, step in record.get("steps", {}).items()]
+        return "\n".join(lines)
     if event == "unit_state":
         phase = record.get("phase")
         if record["state"] == "running" and phase in ("starting", None):
@@ -112,4 +120,57 @@ def landing_note(summary: dict[str, Any]) -> str:
 def print_json(data: Any, stream: TextIO | None = None) -> None:
     stream = stream or sys.stdout
     stream.write(json.dumps(data, sort_keys=False) + "\n")
+    stream.flush()
+
+
+def print_status(status: dict[str, Any], stream: TextIO | None = None) -> None:
+    """``wtmesh status`` for people: what happened, unit by unit, and what resuming does."""
+    stream = stream or sys.stdout
+    console = Console(file=stream, highlight=False, soft_wrap=True,
+                      width=None if stream.isatty() else 120)
+
+    def say(text: str) -> None:
+        console.print(text, markup=False)
+
+    condition = {
+        "running": f"running (pid {status['pid']})",
+        "finished": f"finished, exit code {status['exit_code']}",
+        "interrupted": f"interrupted: {status['interrupted_by']}",
+    }[status["state"]]
+    say(f"run {status['run_id']}: {condition}")
+    say(f"plan {status['plan']}, {status['delivery_mode']} onto {status['target']} from "
+        f"{status['base'][:12]}, started {status['started_at']}")
+    table = Table()
+    for column in ("unit", "state", "attempts", "s", "failure", "evidence / now"):
+        table.add_column(column, overflow="fold")
+    for unit in status["units"]:
+        duration = "" if unit["duration_s"] is None else f"{unit['duration_s']:.1f}"
+        detail = unit["evidence"] or (unit["phase"] if unit["state"] == "running" else "") \
+            or unit["patch"] or (unit["commit"] or "")[:12]
+        table.add_row(Text(unit["id"]),
+                      Text(unit["state"], style=_STATE_STYLE.get(unit["state"], "")),
+                      str(unit["attempts"]), duration, Text(unit["failure_code"] or ""),
+                      Text(detail or ""))
+    console.print(table)
+    say(", ".join(f"{n} {state}" for state, n in status["counts"].items() if n))
+    resume = status["resume"]
+    if resume is None:
+        if status["state"] == "finished":
+            say("nothing to resume: the run finished")
+        return
+    say("resuming it would:")
+    for unit in status["units"]:
+        say(f"  {unit['id']:<20} {unit['resume']['says']}")
+    say(f"resume with: {resume['command']}")
+
+
+def print_gc(report: GcReport, stream: TextIO | None = None) -> None:
+    stream = stream or sys.stdout
+    verb = "would remove" if report.dry_run else "removed"
+    for removal in report.removed:
+        stream.write(f"{verb} {removal.kind} {removal.what} (run {removal.run_id})\n")
+    for kept in report.kept:
+        stream.write(f"kept run {kept.run_id}: {kept.why}\n")
+    if not report.removed and not report.kept:
+        stream.write("nothing to clean up\n")
     stream.flush()

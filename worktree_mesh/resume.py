@@ -14,14 +14,14 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import filelock
 
 from . import ledger as ledger_mod
 from .errors import UsageError
 from .git import Git, Sha
-from .state import RunDir, StateDir
+from .state import RunDir, StateDir, scratch_ref, stranded_ref, unit_ref_prefix
 
 
 class RunLock:
@@ -31,9 +31,9 @@ class RunLock:
     def __init__(self, run_dir: RunDir) -> None:
         self._lock = filelock.FileLock(str(run_dir.path / "run.lock"), fallback_to_soft=False)
 
-    def try_acquire(self) -> bool:
+    def try_acquire(self, timeout: float = 0) -> bool:
         try:
-            self._lock.acquire(timeout=0)
+            self._lock.acquire(timeout=timeout)
         except filelock.Timeout:
             return False
         return True
@@ -183,3 +183,53 @@ def recover(run_dir: RunDir) -> Recovery:
         elif event == "landed":
             recovery.pending_bring_along = None
     return recovery
+
+
+def landed_in_git(git: Git, recovery: Recovery) -> dict[str, Sha]:
+    """Units of the run whose commit is on a landing ref: integrated, whatever the ledger
+    managed to say. Oldest first."""
+    started, run_id = recovery.started, recovery.run_id
+    ref = (scratch_ref(run_id) if started["delivery_mode"] == "patch_first"
+           else f"refs/heads/{started['target']}")
+    landed = landed_commits(git, run_id, ref, started["base"])
+    if recovery.stranded:
+        landed.update(landed_commits(git, run_id, stranded_ref(run_id), started["base"]))
+    return landed
+
+
+StepKind = Literal["landed", "finished", "lanes_ended", "integrate", "rerun", "start"]
+
+
+@dataclass(frozen=True)
+class ResumeStep:
+    """What resuming does with one unit, and why, in plain words."""
+
+    kind: StepKind
+    says: str
+    result: Sha | None = None  # "integrate": the lanes' finished work
+
+
+def resume_steps(git: Git, recovery: Recovery, unit_ids: Iterable[str],
+                 landed: dict[str, Sha]) -> dict[str, ResumeStep]:
+    """The one reading of an interrupted run that both ``--resume`` and ``status`` use."""
+    steps: dict[str, ResumeStep] = {}
+    for uid in unit_ids:
+        record = recovery.finished.get(uid)
+        lanes = recovery.lanes_done.get(uid)
+        attempts = recovery.attempts.get(uid, 0)
+        if uid in landed:
+            steps[uid] = ResumeStep("landed", f"integrated as {landed[uid][:12]}: kept")
+        elif record is not None:
+            steps[uid] = ResumeStep("finished", f"ended {record['status']}: kept")
+        elif lanes is not None and lanes["status"] != "accepted":
+            steps[uid] = ResumeStep("lanes_ended", f"its lanes ended {lanes['status']}: "
+                                    "recorded as such, not run again")
+        elif (result := git.read_ref(f"{unit_ref_prefix(recovery.run_id, uid)}/result")):
+            steps[uid] = ResumeStep("integrate", "its lanes had finished: their work is "
+                                    "integrated without running them again", result)
+        elif attempts:
+            steps[uid] = ResumeStep("rerun", f"cut off during attempt {attempts}: runs "
+                                    f"again as attempt {attempts + 1}")
+        else:
+            steps[uid] = ResumeStep("start", "had not started: runs")
+    return steps

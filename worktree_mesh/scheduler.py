@@ -35,8 +35,10 @@ from .plan import Plan, Unit, integration_order
 from .readiness import FINAL_STATES, Readiness
 from .resume import (
     Recovery,
+    ResumeStep,
     RunLock,
-    landed_commits,
+    landed_in_git,
+    resume_steps,
     stop_leftover_processes,
     undo_bring_along,
 )
@@ -202,7 +204,9 @@ class Run:
         with self.integrator.locked():
             self.integrator.check_start()
         self.run_dir.create()
-        self.run_lock.try_acquire()
+        # Only `wtmesh gc` can hold a new run's lock, and only for a moment.
+        if not self.run_lock.try_acquire(timeout=30):
+            raise EnvironmentRefused(f"could not lock the new run {self.run_id}")
         write_atomic(self.run_dir.plan_copy,
                      json.dumps(self.options.plan.raw, indent=2).encode() + b"\n")
         self.ledger = Ledger(self.run_dir.ledger, self.run_id)
@@ -224,6 +228,8 @@ class Run:
         stopped = stop_leftover_processes(self.run_id)
         # The dead process's worktrees: its pool is gone, and they may hold half a lane.
         self.git.remove_worktrees_under(self.run_dir.worktrees)
+        for leftover in self.run_dir.tmp.glob("index-*"):  # the dead process's indexes
+            leftover.unlink(missing_ok=True)
         pending = recovery.pending_bring_along
         if pending and self.git.read_ref(self.integrator.target_ref) != pending["new"]:
             undo_bring_along(self.git, Path(pending["worktree"]), pending["old"],
@@ -233,11 +239,14 @@ class Run:
             self.integrator.stranded = True
         with self.integrator.locked():
             self.integrator.check_start()
-        self.emit("run_resumed", pid=os.getpid(), stopped_process_groups=stopped)
+        landed = landed_in_git(self.git, recovery)
+        steps = resume_steps(self.git, recovery, (u.id for u in self.order), landed)
+        self.emit("run_resumed", pid=os.getpid(), stopped_process_groups=stopped,
+                  steps={uid: {"action": step.kind, "says": step.says}
+                         for uid, step in steps.items()})
         self.integrator.start_patch_series()
-        landed = self._landed_in_git()
         for unit in self.order:
-            self._restore(self.units[unit.id], recovery, landed)
+            self._restore(self.units[unit.id], recovery, steps[unit.id], landed)
         if landed:
             self.head = list(landed.values())[-1]
         if self.options.delivery_mode == "patch_first":
@@ -247,19 +256,7 @@ class Run:
                 if landing is not None:
                     self.units[unit_id].landing = Landing(**{**landing.__dict__, "patch": name})
 
-    def _landed_in_git(self) -> dict[str, Sha]:
-        """Units of this run whose commit is on a landing ref: integrated, whatever the
-        ledger managed to say. Oldest first."""
-        base = self.options.base
-        landed = landed_commits(self.git, self.run_id, self.integrator.scratch_ref
-                                if self.options.delivery_mode == "patch_first"
-                                else self.integrator.target_ref, base)
-        if self.integrator.stranded:
-            landed.update(landed_commits(self.git, self.run_id, self.integrator.stranded_ref,
-                                         base))
-        return landed
-
-    def _restore(self, progress: UnitProgress, recovery: Recovery,
+    def _restore(self, progress: UnitProgress, recovery: Recovery, step: ResumeStep,
                  landed: dict[str, Sha]) -> None:
         uid = progress.unit.id
         progress.attempts = recovery.attempts.get(uid, 0)
@@ -268,31 +265,27 @@ class Run:
             progress.attempts = record.get("attempts", progress.attempts)
             progress.earlier_s = record.get("duration_s", 0.0)
             progress.files = record.get("files", [])
-        if uid in landed:
+        if step.kind == "landed":
             commit = landed[uid]
             progress.landing = Landing(uid, "integrated", None, "", commit, None, None, 0.0)
-            if record is None:
+            if record is None:  # landed, but the crash came before the ledger said so
                 parent = self.git.resolve_commit(f"{commit}^") or self.options.base
                 progress.files = [p for c in self.git.changes(parent, commit) for p in c.paths]
                 self._finish(progress, "integrated", None, "landed before the interruption")
             else:
                 progress.state = "integrated"
-            return
-        if record is not None:
+        elif step.kind == "finished":
+            assert record is not None
             progress.state = record["status"]
             progress.failure_code, progress.notes = record["failure_code"], record["notes"]
-            return
-        result_ref = f"{unit_ref_prefix(self.run_id, uid)}/result"
-        lanes = recovery.lanes_done.get(uid)
-        if lanes is not None and lanes["status"] != "accepted":
+        elif step.kind == "lanes_ended":
+            lanes = recovery.lanes_done[uid]
             self._finish(progress, lanes["status"], lanes["failure_code"], lanes["notes"])
-            return
-        result = self.git.read_ref(result_ref)
-        if result is None:
-            return  # cut off before its lanes finished: it runs again, attempt + 1
-        # Its lanes finished: their work is on the result ref and is not redone.
-        work = self._work_from_ref(progress.unit, result, progress.attempts)
-        self._lanes_done(progress, work)
+        elif step.kind == "integrate":
+            assert step.result is not None
+            work = self._work_from_ref(progress.unit, step.result, progress.attempts)
+            self._lanes_done(progress, work)
+        # "rerun" and "start": pending; it runs (again) with the next attempt number.
 
     def _work_from_ref(self, unit: Unit, result: Sha, attempts: int) -> UnitWork:
         start = self.git.resolve_commit(f"{result}^")

@@ -36,6 +36,17 @@ def unit_ref_prefix(run_id: str, unit_id: str) -> str:
     return f"refs/wtmesh/{run_id}/units/{component}"
 
 
+def scratch_ref(run_id: str) -> str:
+    """patch_first: the chain of integrated commits the series is made from."""
+    return f"refs/wtmesh/{run_id}/integrated"
+
+
+def stranded_ref(run_id: str) -> str:
+    """commit_first: where units land once the user's worktree could not follow (a
+    branch, so the user sees it; ``gc`` never removes it)."""
+    return f"refs/heads/wtmesh/{run_id}/integrated"
+
+
 @dataclass(frozen=True)
 class StateDir:
     root: Path
