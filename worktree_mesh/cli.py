@@ -23,6 +23,7 @@ from .resume import Recovery, events, find_run, recover, run_finished
 from .scheduler import Run, resolve_run, resumed_options
 from .state import StateDir
 from .status import run_status
+from .toolkit import commands as toolkit_commands
 
 EXIT_INTERNAL = 70  # a bug in wtmesh (EX_SOFTWARE); details go to a log file
 NEWEST = "\0newest"  # --resume without a run id
@@ -176,6 +177,9 @@ def gc(repo: Path | None, dry_run: bool, unfinished: bool) -> None:
     report = collect_garbage(git, StateDir.for_common_dir(git.common_dir), dry_run=dry_run,
                              unfinished=unfinished)
     print_gc(report)
+
+
+toolkit_commands.register(cli)
 
 
 def _internal_error() -> int:
