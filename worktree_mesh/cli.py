@@ -23,7 +23,9 @@ from .resume import Recovery, events, find_run, recover, run_finished
 from .scheduler import Run, resolve_run, resumed_options
 from .state import StateDir
 from .status import run_status
+from .toolkit import budget as budget_mod
 from .toolkit import commands as toolkit_commands
+from .toolkit.budget import BudgetDecision
 
 EXIT_INTERNAL = 70  # a bug in wtmesh (EX_SOFTWARE); details go to a log file
 NEWEST = "\0newest"  # --resume without a run id
@@ -74,27 +76,40 @@ def validate(plan_file: Path) -> None:
 @click.option("--resume", "resume", is_flag=False, flag_value=NEWEST, default=None,
               metavar="[RUN_ID]",
               help="Continue an interrupted run (default: the newest unfinished run of PLAN).")
+@click.option("--remaining-five-hour", type=float, metavar="P",
+              help="Percent of the five-hour budget left: clamps --max-active (with "
+                   "--remaining-weekly) and slows down after units go badly.")
+@click.option("--remaining-weekly", type=float, metavar="P",
+              help="Percent of the weekly budget left (with --remaining-five-hour).")
+@click.option("--learnings", type=click.Path(path_type=Path, dir_okay=False),
+              help="Append a JSONL record per failed or rejected unit to this file.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print only the run summary, as one JSON object, on stdout.")
 def run(plan_file: Path, repo: Path | None, max_active: int | None, delivery: str | None,
         target: str | None, base: str | None, patch_dir: Path | None, keep_worktrees: bool,
-        lock_timeout: float, resume: str | None, as_json: bool) -> None:
+        lock_timeout: float, resume: str | None, remaining_five_hour: float | None,
+        remaining_weekly: float | None, learnings: Path | None, as_json: bool) -> None:
     """Run PLAN: lanes in worktrees, then integrate accepted changes in plan order."""
     renderer = LineRenderer(sys.stderr if as_json else sys.stdout)
     if resume is not None:
-        if delivery or target or base or patch_dir:
+        if (delivery or target or base or patch_dir or learnings
+                or remaining_five_hour is not None or remaining_weekly is not None):
             raise UsageError("--resume continues a run as it was started: --delivery, "
-                             "--target, --base and --patch-dir cannot change")
+                             "--target, --base, --patch-dir, --learnings and the budget "
+                             "cannot change")
         the_run, recovery = _resumable(plan_file, repo, resume, renderer, as_json,
                                        keep_worktrees=keep_worktrees, lock_timeout=lock_timeout,
                                        max_active=max_active)
     else:
+        decision = _budget(remaining_five_hour, remaining_weekly)
         plan = plan_mod.load(plan_file)
         info, git = open_repo(repo)
         options = resolve_run(plan, info, git, target=target, base=base,
                               delivery_mode=delivery, max_active=max_active,
                               patch_dir=patch_dir.resolve() if patch_dir else None,
-                              keep_worktrees=keep_worktrees, lock_timeout_s=lock_timeout)
+                              keep_worktrees=keep_worktrees, lock_timeout_s=lock_timeout,
+                              budget=decision,
+                              learnings=learnings.resolve() if learnings else None)
         the_run, recovery = Run(options, git, renderer), None
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
@@ -111,6 +126,17 @@ def run(plan_file: Path, repo: Path | None, max_active: int | None, delivery: st
         click.echo(f"wtmesh: interrupted; continue with: wtmesh run {plan_file} --resume "
                    f"{summary['run_id']}", err=True)
     sys.exit(summary["exit_code"])
+
+
+def _budget(five_hour: float | None, weekly: float | None) -> BudgetDecision | None:
+    if five_hour is None and weekly is None:
+        return None
+    if five_hour is None or weekly is None:
+        raise UsageError("--remaining-five-hour and --remaining-weekly go together")
+    try:
+        return budget_mod.clamp(five_hour, weekly)
+    except ValueError as exc:
+        raise UsageError(f"budget: {exc}") from None
 
 
 def _terminate(_signum: int, _frame: object) -> None:

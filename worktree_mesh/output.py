@@ -43,6 +43,10 @@ def describe(record: dict[str, Any]) -> str | None:
         return (f"run {record['run_id']}: {len(record['units'])} units, "
                 f"{record['delivery_mode']} onto {record['target']} "
                 f"from {record['base'][:12]}, {record['max_active']} at a time")
+    if event == "backpressure":
+        why = "integrated" if record["reason"] == "integrated" else f"ended {record['reason']}"
+        return (f"wtmesh: {record['new']} units at once (was {record['old']}): "
+                f"{record['unit']} {why}")
     if event == "run_resumed":
         lines = [f"resuming run {record['run_id']}"]
         if record.get("stopped_process_groups"):

@@ -11,7 +11,7 @@ import json
 import os
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +43,9 @@ from .resume import (
     undo_bring_along,
 )
 from .state import RunDir, StateDir, new_run_id, unit_ref_prefix, write_atomic
+from .toolkit import learnings
+from .toolkit.backpressure import Backpressure
+from .toolkit.budget import BudgetDecision
 from .unit_runner import LocalExecutor, UnitJob, UnitWork
 from .worktrees import WorktreePool
 
@@ -61,6 +64,10 @@ class RunOptions:
     patch_dir: Path | None
     keep_worktrees: bool
     lock_timeout_s: float
+    # A budget-aware run: the clamp decision (wtmesh budget's fields); it also turns on
+    # backpressure.
+    budget: Mapping[str, Any] | None = None
+    learnings: Path | None = None  # --learnings FILE
 
 
 @dataclass
@@ -101,7 +108,9 @@ class UnitProgress:
 
 def resolve_run(plan: Plan, repo: RepoInfo, git: Git, *, target: str | None, base: str | None,
                 delivery_mode: str | None, max_active: int | None, patch_dir: Path | None,
-                keep_worktrees: bool, lock_timeout_s: float) -> RunOptions:
+                keep_worktrees: bool, lock_timeout_s: float,
+                budget: BudgetDecision | None = None,
+                learnings: Path | None = None) -> RunOptions:
     """Command line over plan over defaults; every problem is a usage error (exit 2)."""
     mode = delivery_mode or plan.delivery_mode
     target_name = target or plan.target or repo.head_branch
@@ -122,8 +131,10 @@ def resolve_run(plan: Plan, repo: RepoInfo, git: Git, *, target: str | None, bas
     if mismatched:
         raise PlanError(f"{plan.path}: units disagree with the delivery mode",
                         details=mismatched)
-    return RunOptions(plan, repo, max_active or plan.max_active, mode, target_name, base_sha,
-                      patch_dir, keep_worktrees, lock_timeout_s)
+    wanted = max_active or plan.max_active
+    return RunOptions(plan, repo, budget.limit(wanted) if budget else wanted, mode,
+                      target_name, base_sha, patch_dir, keep_worktrees, lock_timeout_s,
+                      budget.as_dict() if budget else None, learnings)
 
 
 def resumed_options(run_dir: RunDir, repo: RepoInfo, recovery: Recovery, *,
@@ -133,9 +144,11 @@ def resumed_options(run_dir: RunDir, repo: RepoInfo, recovery: Recovery, *,
     started = recovery.started
     plan = plan_mod.load_as_run(run_dir.plan_copy, Path(started["plan"]))
     patch_dir = started.get("patch_dir")
+    learnings = started.get("learnings")
     return RunOptions(plan, repo, started["max_active"], started["delivery_mode"],
                       started["target"], Sha(started["base"]),
-                      Path(patch_dir) if patch_dir else None, keep_worktrees, lock_timeout_s)
+                      Path(patch_dir) if patch_dir else None, keep_worktrees, lock_timeout_s,
+                      started.get("budget"), Path(learnings) if learnings else None)
 
 
 class Run:
@@ -158,6 +171,7 @@ class Run:
         self.ledger: Ledger | None = None
         self.run_lock = RunLock(self.run_dir)
         self.interrupted = False
+        self.backpressure = Backpressure(options.max_active) if options.budget else None
         self.integrator = Integrator(
             git=git, plan=options.plan, run_id=self.run_id, state=self.state,
             run_dir=self.run_dir, delivery_mode=options.delivery_mode, target=options.target,
@@ -193,6 +207,28 @@ class Run:
             if landing.patch:
                 fields["patch"] = landing.patch
         self.emit("unit_finished", **fields)
+        self._after_unit(progress.unit, state, code, notes)
+
+    def _after_unit(self, unit: Unit, state: str, code: str | None, notes: str) -> None:
+        """A budget-aware run slows down after a unit goes badly (and says why in the
+        ledger); --learnings keeps a record of what failed, written at once so a crash
+        loses none."""
+        if self.backpressure is not None:
+            change = self.backpressure.unit_ended(unit.id, state, code)
+            if change is not None:
+                self.emit("backpressure", **change.as_record())
+        if self.options.learnings is not None:
+            learning = learnings.capture(unit.id, state, code, unit.objective, evidence=notes,
+                                         run_id=self.run_id)
+            if learning is not None:
+                learnings.append_new(self.options.learnings, [learning])
+
+    @property
+    def active_limit(self) -> int:
+        """How many units' lanes may run at once right now."""
+        if self.backpressure is not None:
+            return self.backpressure.limit
+        return self.options.max_active
 
     # -- the run -----------------------------------------------------------------------
 
@@ -213,6 +249,8 @@ class Run:
         opts = self.options
         self.emit("run_started", plan=str(opts.plan.path), delivery_mode=opts.delivery_mode,
                   target=opts.target, base=opts.base, max_active=opts.max_active,
+                  budget=opts.budget,
+                  learnings=str(opts.learnings) if opts.learnings else None,
                   patch_dir=str(self.patch_dir) if self.patch_dir else None,
                   units=[u.id for u in self.order], pid=os.getpid(),
                   repo=str(opts.repo.toplevel) if opts.repo.toplevel else None)
@@ -366,7 +404,7 @@ class Run:
                 self._skip_orphans()
                 states = self._states()
                 for unit in self.order:
-                    if len(running) >= self.options.max_active:
+                    if len(running) >= self.active_limit:
                         break
                     progress = self.units[unit.id]
                     if self.readiness.ready(unit, states):
