@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from . import __version__
+from . import __version__, starter
 from . import plan as plan_mod
 from .cleanup import collect_garbage
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, EnvironmentRefused, UsageError, WtmeshError
@@ -206,6 +206,7 @@ def gc(repo: Path | None, dry_run: bool, unfinished: bool) -> None:
 
 
 toolkit_commands.register(cli)
+starter.register(cli)
 
 
 def _internal_error() -> int:

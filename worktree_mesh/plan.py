@@ -19,6 +19,7 @@ import jsonschema
 from jsonschema.exceptions import ValidationError, best_match
 
 from .errors import PlanError, UsageError
+from .presets import PRESET_OPTIONS, option_problem
 from .scope import Scope, pattern_problem, split_scope
 
 DELIVERY_MODES = ("commit_first", "patch_first")
@@ -296,6 +297,8 @@ def _lane_problems(plan_lanes: Any, unit_lanes: Any, where: str) -> list[str]:
         for lane, path in ((plan_lane, f"$.lanes.{name}"), (unit_lane, f"{where}.lanes.{name}")):
             if isinstance(lane, dict) and "command" in lane and "preset" in lane:
                 out.append(f"{path}: give either command or preset, not both")
+        out.extend(_preset_option_problems(plan_lane, unit_lane, f"$.lanes.{name}",
+                                           f"{where}.lanes.{name}"))
         if name == "coder":
             merged = {**(plan_lane if isinstance(plan_lane, dict) else {}),
                       **(unit_lane if isinstance(unit_lane, dict) else {})}
@@ -305,10 +308,30 @@ def _lane_problems(plan_lanes: Any, unit_lanes: Any, where: str) -> list[str]:
     return out
 
 
+def _preset_option_problems(plan_lane: Any, unit_lane: Any, plan_path: str,
+                            unit_path: str) -> list[str]:
+    """Options the lane's preset cannot honour (a turn cap for a CLI that has none),
+    reported where they are written. The lane merges as ``_lane`` merges it."""
+    plan_lane = plan_lane if isinstance(plan_lane, dict) else {}
+    unit_lane = unit_lane if isinstance(unit_lane, dict) else {}
+    overrides = "command" in unit_lane or "preset" in unit_lane
+    preset = (unit_lane if overrides else plan_lane).get("preset")
+    if not isinstance(preset, str):
+        return []
+    out: list[str] = []
+    for key in PRESET_OPTIONS:
+        source, path = (unit_lane, unit_path) if key in unit_lane else (plan_lane, plan_path)
+        problem = option_problem(preset, key) if key in source else None
+        if problem:
+            out.append(f"{path}.{key}: {problem}")
+    return out
+
+
 def load(path: Path) -> Plan:
     """Read and validate a plan file; raises PlanError listing every problem."""
     try:
-        text = path.read_bytes().decode("utf-8")
+        # utf-8-sig: editors on Windows save JSON with a byte-order mark.
+        text = path.read_bytes().decode("utf-8-sig")
     except FileNotFoundError:
         raise UsageError(f"{path}: no such plan file") from None
     except IsADirectoryError:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import apply_patch, diffs, faults, proc
+from . import apply_patch, diffs, faults, presets, proc  # presets: the catalogue only
 from .diffs import UnitDiff
 from .git import Git, Sha, clean_env
 from .lanes import LaneResult, LaneRun, render, run_lane
@@ -194,8 +194,16 @@ class LocalExecutor:
 
     def _lane_run(self, job: UnitJob, spec: LaneSpec, worktree: Path, attempt: int,
                   diff_file: Path | None) -> LaneRun | None:
-        if spec.command is None:
-            return None  # presets arrive with the agent CLI support
+        if spec.command is not None:
+            command = render(spec.command, self._placeholders(job, worktree))
+        elif spec.preset in presets.PRESETS:
+            # A preset is an ordinary lane whose command is the preset runner; it reads
+            # the environment below and writes the result file itself (SPEC 9). Its args
+            # take placeholders as an argv command does.
+            command = render(presets.command(spec.preset, spec.name, spec.options),
+                             self._placeholders(job, worktree))
+        else:
+            return None
         name = f"{spec.name}-{attempt}"
         env = self._env(job, worktree, diff_file)
         env.update({
@@ -206,7 +214,7 @@ class LocalExecutor:
         env.update(spec.env)
         return LaneRun(
             lane=spec.name, unit_id=job.unit.id, attempt=attempt,
-            command=render(spec.command, self._placeholders(job, worktree)),
+            command=command,
             cwd=worktree, env=env, timeout_s=spec.timeout_s,
             result_path=job.unit_dir / f"{name}.result.json",
             stdout_log=job.unit_dir / f"{name}.stdout.log",

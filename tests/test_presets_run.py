@@ -1,0 +1,163 @@
+"""Presets through the real ``wtmesh run``: a fake CLI first on PATH edits a file in the
+unit's worktree, the preset writes the result, and the unit integrates (or fails as SPEC 9
+maps it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import PROOF, git, state_dir, wtmesh
+from fake_clis.harness import FAKES, FLAG_ERROR, NAMES, git_only, install
+
+EDIT = "calc/extra.py=VALUE = 1\\n"
+
+
+def plan_for(coder: dict[str, Any], fixer: dict[str, Any] | None = None) -> dict[str, Any]:
+    lanes: dict[str, Any] = {"coder": {"timeout_s": 60, **coder}}
+    if fixer is not None:
+        lanes["fixer"] = {"timeout_s": 60, **fixer}
+    return {"proof_command": PROOF, "lanes": lanes,
+            "units": [{"id": "u1", "objective": "Add a constant", "unit_scope": ["calc/"]}]}
+
+
+def run(repo: Path, plan: Path, tmp_path: Path, *, path: str | None = None,
+        **fake: str) -> dict[str, Any]:
+    env = {"PATH": path or f"{install(tmp_path / 'fakebin')}{os.pathsep}{os.environ['PATH']}",
+           "FAKE_EDIT": EDIT, "FAKE_SCENARIO": "success", "FAKE_RECORD": "",
+           **{f"FAKE_{k.upper()}": v for k, v in fake.items()}}
+    res = wtmesh("run", plan, "--json", cwd=repo, env=env)
+    assert "Traceback" not in res.stderr, res.stderr
+    assert res.returncode in (0, 1), res.stderr
+    summary: dict[str, Any] = res.json()
+    return summary
+
+
+def only_unit(summary: dict[str, Any]) -> dict[str, Any]:
+    (unit,) = summary["units"]
+    return unit
+
+
+def lane_log(repo: Path, summary: dict[str, Any], name: str) -> str:
+    unit_dir = state_dir(repo) / "runs" / summary["run_id"] / "units" / "u1"
+    return (unit_dir / f"{name}.stdout.log").read_text()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_preset_coder_edit_integrates(repo: Path, write_plan: Any, tmp_path: Path,
+                                      name: str) -> None:
+    summary = run(repo, write_plan(plan_for({"preset": name})), tmp_path)
+    unit = only_unit(summary)
+    assert (unit["status"], unit["failure_code"]) == ("integrated", None), unit
+    assert summary["exit_code"] == 0
+    assert git(repo, "show", "main:calc/extra.py") == "VALUE = 1"
+    # Only the agent's edit lands: no .aider* file, no prompt, no transcript.
+    assert git(repo, "show", "--name-only", "--format=", "main") == "calc/extra.py"
+    assert unit["files"] == ["calc/extra.py"]
+    assert f"wtmesh-preset: {name} --version: " in lane_log(repo, summary, "coder-1")
+
+
+def test_aider_leaves_no_file_behind_even_with_a_whole_repo_scope(
+        repo: Path, write_plan: Any, tmp_path: Path) -> None:
+    plan = plan_for({"preset": "aider"})
+    plan["units"][0]["unit_scope"] = "**"
+    summary = run(repo, write_plan(plan), tmp_path)
+    assert only_unit(summary)["status"] == "integrated"
+    assert git(repo, "show", "--name-only", "--format=", "main") == "calc/extra.py"
+
+
+@pytest.mark.parametrize(("coder", "fixer"), [("codex", "claude"), ("claude", "gemini"),
+                                              ("opencode", "aider"), ("gemini", "codex")])
+def test_preset_fixer_accepts(repo: Path, write_plan: Any, tmp_path: Path, coder: str,
+                              fixer: str) -> None:
+    summary = run(repo, write_plan(plan_for({"preset": coder}, {"preset": fixer})), tmp_path)
+    assert only_unit(summary)["status"] == "integrated"
+    assert "wtmesh-preset: result: accept" in lane_log(repo, summary, "fixer-1")
+
+
+@pytest.mark.parametrize("fixer", ["claude", "opencode"])
+def test_preset_fixer_reject_is_final(repo: Path, write_plan: Any, tmp_path: Path,
+                                      fixer: str) -> None:
+    head = git(repo, "rev-parse", "main")
+    verdict = json.dumps({"decision": "reject", "failure_code": "proof_missing",
+                          "notes": "nothing tests VALUE"})
+    summary = run(repo, write_plan(plan_for({"preset": "codex"}, {"preset": fixer})),
+                  tmp_path, verdict=verdict)
+    unit = only_unit(summary)
+    assert (unit["status"], unit["failure_code"]) == ("rejected", "proof_missing")
+    assert summary["exit_code"] == 1
+    assert git(repo, "rev-parse", "main") == head
+
+
+def test_missing_cli_fails_the_unit_as_tooling_unavailable(
+        repo: Path, write_plan: Any, tmp_path: Path) -> None:
+    summary = run(repo, write_plan(plan_for({"preset": "claude"})), tmp_path,
+                  path=str(git_only(tmp_path / "gitonly")))
+    unit = only_unit(summary)
+    assert (unit["status"], unit["failure_code"]) == ("rejected", "tooling_unavailable")
+    assert unit["attempts"] == 1  # not worth a retry
+
+
+def test_turn_cap_is_not_retried(repo: Path, write_plan: Any, tmp_path: Path) -> None:
+    summary = run(repo, write_plan(plan_for({"preset": "claude", "max_turns": 3,
+                                             "retries": 2})),
+                  tmp_path, scenario="cap_turns")
+    unit = only_unit(summary)
+    assert (unit["status"], unit["failure_code"]) == ("rejected", "timeout_retry_exhausted")
+    assert unit["attempts"] == 1
+
+
+def test_cli_error_is_retried_then_lane_failed(repo: Path, write_plan: Any,
+                                               tmp_path: Path) -> None:
+    summary = run(repo, write_plan(plan_for({"preset": "gemini", "retries": 1})), tmp_path,
+                  scenario="error")
+    unit = only_unit(summary)
+    assert (unit["status"], unit["failure_code"]) == ("rejected", "lane_failed")
+    assert unit["attempts"] == 2
+
+
+def test_lane_timeout_stops_the_cli(repo: Path, write_plan: Any, tmp_path: Path) -> None:
+    summary = run(repo, write_plan(plan_for({"preset": "codex", "timeout_s": 2,
+                                             "retries": 0})),
+                  tmp_path, scenario="sleep")
+    unit = only_unit(summary)
+    assert (unit["status"], unit["failure_code"]) == ("failed", "timeout_retry_exhausted")
+
+
+def test_validate_rejects_a_cap_the_cli_lacks(repo: Path, write_plan: Any) -> None:
+    plan = write_plan(plan_for({"preset": "codex", "max_turns": 10}))
+    res = wtmesh("validate", plan, cwd=repo)
+    assert res.returncode == 2
+    assert res.stderr.strip() == (
+        f"wtmesh: error: {plan}: $.lanes.coder.max_turns: preset 'codex' has no turn cap; "
+        "it is bounded by the lane's timeout_s only (remove max_turns)")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_fake_refuses_a_call_without_the_flags_that_matter(tmp_path: Path,
+                                                                name: str) -> None:
+    """The safety net itself: a preset that dropped its flags would hit this."""
+    done = subprocess.run([sys.executable, str(FAKES / name), "exec" if name == "codex"
+                           else "run" if name == "opencode" else "-p", "hello"],
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(FAKES)},
+                          stdin=subprocess.DEVNULL, capture_output=True, check=False)
+    assert done.returncode == FLAG_ERROR
+    assert done.stderr.decode().startswith(f"FAKE-{name.upper()}: ")
+
+
+def test_preset_args_take_placeholders(repo: Path, write_plan: Any, tmp_path: Path) -> None:
+    record = tmp_path / "record.jsonl"
+    plan = write_plan(plan_for({"preset": "codex", "model": "gpt-5-codex",
+                                "args": ["-c", "note={id} in {run_id}"]}))
+    summary = run(repo, plan, tmp_path, record=str(record))
+    assert only_unit(summary)["status"] == "integrated"
+    (call,) = [json.loads(line) for line in record.read_text().splitlines()]
+    assert call["argv"][-5:] == ["-m", "gpt-5-codex", "-c", f"note=u1 in {summary['run_id']}",
+                                 "-"]
+    assert call["env"]["WTMESH_LANE"] == "coder" and call["env"]["WTMESH_UNIT_ID"] == "u1"
+    assert "Add a constant" in call["prompt"] and "- `calc/`" in call["prompt"]

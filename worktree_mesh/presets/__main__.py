@@ -1,0 +1,7 @@
+"""``python -m worktree_mesh.presets NAME --role coder|fixer [...]``: a preset lane."""
+
+from __future__ import annotations
+
+from .runner import main
+
+raise SystemExit(main())

@@ -1,0 +1,121 @@
+"""Claude Code: ``claude -p`` (AGENT-CLIS.md, "Claude Code").
+
+- Edits: ``--permission-mode acceptEdits`` with an allow-list of file tools, read-only git
+  and the unit's proof command; every other command needs approval, which print mode
+  denies (and reports in ``permission_denials``). Commits, pushes and branch moves are also
+  on ``--disallowedTools``.
+- Non-interactive: ``-p`` (skips the trust dialog), the prompt on stdin.
+- Bounds: ``--max-turns`` (default 60 for a coder, 30 for a fixer) and, when the plan sets
+  it, ``--max-budget-usd``; issues report the turn cap being overshot, so the lane's
+  timeout stays the hard bound.
+- Output: ``--output-format json``, one result object with a ``subtype``; the fixer's
+  verdict uses ``--json-schema`` and comes back in ``structured_output``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .base import Completed, Invocation, Lane, Transcript, first_line, unavailable_reason
+from .prompt import VERDICT_SCHEMA
+
+DEFAULT_MAX_TURNS = {"coder": 60, "fixer": 30}
+ALLOWED = ("Read", "Edit", "Write", "Glob", "Grep", "Bash(git diff:*)", "Bash(git status:*)",
+           "Bash(git log:*)", "Bash(git show:*)")
+DISALLOWED = tuple(f"Bash(git {verb}:*)" for verb in (
+    "commit", "push", "add", "reset", "stash", "checkout", "switch", "branch", "rebase",
+    "merge", "tag"))
+CAPS = {"error_max_turns": "hit its turn cap (--max-turns {turns})",
+        "error_max_budget_usd": "hit its budget cap (--max-budget-usd {budget})"}
+
+
+def result_object(text: str) -> dict[str, Any] | None:
+    """The ``type: result`` object: the whole of stdout, else its last JSON line."""
+    candidates = [text.strip()] + [line.strip() for line in reversed(text.splitlines())]
+    for candidate in candidates:
+        if not candidate.startswith("{"):
+            continue
+        try:
+            value = json.loads(candidate)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict) and value.get("type") == "result":
+            return value
+    return None
+
+
+def _denial(entry: Any) -> str:
+    if not isinstance(entry, dict):
+        return str(entry)
+    tool = str(entry.get("tool_name", "a tool"))
+    tool_input = entry.get("tool_input")
+    if isinstance(tool_input, dict) and tool_input.get("command"):
+        return f"{tool} `{tool_input['command']}`"
+    if isinstance(tool_input, dict) and tool_input.get("file_path"):
+        return f"{tool} {tool_input['file_path']}"
+    return tool
+
+
+class Claude:
+    name = "claude"
+    binary = "claude"
+    litter: tuple[str, ...] = ()
+    native_schema = True
+
+    def allowed_tools(self, lane: Lane) -> list[str]:
+        tools = list(ALLOWED)
+        proof = lane.proof
+        # A proof holding the list's own syntax would break the list; it is left out then
+        # and the agent is told the command in the prompt only.
+        if proof and not any(c in proof for c in ",()"):
+            tools.append(f"Bash({proof}:*)")
+        return tools
+
+    def max_turns(self, lane: Lane) -> int:
+        return lane.max_turns or DEFAULT_MAX_TURNS[lane.role]
+
+    def invocation(self, lane: Lane) -> Invocation:
+        argv = ["claude", "-p", "--output-format", "json",
+                "--permission-mode", "acceptEdits",
+                "--allowedTools", ",".join(self.allowed_tools(lane)),
+                "--disallowedTools", ",".join(DISALLOWED),
+                "--max-turns", str(self.max_turns(lane)),
+                "--no-session-persistence"]
+        if lane.max_budget_usd is not None:
+            argv += ["--max-budget-usd", f"{lane.max_budget_usd:g}"]
+        if lane.model:
+            argv += ["--model", lane.model]
+        if lane.role == "fixer":
+            argv += ["--json-schema", json.dumps(VERDICT_SCHEMA)]
+        argv += lane.args
+        env = {"DISABLE_AUTOUPDATER": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}
+        return Invocation(tuple(argv), env=env, stdin=lane.prompt_path)
+
+    def read(self, lane: Lane, done: Completed) -> Transcript:
+        t = Transcript()
+        result = result_object(done.stdout)
+        if result is None:
+            why = first_line(done.stderr_tail, f"claude exited {done.returncode}")
+            t.unavailable = unavailable_reason(done.stderr_tail)
+            t.error = f"no JSON result ({why})"
+            return t
+        t.message = str(result.get("result") or "")
+        subtype = str(result.get("subtype", ""))
+        t.denials = [_denial(d) for d in result.get("permission_denials") or []]
+        errors = "; ".join(str(e) for e in result.get("errors") or []) or t.message
+        if subtype in CAPS:
+            t.cap = CAPS[subtype].format(turns=self.max_turns(lane),
+                                         budget=f"{lane.max_budget_usd:g}"
+                                         if lane.max_budget_usd is not None else "?")
+        elif subtype == "error_max_structured_output_retries":
+            t.schema_failed = "could not produce a verdict matching the schema"
+        elif subtype != "success" or result.get("is_error") or done.returncode != 0:
+            t.unavailable = unavailable_reason(errors)
+            t.error = f"{subtype or 'error'}: {first_line(errors, 'no detail')}"
+        if lane.role == "fixer" and result.get("structured_output") is not None:
+            t.verdict = result["structured_output"]
+        return t
+
+
+PRESET = Claude()
