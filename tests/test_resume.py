@@ -51,11 +51,12 @@ def fresh(template: Path, dest: Path) -> Path:
     return dest
 
 
-def run_to_end(repo: Path, plan: Path, fault: str | None) -> tuple[int, list[int]]:
+def run_to_end(repo: Path, plan: Path, fault: str | None, *args: str
+               ) -> tuple[int, list[int]]:
     """Run (with the fault), then resume until the run finishes. Returns the final exit
     code and every exit code seen on the way."""
     env = {"WTMESH_FAULT": fault} if fault else {}
-    first = wtmesh("run", plan, cwd=repo, env=env)
+    first = wtmesh("run", plan, *args, cwd=repo, env=env)
     assert "Traceback" not in first.stderr, first.stderr
     codes = [first.returncode]
     while codes[-1] == KILLED:
@@ -142,6 +143,20 @@ def test_kill_at_each_named_point_then_resume(template: Path, tmp_path: Path,
     assert codes[0] == KILLED, f"the fault point {point} was never reached"
     assert code == 1
     check_against_reference(repo, mode, reference[mode])
+
+
+@pytest.mark.parametrize("point", [p for p in faults.POINTS if p != "patch"])
+def test_kill_in_a_batched_run_then_resume(template: Path, tmp_path: Path,
+                                           reference: dict[str, Any], point: str) -> None:
+    """--batch auto: killed anywhere, resumed, the same tree and states as one at a time
+    (commit messages carry batch trailers, so subjects are compared, not hashes)."""
+    repo = fresh(template, tmp_path / "repo")
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps(crash_plan("commit_first")))
+    code, codes = run_to_end(repo, plan, f"at:{point}", "--batch", "auto")
+    assert codes[0] == KILLED, f"the fault point {point} was never reached"
+    assert code == 1
+    check_against_reference(repo, "commit_first", reference["commit_first"])
 
 
 @pytest.mark.parametrize("mode", ["commit_first", "patch_first"])

@@ -81,6 +81,10 @@ def validate(plan_file: Path) -> None:
                    "--remaining-weekly) and slows down after units go badly.")
 @click.option("--remaining-weekly", type=float, metavar="P",
               help="Percent of the weekly budget left (with --remaining-five-hour).")
+@click.option("--batch", "batch", default="1", show_default=True, metavar="auto|N",
+              callback=lambda _ctx, _param, value: _batch_size(value),
+              help="Integrate up to N ready units under one proof (auto: all that are "
+                   "ready); a failing batch is bisected, so the outcome is that of 1.")
 @click.option("--learnings", type=click.Path(path_type=Path, dir_okay=False),
               help="Append a JSONL record per failed or rejected unit to this file.")
 @click.option("--json", "as_json", is_flag=True,
@@ -88,7 +92,8 @@ def validate(plan_file: Path) -> None:
 def run(plan_file: Path, repo: Path | None, max_active: int | None, delivery: str | None,
         target: str | None, base: str | None, patch_dir: Path | None, keep_worktrees: bool,
         lock_timeout: float, resume: str | None, remaining_five_hour: float | None,
-        remaining_weekly: float | None, learnings: Path | None, as_json: bool) -> None:
+        remaining_weekly: float | None, batch: int, learnings: Path | None,
+        as_json: bool) -> None:
     """Run PLAN: lanes in worktrees, then integrate accepted changes in plan order."""
     renderer = LineRenderer(sys.stderr if as_json else sys.stdout)
     if resume is not None:
@@ -108,7 +113,7 @@ def run(plan_file: Path, repo: Path | None, max_active: int | None, delivery: st
                               delivery_mode=delivery, max_active=max_active,
                               patch_dir=patch_dir.resolve() if patch_dir else None,
                               keep_worktrees=keep_worktrees, lock_timeout_s=lock_timeout,
-                              budget=decision,
+                              budget=decision, batch=batch,
                               learnings=learnings.resolve() if learnings else None)
         the_run, recovery = Run(options, git, renderer), None
     previous = signal.signal(signal.SIGTERM, _terminate)
@@ -126,6 +131,15 @@ def run(plan_file: Path, repo: Path | None, max_active: int | None, delivery: st
         click.echo(f"wtmesh: interrupted; continue with: wtmesh run {plan_file} --resume "
                    f"{summary['run_id']}", err=True)
     sys.exit(summary["exit_code"])
+
+
+def _batch_size(value: str) -> int:
+    """``auto`` is 0 (every ready unit); else a whole number >= 1."""
+    if value == "auto":
+        return 0
+    if not value.isdigit() or int(value) < 1:
+        raise click.BadParameter(f"{value!r} is not auto or a whole number >= 1")
+    return int(value)
 
 
 def _budget(five_hour: float | None, weekly: float | None) -> BudgetDecision | None:

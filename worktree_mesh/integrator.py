@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +23,9 @@ import filelock
 
 from . import faults, proc
 from .errors import EnvironmentRefused
-from .git import Git, Sha, clean_env
-from .lanes import render
+from .git import Git, Sha
 from .plan import Plan, Unit
-from .prepare import SetupFailed, prepare
+from .proof import Prover
 from .state import RunDir, StateDir, scratch_ref, stranded_ref, write_atomic
 from .unit_runner import UnitWork
 
@@ -49,15 +48,35 @@ class Landing:
     proof_duration_s: float
 
 
-def commit_message(unit: Unit, run_id: str) -> str:
+def commit_message(unit: Unit, run_id: str, *, batch: str | None = None,
+                   proof: str | None = None) -> str:
+    """Subject from the objective, its body, and trailers: the run and unit (how resume
+    recognises a landing), and in a batch which commit of it the proof ran on."""
     lines = unit.objective.strip().splitlines() or [unit.id]
     subject = f"{unit.id}: {lines[0].strip()}"
     body = "\n".join(lines[1:]).strip()
     parts = [subject]
     if body:
         parts.append(body)
-    parts.append(f"Wtmesh-Run: {run_id}\nWtmesh-Unit: {unit.id}")
+    trailers = [f"Wtmesh-Run: {run_id}", f"Wtmesh-Unit: {unit.id}"]
+    if batch is not None:
+        trailers += [f"Wtmesh-Batch: {batch}", f"Wtmesh-Proof: {proof}"]
+    parts.append("\n".join(trailers))
     return "\n\n".join(parts) + "\n"
+
+
+def _failed(unit: Unit, code: str, notes: str) -> Landing:
+    return Landing(unit.id, "failed", code, notes, None, None, None, 0.0)
+
+
+@dataclass
+class _Link:
+    """One unit in a chain of candidates: its commit, or why it has none."""
+
+    unit: Unit
+    work: UnitWork
+    commit: Sha | None
+    landing: Landing | None  # set when the unit did not make a commit (conflict, no_diff)
 
 
 def target_worktree(git: Git, target_ref: str) -> Path | None:
@@ -71,7 +90,8 @@ def target_worktree(git: Git, target_ref: str) -> Path | None:
 class Integrator:
     def __init__(self, *, git: Git, plan: Plan, run_id: str, state: StateDir, run_dir: RunDir,
                  delivery_mode: str, target: str, base: Sha, repo: Path,
-                 patch_dir: Path | None, lock_timeout_s: float, report: Report) -> None:
+                 patch_dir: Path | None, lock_timeout_s: float, report: Report,
+                 batched: bool = False) -> None:
         self.git = git
         self.plan = plan
         self.run_id = run_id
@@ -84,8 +104,11 @@ class Integrator:
         self.patch_dir = patch_dir
         self.lock_timeout_s = lock_timeout_s
         self.report = report
+        # --batch other than 1: landed commits say which of them the proof ran on.
+        self.batched = batched
         self.worktree = run_dir.worktrees / "integration"
-        self._worktree_ready = False
+        self.prover = Prover(git=git, plan=plan, run_id=run_id, run_dir=run_dir, repo=repo,
+                             worktree=self.worktree, report=report)
         # Where landings go: the target (commit_first), or a ref of this run's own
         # (patch_first, and commit_first once the user's worktree could not follow).
         self.scratch_ref = scratch_ref(run_id)
@@ -144,108 +167,162 @@ class Integrator:
 
     # -- integrate ---------------------------------------------------------------------
 
-    def integrate(self, unit: Unit, work: UnitWork) -> Landing:
-        assert work.diff_path is not None, "only accepted units with a diff integrate"
-        with self.locked():
-            for _race in range(MAX_LANDING_RACES):
-                landing = self._integrate_once(unit, work.diff_path)
-                if landing is not None:
-                    return landing
-            return Landing(unit.id, "failed", "delivery_blocked",
-                           "the target kept moving under the integrator", None, None, None, 0.0)
+    def integrate(self, items: Sequence[tuple[Unit, UnitWork]]) -> list[Landing]:
+        """Integrate consecutive units, in order, as one batch; one unit is the plain case.
 
-    def _integrate_once(self, unit: Unit, diff_path: Path) -> Landing | None:
+        The batch's diffs are applied one after another into a chain of candidate commits
+        and the proof runs on the chain's tip. When it passes, the whole chain lands with
+        one compare-and-swap. When it fails, bisection over the chain's prefixes finds the
+        first unit whose commit fails the proof: the prefix before it lands, it fails
+        ``proof_failed``, and the units after it are applied again without it. Proof
+        results are kept by tree, so no tree is proven twice. The outcome is what
+        integrating one unit at a time gives whenever a unit that breaks the proof keeps
+        every later tree failing until it is taken out — the case batching is for; the
+        target still only ever moves to a tree whose proof passed.
+        """
+        for unit, work in items:
+            assert work.diff_path is not None, f"{unit.id}: only accepted units integrate"
+        landings: dict[str, Landing] = {}
+        with self.locked():
+            pending = list(items)
+            races = 0
+            while pending:
+                outcome = self._integrate_prefix(pending)
+                if outcome is None:  # the landing ref moved under us: again, onto it
+                    races += 1
+                    if races >= MAX_LANDING_RACES:
+                        for unit, _work in pending:
+                            landings[unit.id] = _failed(unit, "delivery_blocked", "the target "
+                                                        "kept moving under the integrator")
+                        break
+                    continue
+                decided, pending = outcome
+                landings.update(decided)
+        return [landings[unit.id] for unit, _work in items]
+
+    def _integrate_prefix(self, pending: list[tuple[Unit, UnitWork]]
+                          ) -> tuple[dict[str, Landing], list[tuple[Unit, UnitWork]]] | None:
+        """One round: build the chain, find its longest passing prefix, land it. Returns
+        the units decided and those to apply again, or None when the landing lost a race."""
         head = self.git.read_ref(self.landing_ref)
         if head is None:
             raise EnvironmentRefused(f"{self.landing_ref} disappeared during the run")
-        self.report("apply_started", unit=unit.id, onto=head)
         self._ensure_worktree(head)
+        links = self._chain(pending, head)
+        commits = [link for link in links if link.commit is not None]
+        passing, failure = self._longest_passing_prefix(commits)
+        # Everything up to the first failing commit is decided; later units were applied
+        # onto a chain holding that failure and go round again without it.
+        cut = links.index(commits[passing]) + 1 if failure is not None else len(links)
+        decided: dict[str, Landing] = {link.unit.id: link.landing for link in links[:cut]
+                                       if link.landing is not None}
+        if failure is not None:
+            decided[commits[passing].unit.id] = failure
+        if passing:
+            landed = commits[:passing]
+            tip = self._mark_batch(head, landed) if self.batched else landed[-1].commit
+            assert tip is not None
+            if not self._land(head, tip):
+                return None
+            faults.point("land")
+            decided.update(self._record_landings(landed, tip))
+        return decided, [(link.unit, link.work) for link in links[cut:]]
+
+    def _chain(self, pending: list[tuple[Unit, UnitWork]], head: Sha) -> list[_Link]:
+        """Apply each diff onto the tip so far, committing a candidate for each."""
+        links: list[_Link] = []
+        tip = head
         index = self.run_dir.tmp / f"index-{os.getpid()}"
         index.parent.mkdir(parents=True, exist_ok=True)  # removed when a run ends
-        try:
-            tree = self.git.apply_to_tree(head, diff_path, index, cwd=self.worktree)
-        finally:
-            index.unlink(missing_ok=True)
-        if tree is None:
-            return Landing(unit.id, "failed", "integration_conflict",
-                           f"the change does not apply onto {head[:12]}, even three-way",
-                           None, None, None, 0.0)
-        if tree == self.git.tree_of(head):
-            return Landing(unit.id, "no_diff", None, "the change is already on the target",
-                           None, None, None, 0.0)
-        candidate = self.git.commit_tree(tree, [head], commit_message(unit, self.run_id))
-        faults.point("apply")
-        self.report("proof_started", unit=unit.id, candidate=candidate)
-        proof_status, proof_notes, proof_s = self._prove(unit, candidate)
-        self.report("proof_finished", unit=unit.id, status=proof_status,
-                    duration_s=round(proof_s, 3), notes=proof_notes)
-        if proof_status == "fail":
-            return Landing(unit.id, "failed", "proof_failed", proof_notes, None, None,
-                           proof_status, proof_s)
-        if not self._land(head, candidate):
-            return None  # the landing ref moved under us: integrate again onto it
-        faults.point("land")
-        patch = self._emit_patch(unit, candidate) if self.mode == "patch_first" else None
-        self.report("landed", unit=unit.id, commit=candidate, ref=self.landing_ref, patch=patch)
-        return Landing(unit.id, "integrated", None, "", candidate, patch, proof_status, proof_s)
+        for unit, work in pending:
+            assert work.diff_path is not None
+            self.report("apply_started", unit=unit.id, onto=tip)
+            try:
+                tree = self.git.apply_to_tree(tip, work.diff_path, index, cwd=self.worktree)
+            finally:
+                index.unlink(missing_ok=True)
+            if tree is None:
+                links.append(_Link(unit, work, None, _failed(
+                    unit, "integration_conflict",
+                    f"the change does not apply onto {tip[:12]}, even three-way")))
+                continue
+            if tree == self.git.tree_of(tip):
+                links.append(_Link(unit, work, None, Landing(
+                    unit.id, "no_diff", None, "the change is already on the target",
+                    None, None, None, 0.0)))
+                continue
+            tip = self.git.commit_tree(tree, [tip], commit_message(unit, self.run_id))
+            links.append(_Link(unit, work, tip, None))
+            faults.point("apply")
+        return links
 
-    # -- proof -------------------------------------------------------------------------
+    def _longest_passing_prefix(self, commits: list[_Link]) -> tuple[int, Landing | None]:
+        """How many leading commits land, and the failure of the one after them. The
+        tip first (the whole chain usually passes), then bisection."""
+        if not commits:
+            return 0, None
+        verdicts: dict[int, Landing | None] = {}
+
+        def fails(length: int) -> bool:
+            if length not in verdicts:
+                verdicts[length] = self._prove_link(commits[:length])
+            return verdicts[length] is not None
+
+        if not fails(len(commits)):
+            return len(commits), None
+        passing, failing = 0, len(commits)  # prefix lengths known to pass / to fail
+        while failing - passing > 1:
+            middle = (passing + failing) // 2
+            if fails(middle):
+                failing = middle
+            else:
+                passing = middle
+        return passing, verdicts[failing]
+
+    def _prove_link(self, prefix: list[_Link]) -> Landing | None:
+        """Prove the tip of ``prefix``; None when it passes, else the tip unit's failure."""
+        tip = prefix[-1]
+        assert tip.commit is not None
+        verdict = self.prover.prove(tip.unit, tip.commit, [link.unit.id for link in prefix])
+        if verdict.status == "fail":
+            return Landing(tip.unit.id, "failed", "proof_failed", verdict.notes, None, None,
+                           "fail", verdict.duration_s)
+        return None
+
+    def _mark_batch(self, head: Sha, landed: list[_Link]) -> Sha:
+        """Commit the landed chain again with trailers saying what was proven: in a batch
+        only the tip's tree ran the proof. Trees are unchanged, so nothing is re-proven."""
+        tip = head
+        tip_unit = landed[-1].unit.id
+        for position, link in enumerate(landed, 1):
+            assert link.commit is not None
+            proven = ("passed" if position == len(landed)
+                      else f"covered by the proof of {tip_unit} (batch tip)")
+            message = commit_message(link.unit, self.run_id,
+                                     batch=f"{position}/{len(landed)}", proof=proven)
+            tip = self.git.commit_tree(self.git.tree_of(link.commit), [tip], message)
+            link.commit = tip
+        return tip
+
+    def _record_landings(self, landed: list[_Link], tip: Sha) -> dict[str, Landing]:
+        out: dict[str, Landing] = {}
+        for link in landed:
+            assert link.commit is not None
+            patch = self._emit_patch(link.unit, link.commit) if self.mode == "patch_first" \
+                else None
+            self.report("landed", unit=link.unit.id, commit=link.commit, ref=self.landing_ref,
+                        patch=patch)
+            out[link.unit.id] = Landing(link.unit.id, "integrated", None, "", link.commit,
+                                        patch, "pass", 0.0)
+        return out
+
+    # -- the integration worktree -------------------------------------------------------
 
     def _ensure_worktree(self, head: Sha) -> None:
         if not self.worktree.exists():
             self.worktree.parent.mkdir(parents=True, exist_ok=True)
             self.git.worktree_add(self.worktree, head)
-            self._worktree_ready = False
-
-    def _placeholders(self, unit: Unit) -> dict[str, str]:
-        return {"id": unit.id, "objective": unit.objective, "plan_dir": str(self.plan.plan_dir),
-                "repo": str(self.repo), "worktree": str(self.worktree), "run_id": self.run_id}
-
-    def _proof_env(self, unit: Unit, candidate: str) -> dict[str, str]:
-        env = clean_env()
-        env.update({"WTMESH_RUN_ID": self.run_id, "WTMESH_UNIT_ID": unit.id,
-                    "WTMESH_LANE": "proof", "WTMESH_WORKTREE": str(self.worktree),
-                    "WTMESH_REPO": str(self.repo), "WTMESH_PLAN_DIR": str(self.plan.plan_dir),
-                    "WTMESH_CANDIDATE_SHA": candidate, "PWD": str(self.worktree)})
-        return env
-
-    def _prove(self, unit: Unit, candidate: Sha) -> tuple[str, str, float]:
-        """Run the proof on exactly ``candidate``. ``fail`` also when it times out or leaves
-        tracked files modified (then what it proved is not what would land)."""
-        if unit.proof_command is None:
-            return "skipped", "no proof command", 0.0
-        log = self.run_dir.unit_dir(unit.id) / "proof.log"
-        # Untracked files of an earlier proof go; ignored ones (caches, the setup's
-        # virtualenv) stay, as they would in a developer's checkout.
-        self.git.remove_stale_index_lock(self.worktree)
-        self.git.run("checkout", "-q", "--detach", "--force", candidate, cwd=self.worktree)
-        self.git.run("clean", "-q", "-ffd", cwd=self.worktree)
-        if not self._worktree_ready:
-            try:
-                prepare(self.git, self.plan.setup, repo=self.repo, worktree=self.worktree,
-                        placeholders=self._placeholders(unit),
-                        env=self._proof_env(unit, candidate),
-                        log=self.run_dir.path / "integration-setup.log")
-            except SetupFailed as exc:
-                return "fail", str(exc), 0.0
-            self._worktree_ready = True
-        done = proc.run_logged(render(unit.proof_command, self._placeholders(unit)),
-                               cwd=self.worktree, env=self._proof_env(unit, candidate),
-                               stdout_path=log, stderr_path=log, timeout_s=unit.proof_timeout_s,
-                               on_spawn=lambda _pid: faults.point("proof"))
-        if done.start_error:
-            return "fail", f"proof could not start: {done.start_error}", done.duration_s
-        if done.timed_out:
-            return "fail", f"proof timed out after {unit.proof_timeout_s:g}s", done.duration_s
-        if done.returncode != 0:
-            return "fail", f"proof exited {done.returncode} (log: {log})", done.duration_s
-        if self.git.head_of(self.worktree) != candidate:
-            return "fail", "proof moved HEAD of the integration worktree", done.duration_s
-        dirty = self.git.tracked_changes(self.worktree)
-        if dirty:
-            first = dirty.split(b"\0")[0].decode("utf-8", "surrogateescape").strip()
-            return "fail", f"proof left tracked files modified ({first})", done.duration_s
-        return "pass", "", done.duration_s
+            self.prover.worktree_ready = False
 
     # -- landing -----------------------------------------------------------------------
 

@@ -68,6 +68,7 @@ class RunOptions:
     # backpressure.
     budget: Mapping[str, Any] | None = None
     learnings: Path | None = None  # --learnings FILE
+    batch: int = 1  # units integrated under one proof at most; 0: as many as are ready
 
 
 @dataclass
@@ -110,7 +111,7 @@ def resolve_run(plan: Plan, repo: RepoInfo, git: Git, *, target: str | None, bas
                 delivery_mode: str | None, max_active: int | None, patch_dir: Path | None,
                 keep_worktrees: bool, lock_timeout_s: float,
                 budget: BudgetDecision | None = None,
-                learnings: Path | None = None) -> RunOptions:
+                learnings: Path | None = None, batch: int = 1) -> RunOptions:
     """Command line over plan over defaults; every problem is a usage error (exit 2)."""
     mode = delivery_mode or plan.delivery_mode
     target_name = target or plan.target or repo.head_branch
@@ -134,7 +135,7 @@ def resolve_run(plan: Plan, repo: RepoInfo, git: Git, *, target: str | None, bas
     wanted = max_active or plan.max_active
     return RunOptions(plan, repo, budget.limit(wanted) if budget else wanted, mode,
                       target_name, base_sha, patch_dir, keep_worktrees, lock_timeout_s,
-                      budget.as_dict() if budget else None, learnings)
+                      budget.as_dict() if budget else None, learnings, batch)
 
 
 def resumed_options(run_dir: RunDir, repo: RepoInfo, recovery: Recovery, *,
@@ -148,7 +149,8 @@ def resumed_options(run_dir: RunDir, repo: RepoInfo, recovery: Recovery, *,
     return RunOptions(plan, repo, started["max_active"], started["delivery_mode"],
                       started["target"], Sha(started["base"]),
                       Path(patch_dir) if patch_dir else None, keep_worktrees, lock_timeout_s,
-                      started.get("budget"), Path(learnings) if learnings else None)
+                      started.get("budget"), Path(learnings) if learnings else None,
+                      started.get("batch", 1))
 
 
 class Run:
@@ -176,7 +178,8 @@ class Run:
             git=git, plan=options.plan, run_id=self.run_id, state=self.state,
             run_dir=self.run_dir, delivery_mode=options.delivery_mode, target=options.target,
             base=options.base, repo=options.repo.toplevel or git.common_dir,
-            patch_dir=patch_dir, lock_timeout_s=options.lock_timeout_s, report=self.emit)
+            patch_dir=patch_dir, lock_timeout_s=options.lock_timeout_s, report=self.emit,
+            batched=options.batch != 1)
         self.pool = WorktreePool(git, self.run_dir.worktrees)
         self.executor = LocalExecutor(git, self.pool)
 
@@ -249,7 +252,7 @@ class Run:
         opts = self.options
         self.emit("run_started", plan=str(opts.plan.path), delivery_mode=opts.delivery_mode,
                   target=opts.target, base=opts.base, max_active=opts.max_active,
-                  budget=opts.budget,
+                  budget=opts.budget, batch=opts.batch,
                   learnings=str(opts.learnings) if opts.learnings else None,
                   patch_dir=str(self.patch_dir) if self.patch_dir else None,
                   units=[u.id for u in self.order], pid=os.getpid(),
@@ -398,7 +401,7 @@ class Run:
                                         thread_name_prefix="lane")
         integration_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="integrator")
         running: dict[Future[UnitWork], UnitProgress] = {}
-        integrating: tuple[Future[Landing], UnitProgress] | None = None
+        integrating: tuple[Future[list[Landing]], list[UnitProgress]] | None = None
         try:
             while True:
                 self._skip_orphans()
@@ -413,12 +416,15 @@ class Run:
                         states[unit.id] = "running"
                         running[lanes_pool.submit(self._run_unit, self._job(progress))] = progress
                 if integrating is None:
-                    nxt = self._next_to_integrate()
-                    if nxt is not None:
-                        assert nxt.work is not None
-                        self._set(nxt, "running", "integrating")
-                        integrating = (integration_pool.submit(
-                            self.integrator.integrate, nxt.unit, nxt.work), nxt)
+                    batch = self._next_batch()
+                    if batch:
+                        items = []
+                        for progress in batch:
+                            assert progress.work is not None
+                            self._set(progress, "running", "integrating")
+                            items.append((progress.unit, progress.work))
+                        integrating = (integration_pool.submit(self.integrator.integrate,
+                                                               items), batch)
                 if all(p.state in FINAL_STATES for p in self.units.values()):
                     return
                 waiting: list[Future[Any]] = list(running)
@@ -429,7 +435,9 @@ class Run:
                 done, _ = wait(waiting, return_when=FIRST_COMPLETED)
                 for future in done:
                     if integrating is not None and future is integrating[0]:
-                        self._landed(integrating[1], integrating[0].result())
+                        for progress, landing in zip(integrating[1], future.result(),
+                                                     strict=True):
+                            self._landed(progress, landing)
                         integrating = None
                     else:
                         progress = running.pop(future)
@@ -458,16 +466,23 @@ class Run:
                                  f"depends on {dep}, which ended {self.units[dep].state}")
                     changed = True
 
-    def _next_to_integrate(self) -> UnitProgress | None:
-        """Strict integration order: the first unit not yet finished, once its lanes are done."""
+    def _next_batch(self) -> list[UnitProgress]:
+        """Strict integration order: from the first unit not yet finished, once its lanes
+        are done, the units after it whose lanes are done too, up to the batch size (one
+        unless --batch). A batch shares one proof, so it holds one proof command."""
+        limit = self.options.batch or len(self.order)  # 0: auto, every unit that is ready
+        batch: list[UnitProgress] = []
         for unit in self.order:
             progress = self.units[unit.id]
             if progress.state in FINAL_STATES:
                 continue
-            if progress.phase == "waiting":
-                return progress
-            return None
-        return None
+            if progress.phase != "waiting" or len(batch) == limit:
+                break
+            if batch and (unit.proof_command, unit.proof_timeout_s) != (
+                    batch[0].unit.proof_command, batch[0].unit.proof_timeout_s):
+                break
+            batch.append(progress)
+        return batch
 
     def _lanes_done(self, progress: UnitProgress, work: UnitWork) -> None:
         progress.work = work

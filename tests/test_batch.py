@@ -1,0 +1,134 @@
+"""Batched integration (--batch): one proof per batch, bisection on failure, and exactly
+the outcome of integrating one unit at a time."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import git, make_repo, no_worktrees_left, wtmesh
+
+
+def plan_of(tmp_path: Path, proofs: Path, breakers: set[int], n: int = 16) -> Path:
+    """``n`` units writing their own file, all at once; ``breakers`` also write a
+    broken-<i>.txt of their own, which fails the proof. The proof records every tree it
+    sees and its verdict in ``proofs``."""
+    units: list[dict[str, Any]] = []
+    for i in range(n):
+        command = f"sleep 0.2; echo {i} > u{i:02d}.txt"
+        scope = [f"u{i:02d}.txt"]
+        if i in breakers:
+            command += f"; echo x > broken-{i}.txt"
+            scope.append(f"broken-{i}.txt")
+        units.append({"id": f"u{i:02d}", "objective": f"unit {i}", "unit_scope": scope,
+                      "lanes": {"coder": {"command": command}}})
+    proof = (f"t=$(git rev-parse HEAD^{{tree}}); "
+             f"if ls broken-*.txt >/dev/null 2>&1; then echo \"$t fail\" >> {proofs}; exit 1; "
+             f"fi; echo \"$t pass\" >> {proofs}")
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"max_active": n, "proof_command": proof, "units": units}))
+    return plan
+
+
+def run(repo: Path, plan: Path, *args: str) -> dict[str, Any]:
+    res = wtmesh("run", plan, "--json", *args, cwd=repo)
+    assert res.returncode in (0, 1), res.stderr
+    assert "Traceback" not in res.stderr
+    return res.json()
+
+
+def outcome(repo: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "states": {u["id"]: (u["status"], u["failure_code"]) for u in summary["units"]},
+        "tree": git(repo, "rev-parse", "main^{tree}"),
+        "subjects": git(repo, "log", "--format=%s", "main").splitlines(),
+    }
+
+
+def proof_runs(path: Path) -> list[tuple[str, str]]:
+    return [tuple(line.split()) for line in path.read_text().splitlines()]  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("breakers", [{7}, {3, 12}, {0}, {15}])
+def test_auto_batches_give_the_outcome_of_one_at_a_time(tmp_path: Path,
+                                                        breakers: set[int]) -> None:
+    one, auto = tmp_path / "one", tmp_path / "auto"
+    make_repo(one / "repo")
+    make_repo(auto / "repo")
+    one_plan = plan_of(one, one / "proofs", breakers)
+    auto_plan = plan_of(auto, auto / "proofs", breakers)
+    expected = outcome(one / "repo", run(one / "repo", one_plan, "--batch", "1"))
+    got = outcome(auto / "repo", run(auto / "repo", auto_plan, "--batch", "auto"))
+    assert got == expected
+    failed = {uid for uid, (state, _code) in got["states"].items() if state != "integrated"}
+    assert failed == {f"u{i:02d}" for i in breakers}
+    assert all(code == "proof_failed" for uid, (_s, code) in got["states"].items()
+               if uid in failed)
+    # Fewer proofs than one per unit, and no tree proven twice.
+    auto_runs = proof_runs(auto / "proofs")
+    assert len(auto_runs) < len(proof_runs(one / "proofs"))
+    assert len({tree for tree, _ in auto_runs}) == len(auto_runs)
+    assert no_worktrees_left(auto / "repo")
+
+
+def test_the_target_only_ever_moves_to_a_proven_tree(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    plan = plan_of(tmp_path, tmp_path / "proofs", {5})
+    run(repo, plan, "--batch", "auto")
+    passed = {tree for tree, verdict in proof_runs(tmp_path / "proofs") if verdict == "pass"}
+    moves = git(repo, "reflog", "--format=%H", "main").splitlines()[:-1]  # not the initial
+    assert moves
+    for commit in moves:
+        assert git(repo, "rev-parse", f"{commit}^{{tree}}") in passed
+
+
+def test_batch_commits_say_what_was_proven(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    plan = plan_of(tmp_path, tmp_path / "proofs", set(), n=6)
+    summary = run(repo, plan, "--batch", "auto")
+    assert summary["exit_code"] == 0
+    bodies = git(repo, "log", "--format=%(trailers:key=Wtmesh-Proof,valueonly)%x00",
+                 "main~6..main").split("\0")
+    proofs = [b.strip() for b in bodies if b.strip()]
+    assert len(proofs) == 6
+    assert "passed" in proofs  # each batch tip
+    assert all(p == "passed" or p.startswith("covered by the proof of u") for p in proofs)
+    # Resume and status recognise batch landings by their trailers as any other.
+    assert git(repo, "log", "-1", "--format=%(trailers:key=Wtmesh-Unit,valueonly)",
+               "main").strip() == "u05"
+
+
+def test_batch_n_caps_the_batch(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    plan = plan_of(tmp_path, tmp_path / "proofs", set(), n=8)
+    summary = run(repo, plan, "--batch", "3")
+    assert summary["exit_code"] == 0
+    ledger = repo / ".git/wtmesh/runs" / summary["run_id"] / "ledger.jsonl"
+    started = [json.loads(line) for line in ledger.read_text().splitlines()
+               if '"proof_started"' in line]
+    assert started and max(len(r["units"]) for r in started) <= 3
+
+
+def test_batch_patch_first_series_reproduces_the_same_tree(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    plan = plan_of(tmp_path, tmp_path / "proofs", {4}, n=10)
+    summary = run(repo, plan, "--batch", "auto", "--delivery", "patch_first")
+    patches = Path(summary["patch_dir"])
+    names = (patches / "series").read_text().splitlines()
+    assert len(names) == 9
+    check = tmp_path / "check"
+    git(tmp_path, "clone", "-q", str(repo), str(check))
+    git(check, "am", "-q", *[str(patches / n) for n in names])
+    reference = make_repo(tmp_path / "reference")
+    assert run(reference, plan, "--batch", "1")["exit_code"] == 1
+    assert git(check, "rev-parse", "HEAD^{tree}") == git(reference, "rev-parse", "main^{tree}")
+
+
+def test_bad_batch_values_are_usage_errors(repo: Path, tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, tmp_path / "proofs", set(), n=1)
+    for value in ("0", "-2", "some", ""):
+        res = wtmesh("run", plan, "--batch", value, cwd=repo)
+        assert res.returncode == 2, value
+        assert res.stderr.startswith("wtmesh: error: ") and "Traceback" not in res.stderr

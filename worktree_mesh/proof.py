@@ -1,0 +1,113 @@
+"""Running the proof on exactly one candidate commit, in the run's integration worktree.
+
+A proof that fails, times out, moves HEAD or leaves tracked files modified is a failure:
+what it proved would not be what lands. Verdicts are kept by (tree, command, timeout):
+the proof of a tree already proven or failed is not run again — a batch being bisected,
+or a chain rebuilt after a unit was taken out, revisits trees it has seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import faults, proc
+from .git import Git, Sha, clean_env
+from .lanes import render
+from .plan import Plan, Unit
+from .prepare import SetupFailed, prepare
+from .state import RunDir
+
+Report = Callable[..., None]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    status: str  # pass | fail | skipped
+    notes: str
+    duration_s: float
+
+
+class Prover:
+    def __init__(self, *, git: Git, plan: Plan, run_id: str, run_dir: RunDir, repo: Path,
+                 worktree: Path, report: Report) -> None:
+        self.git = git
+        self.plan = plan
+        self.run_id = run_id
+        self.run_dir = run_dir
+        self.repo = repo
+        self.worktree = worktree
+        self.report = report
+        self.worktree_ready = False  # the plan's setup has run in the worktree
+        self._verdicts: dict[tuple[str, str, float], Verdict] = {}
+
+    def prove(self, unit: Unit, candidate: Sha, units: Sequence[str]) -> Verdict:
+        """The proof of ``candidate``, whose tip unit is ``unit``; ``units`` are the units
+        whose changes it holds on top of the landed head (for the ledger)."""
+        if unit.proof_command is None:
+            return Verdict("skipped", "no proof command", 0.0)
+        key = (self.git.tree_of(candidate), repr(unit.proof_command), unit.proof_timeout_s)
+        cached = self._verdicts.get(key)
+        if cached is not None:
+            self.report("proof_finished", unit=unit.id, status=cached.status, duration_s=0.0,
+                        notes=cached.notes, cached=True)
+            return cached
+        self.report("proof_started", unit=unit.id, candidate=candidate, units=list(units))
+        verdict = self._run(unit, candidate)
+        self.report("proof_finished", unit=unit.id, status=verdict.status,
+                    duration_s=round(verdict.duration_s, 3), notes=verdict.notes)
+        self._verdicts[key] = verdict
+        return verdict
+
+    def _run(self, unit: Unit, candidate: Sha) -> Verdict:
+        assert unit.proof_command is not None
+        log = self.run_dir.unit_dir(unit.id) / "proof.log"
+        # Untracked files of an earlier proof go; ignored ones (caches, the setup's
+        # virtualenv) stay, as they would in a developer's checkout.
+        self.git.remove_stale_index_lock(self.worktree)
+        self.git.run("checkout", "-q", "--detach", "--force", candidate, cwd=self.worktree)
+        self.git.run("clean", "-q", "-ffd", cwd=self.worktree)
+        if not self.worktree_ready:
+            try:
+                prepare(self.git, self.plan.setup, repo=self.repo, worktree=self.worktree,
+                        placeholders=self._placeholders(unit),
+                        env=self._env(unit, candidate),
+                        log=self.run_dir.path / "integration-setup.log")
+            except SetupFailed as exc:
+                return Verdict("fail", str(exc), 0.0)
+            self.worktree_ready = True
+        done = proc.run_logged(render(unit.proof_command, self._placeholders(unit)),
+                               cwd=self.worktree, env=self._env(unit, candidate),
+                               stdout_path=log, stderr_path=log, timeout_s=unit.proof_timeout_s,
+                               on_spawn=lambda _pid: faults.point("proof"))
+        if done.start_error:
+            return Verdict("fail", f"proof could not start: {done.start_error}",
+                           done.duration_s)
+        if done.timed_out:
+            return Verdict("fail", f"proof timed out after {unit.proof_timeout_s:g}s",
+                           done.duration_s)
+        if done.returncode != 0:
+            return Verdict("fail", f"proof exited {done.returncode} (log: {log})",
+                           done.duration_s)
+        if self.git.head_of(self.worktree) != candidate:
+            return Verdict("fail", "proof moved HEAD of the integration worktree",
+                           done.duration_s)
+        dirty = self.git.tracked_changes(self.worktree)
+        if dirty:
+            first = dirty.split(b"\0")[0].decode("utf-8", "surrogateescape").strip()
+            return Verdict("fail", f"proof left tracked files modified ({first})",
+                           done.duration_s)
+        return Verdict("pass", "", done.duration_s)
+
+    def _placeholders(self, unit: Unit) -> dict[str, str]:
+        return {"id": unit.id, "objective": unit.objective, "plan_dir": str(self.plan.plan_dir),
+                "repo": str(self.repo), "worktree": str(self.worktree), "run_id": self.run_id}
+
+    def _env(self, unit: Unit, candidate: str) -> dict[str, str]:
+        env = clean_env()
+        env.update({"WTMESH_RUN_ID": self.run_id, "WTMESH_UNIT_ID": unit.id,
+                    "WTMESH_LANE": "proof", "WTMESH_WORKTREE": str(self.worktree),
+                    "WTMESH_REPO": str(self.repo), "WTMESH_PLAN_DIR": str(self.plan.plan_dir),
+                    "WTMESH_CANDIDATE_SHA": candidate, "PWD": str(self.worktree)})
+        return env
