@@ -131,17 +131,18 @@ def test_gc_unfinished_drops_an_interrupted_runs_refs(repo: Path, tmp_path: Path
 
 
 def test_gc_never_touches_a_live_run(repo: Path, tmp_path: Path) -> None:
-    go = tmp_path / "go"
+    go, started = tmp_path / "go", tmp_path / "started"
     plan = plan_file(tmp_path, [{
         "id": "slow", "objective": "o", "unit_scope": "slow.txt",
-        "lanes": {"coder": {"command": f"while [ ! -e {go} ]; do sleep 0.05; done; "
+        "lanes": {"coder": {"command": f"touch {started}; "
+                                       f"while [ ! -e {go} ]; do sleep 0.05; done; "
                                        "echo s > slow.txt"}}}])
     run = subprocess.Popen([sys.executable, "-m", "worktree_mesh", "run", str(plan)], cwd=repo,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 20
-        while git(repo, "worktree", "list").count("\n") < 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)  # the lane runs: its worktree is complete
         before = git(repo, "worktree", "list")
         res = wtmesh("gc", cwd=repo)
         assert res.returncode == 0

@@ -2,27 +2,40 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
+import shutil
 import signal
 import sys
 import tempfile
+import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import click
+from rich.live import Live
 
 from . import __version__, starter
 from . import plan as plan_mod
 from .cleanup import collect_garbage
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, EnvironmentRefused, UsageError, WtmeshError
 from .git import Git, NotARepository, RepoInfo, discover
-from .output import LineRenderer, print_gc, print_json, print_status, print_summary_table
+from .live import LiveView
+from .output import (
+    LineRenderer,
+    print_gc,
+    print_json,
+    print_status,
+    print_summary_table,
+    status_view,
+)
 from .resume import Recovery, events, find_run, recover, run_finished
-from .scheduler import Run, resolve_run, resumed_options
+from .scheduler import Observer, Run, resolve_run, resumed_options
 from .state import StateDir
-from .status import run_status
+from .status import LOG_LANES, log_files, run_status
 from .toolkit import budget as budget_mod
 from .toolkit import commands as toolkit_commands
 from .toolkit.budget import BudgetDecision
@@ -85,6 +98,8 @@ def validate(plan_file: Path) -> None:
               callback=lambda _ctx, _param, value: _batch_size(value),
               help="Integrate up to N ready units under one proof (auto: all that are "
                    "ready); a failing batch is bisected, so the outcome is that of 1.")
+@click.option("--report", type=click.Path(path_type=Path, dir_okay=False),
+              help="Also write the run's report.md to this file.")
 @click.option("--learnings", type=click.Path(path_type=Path, dir_okay=False),
               help="Append a JSONL record per failed or rejected unit to this file.")
 @click.option("--json", "as_json", is_flag=True,
@@ -92,10 +107,13 @@ def validate(plan_file: Path) -> None:
 def run(plan_file: Path, repo: Path | None, max_active: int | None, delivery: str | None,
         target: str | None, base: str | None, patch_dir: Path | None, keep_worktrees: bool,
         lock_timeout: float, resume: str | None, remaining_five_hour: float | None,
-        remaining_weekly: float | None, batch: int, learnings: Path | None,
-        as_json: bool) -> None:
+        remaining_weekly: float | None, batch: int, report: Path | None,
+        learnings: Path | None, as_json: bool) -> None:
     """Run PLAN: lanes in worktrees, then integrate accepted changes in plan order."""
-    renderer = LineRenderer(sys.stderr if as_json else sys.stdout)
+    # On a terminal a live table; otherwise (a pipe, CI, --json) one line per change.
+    live = not as_json and sys.stdout.isatty() and os.environ.get("TERM") != "dumb"
+    renderer: Observer = LiveView(sys.stdout) if live else LineRenderer(
+        sys.stderr if as_json else sys.stdout)
     if resume is not None:
         if (delivery or target or base or patch_dir or learnings
                 or remaining_five_hour is not None or remaining_weekly is not None):
@@ -114,15 +132,17 @@ def run(plan_file: Path, repo: Path | None, max_active: int | None, delivery: st
                               patch_dir=patch_dir.resolve() if patch_dir else None,
                               keep_worktrees=keep_worktrees, lock_timeout_s=lock_timeout,
                               budget=decision, batch=batch,
+                              report=report.resolve() if report else None,
                               learnings=learnings.resolve() if learnings else None)
         the_run, recovery = Run(options, git, renderer), None
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        if recovery is None:
-            the_run.prepare()
-        else:
-            the_run.resume(recovery)
-        summary = the_run.execute()
+        with renderer if isinstance(renderer, LiveView) else contextlib.nullcontext():
+            if recovery is None:
+                the_run.prepare()
+            else:
+                the_run.resume(recovery)
+            summary = the_run.execute()
     finally:
         signal.signal(signal.SIGTERM, previous)
         the_run.close()
@@ -165,7 +185,7 @@ def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
         print_summary_table(summary)
 
 
-def _resumable(plan_file: Path, repo: Path | None, resume: str, renderer: LineRenderer,
+def _resumable(plan_file: Path, repo: Path | None, resume: str, renderer: Observer,
                as_json: bool, *, keep_worktrees: bool, lock_timeout: float,
                max_active: int | None) -> tuple[Run, Recovery]:
     info, git = open_repo(repo)
@@ -196,14 +216,58 @@ def _describe_counts(counts: dict[str, int]) -> str:
 @click.argument("run_id", required=False)
 @repo_option
 @click.option("--json", "as_json", is_flag=True, help="Print the status as one JSON object.")
-def status(run_id: str | None, repo: Path | None, as_json: bool) -> None:
+@click.option("--watch", is_flag=True, help="Keep showing the status until the run ends.")
+def status(run_id: str | None, repo: Path | None, as_json: bool, watch: bool) -> None:
     """What a run did (default: the newest), and what --resume would do."""
     _info, git = open_repo(repo)
-    record = run_status(git, StateDir.for_common_dir(git.common_dir), run_id)
+    state = StateDir.for_common_dir(git.common_dir)
+    record = run_status(git, state, run_id)
+    if watch:
+        record = _watch(git, state, record, as_json)
     if as_json:
         print_json(record)
     else:
         print_status(record)
+
+
+def _watch(git: Git, state: StateDir, record: dict[str, Any], as_json: bool
+           ) -> dict[str, Any]:
+    """Follow a running run: redrawn in place on a terminal, else one JSON line or
+    status block each time something changes. Returns the status once it has ended."""
+    run_id = record["run_id"]
+    in_place = not as_json and sys.stdout.isatty()
+    shown = None
+    with Live(get_renderable=lambda: status_view(run_status(git, state, run_id)),
+              refresh_per_second=1, transient=True) if in_place else contextlib.nullcontext():
+        while record["state"] == "running":
+            if not in_place and record != shown:
+                if as_json:
+                    print_json(record)
+                else:
+                    print_status(record)
+                shown = record
+            time.sleep(1.0)
+            record = run_status(git, state, run_id)
+    return record
+
+
+@cli.command()
+@click.argument("run_id")
+@click.argument("unit")
+@repo_option
+@click.option("--lane", type=click.Choice(LOG_LANES), help="Only this lane's logs.")
+def log(run_id: str, unit: str, repo: Path | None, lane: str | None) -> None:
+    """Print a unit's logs: each lane attempt's output, then the proof's."""
+    _info, git = open_repo(repo)
+    files = log_files(StateDir.for_common_dir(git.common_dir), run_id, unit, lane)
+    if not files:
+        click.echo(f"no {lane + ' ' if lane else ''}logs for unit {unit} of run {run_id}")
+    out: BinaryIO = sys.stdout.buffer
+    for path in files:
+        out.write(f"== {path.name} ({path}) ==\n".encode())
+        with open(path, "rb") as fh:
+            shutil.copyfileobj(fh, out)
+        out.flush()
 
 
 @cli.command()

@@ -10,14 +10,14 @@ import sys
 import threading
 from typing import Any, TextIO
 
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
 from .cleanup import GcReport
 from .integrator import wait_message
 
-_STATE_STYLE = {"integrated": "green", "no_diff": "dim", "rejected": "yellow",
+STATE_STYLE = {"integrated": "green", "no_diff": "dim", "rejected": "yellow",
                 "failed": "red", "skipped": "magenta", "running": "cyan"}
 
 
@@ -93,7 +93,7 @@ def print_summary_table(summary: dict[str, Any], stream: TextIO | None = None) -
     for unit in summary["units"]:
         # Text, not markup: a unit id or patch name such as "[b]" is shown as written.
         table.add_row(Text(unit["id"]),
-                      Text(unit["status"], style=_STATE_STYLE.get(unit["status"], "")),
+                      Text(unit["status"], style=STATE_STYLE.get(unit["status"], "")),
                       Text(unit["failure_code"] or ""), str(len(unit["files"])),
                       Text(unit["patch"] or (unit["commit"] or "")[:12]),
                       f"{unit['duration_s']:.1f}")
@@ -132,18 +132,22 @@ def print_status(status: dict[str, Any], stream: TextIO | None = None) -> None:
     stream = stream or sys.stdout
     console = Console(file=stream, highlight=False, soft_wrap=True,
                       width=None if stream.isatty() else 120)
+    console.print(status_view(status))
 
-    def say(text: str) -> None:
-        console.print(text, markup=False)
+
+def status_view(status: dict[str, Any]) -> Group:
+    def say(text: str) -> Text:
+        return Text(text)
 
     condition = {
         "running": f"running (pid {status['pid']})",
         "finished": f"finished, exit code {status['exit_code']}",
         "interrupted": f"interrupted: {status['interrupted_by']}",
     }[status["state"]]
-    say(f"run {status['run_id']}: {condition}")
-    say(f"plan {status['plan']}, {status['delivery_mode']} onto {status['target']} from "
-        f"{status['base'][:12]}, started {status['started_at']}")
+    parts: list[RenderableType] = [
+        say(f"run {status['run_id']}: {condition}"),
+        say(f"plan {status['plan']}, {status['delivery_mode']} onto {status['target']} "
+            f"from {status['base'][:12]}, started {status['started_at']}")]
     table = Table()
     for column in ("unit", "state", "attempts", "s", "failure", "evidence / now"):
         table.add_column(column, overflow="fold")
@@ -152,20 +156,20 @@ def print_status(status: dict[str, Any], stream: TextIO | None = None) -> None:
         detail = unit["evidence"] or (unit["phase"] if unit["state"] == "running" else "") \
             or unit["patch"] or (unit["commit"] or "")[:12]
         table.add_row(Text(unit["id"]),
-                      Text(unit["state"], style=_STATE_STYLE.get(unit["state"], "")),
+                      Text(unit["state"], style=STATE_STYLE.get(unit["state"], "")),
                       str(unit["attempts"]), duration, Text(unit["failure_code"] or ""),
                       Text(detail or ""))
-    console.print(table)
-    say(", ".join(f"{n} {state}" for state, n in status["counts"].items() if n))
+    parts.append(table)
+    parts.append(say(", ".join(f"{n} {state}" for state, n in status["counts"].items() if n)))
     resume = status["resume"]
     if resume is None:
         if status["state"] == "finished":
-            say("nothing to resume: the run finished")
-        return
-    say("resuming it would:")
-    for unit in status["units"]:
-        say(f"  {unit['id']:<20} {unit['resume']['says']}")
-    say(f"resume with: {resume['command']}")
+            parts.append(say("nothing to resume: the run finished"))
+        return Group(*parts)
+    parts.append(say("resuming it would:"))
+    parts += [say(f"  {unit['id']:<20} {unit['resume']['says']}") for unit in status["units"]]
+    parts.append(say(f"resume with: {resume['command']}"))
+    return Group(*parts)
 
 
 def print_gc(report: GcReport, stream: TextIO | None = None) -> None:

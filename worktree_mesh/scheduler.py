@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import diffs, proc
+from . import ledger as ledger_mod
 from . import plan as plan_mod
 from .errors import (
     EXIT_ENVIRONMENT,
@@ -33,6 +34,7 @@ from .integrator import Integrator, Landing
 from .ledger import Ledger
 from .plan import Plan, Unit, integration_order
 from .readiness import FINAL_STATES, Readiness
+from .report import render_report
 from .resume import (
     Recovery,
     ResumeStep,
@@ -69,6 +71,7 @@ class RunOptions:
     budget: Mapping[str, Any] | None = None
     learnings: Path | None = None  # --learnings FILE
     batch: int = 1  # units integrated under one proof at most; 0: as many as are ready
+    report: Path | None = None  # --report FILE: report.md written there too
 
 
 @dataclass
@@ -111,7 +114,8 @@ def resolve_run(plan: Plan, repo: RepoInfo, git: Git, *, target: str | None, bas
                 delivery_mode: str | None, max_active: int | None, patch_dir: Path | None,
                 keep_worktrees: bool, lock_timeout_s: float,
                 budget: BudgetDecision | None = None,
-                learnings: Path | None = None, batch: int = 1) -> RunOptions:
+                learnings: Path | None = None, batch: int = 1,
+                report: Path | None = None) -> RunOptions:
     """Command line over plan over defaults; every problem is a usage error (exit 2)."""
     mode = delivery_mode or plan.delivery_mode
     target_name = target or plan.target or repo.head_branch
@@ -135,7 +139,7 @@ def resolve_run(plan: Plan, repo: RepoInfo, git: Git, *, target: str | None, bas
     wanted = max_active or plan.max_active
     return RunOptions(plan, repo, budget.limit(wanted) if budget else wanted, mode,
                       target_name, base_sha, patch_dir, keep_worktrees, lock_timeout_s,
-                      budget.as_dict() if budget else None, learnings, batch)
+                      budget.as_dict() if budget else None, learnings, batch, report)
 
 
 def resumed_options(run_dir: RunDir, repo: RepoInfo, recovery: Recovery, *,
@@ -364,6 +368,7 @@ class Run:
             if unit["id"] in in_flight:
                 unit["status"], unit["failure_code"] = "failed", "interrupted"
         summary["counts"] = _counts(u["status"] for u in summary["units"])
+        self._write_report(summary)
         return summary
 
     def _job(self, progress: UnitProgress) -> UnitJob:
@@ -518,7 +523,15 @@ class Run:
                      json.dumps(summary, indent=2).encode() + b"\n")
         self.emit("run_finished", counts=summary["counts"], exit_code=exit_code,
                   head=summary["head"], stranded=self.integrator.stranded)
+        self._write_report(summary)
         return summary
+
+    def _write_report(self, summary: dict[str, Any]) -> None:
+        text = render_report(summary, ledger_mod.read(self.run_dir.ledger),
+                             self.run_dir).encode()
+        write_atomic(self.run_dir.path / "report.md", text)
+        if self.options.report is not None:
+            write_atomic(self.options.report, text)
 
     def _summary(self, exit_code: int) -> dict[str, Any]:
         counts = _counts(p.state for p in self.units.values())

@@ -95,7 +95,7 @@ def _units(records: list[dict[str, Any]], started: dict[str, Any],
                         duration_s=record.get("duration_s"),
                         failure_code=record["failure_code"], commit=record.get("commit"),
                         patch=record.get("patch"),
-                        evidence=_evidence(record, run_dir))
+                        evidence=evidence(record, run_dir))
     for unit in units.values():
         first_ts = unit.pop("_first_ts")
         if unit["duration_s"] is None and first_ts and unit["state"] == "running":
@@ -103,7 +103,7 @@ def _units(records: list[dict[str, Any]], started: dict[str, Any],
     return list(units.values())
 
 
-def _evidence(finished: dict[str, Any], run_dir: RunDir) -> str:
+def evidence(finished: dict[str, Any], run_dir: RunDir) -> str:
     """The first line that says why a unit did not integrate: for a failed proof or lane
     the last line its log printed (where the reason usually is), else its notes."""
     if finished["status"] in ("integrated", "no_diff"):
@@ -162,3 +162,31 @@ def _now() -> dt.datetime:
 
 def _parse_ts(ts: str) -> dt.datetime:
     return dt.datetime.fromisoformat(ts.replace("Z", "+00:00"))
+
+
+LOG_LANES = ("coder", "fixer", "proof")
+
+
+def log_files(state: StateDir, run_id: str, unit_id: str, lane: str | None) -> list[Path]:
+    """A unit's logs in the order they were written: each lane's attempts (stdout, then
+    stderr), then the proof. ``lane`` narrows to one of coder, fixer, proof."""
+    run_dir = state.run(run_id)
+    if not run_dir.ledger.exists():
+        raise UsageError(f"no run {run_id!r} in this repository")
+    started = next((r for r in events(run_dir) if r["event"] == "run_started"), {})
+    if unit_id not in started.get("units", []):
+        raise UsageError(f"run {run_id} has no unit {unit_id!r}")
+    unit_dir = run_dir.unit_dir(unit_id)
+    found: list[Path] = []
+    for name in (lane,) if lane else LOG_LANES:
+        if name == "proof":
+            found += [p for p in [unit_dir / "proof.log"] if p.exists()]
+            continue
+        attempts = sorted({int(p.name.split(".")[0].rsplit("-", 1)[1])
+                           for p in unit_dir.glob(f"{name}-*.std*.log")})
+        for attempt in attempts:
+            for stream in ("stdout", "stderr"):
+                path = unit_dir / f"{name}-{attempt}.{stream}.log"
+                if path.exists():
+                    found.append(path)
+    return found

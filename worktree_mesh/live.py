@@ -1,0 +1,155 @@
+"""The live view on a terminal (SPEC 9): a table of units redrawn in place.
+
+It is an observer of ledger records like the line renderer. Records arrive from the lane
+and integrator threads; they only update a small model under a lock. rich redraws from
+its own thread a few times a second, so a run never waits on the terminal, and it
+measures the terminal on every redraw, so a resize or a narrow window just reflows.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, TextIO
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from .output import STATE_STYLE, describe
+
+REFRESH_PER_SECOND = 4
+FINAL = frozenset({"integrated", "no_diff", "rejected", "failed", "skipped"})
+
+
+@dataclass
+class _Row:
+    unit: str
+    state: str = "pending"
+    lane: str = ""
+    attempt: int = 0
+    started: float | None = None
+    ended: float | None = None
+    files: int | None = None
+    added: int = 0
+    removed: int = 0
+    failure: str = ""
+
+    def elapsed(self, now: float) -> str:
+        if self.started is None:
+            return ""
+        return f"{(self.ended or now) - self.started:.0f}s"
+
+
+@dataclass
+class _Model:
+    title: str = ""
+    rows: dict[str, _Row] = field(default_factory=dict)
+    integrator: str = "idle"
+    notes: list[str] = field(default_factory=list)  # lock waits, backpressure, strandings
+
+
+class LiveView:
+    """Use as a context manager around the run; call it with each ledger record."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.console = Console(file=stream, highlight=False)
+        self._model = _Model()
+        self._lock = threading.Lock()
+        self._live = Live(console=self.console, refresh_per_second=REFRESH_PER_SECOND,
+                          transient=True, get_renderable=self._render)
+
+    def __enter__(self) -> LiveView:
+        self._live.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._live.stop()
+
+    # -- the model -----------------------------------------------------------------------
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        with self._lock:
+            self._update(record)
+
+    def _row(self, unit: str) -> _Row:
+        return self._model.rows.setdefault(unit, _Row(unit))
+
+    def _update(self, record: dict[str, Any]) -> None:
+        event, model, now = record["event"], self._model, time.monotonic()
+        if event == "run_started":
+            model.title = describe(record) or ""
+            for unit in record.get("units", []):
+                self._row(unit)
+        elif event == "run_resumed":
+            model.title = f"run {record['run_id']} (resumed)"
+        elif event == "unit_state":
+            row = self._row(record["unit"])
+            row.state = record["state"]
+            phase = record.get("phase") or ""
+            row.lane = "" if phase == "starting" else phase
+            if row.started is None:
+                row.started = now
+        elif event == "lane_started":
+            row = self._row(record["unit"])
+            row.lane, row.attempt = record["lane"], record["attempt"]
+        elif event == "lanes_done" and record.get("stats"):
+            row = self._row(record["unit"])
+            stats = record["stats"]
+            row.files, row.added, row.removed = stats["files"], stats["added"], stats["removed"]
+        elif event == "unit_finished":
+            row = self._row(record["unit"])
+            row.state, row.lane, row.failure = record["status"], "", record["failure_code"] or ""
+            row.ended = now
+            if row.files is None:
+                row.files = len(record.get("files", []))
+        elif event == "apply_started":
+            model.integrator = f"applying {record['unit']}"
+        elif event == "proof_started":
+            units = record.get("units") or [record["unit"]]
+            model.integrator = (f"proving {units[0]}" if len(units) == 1
+                                else f"proving {len(units)} units, {units[0]}..{units[-1]}")
+        elif event == "landed":
+            model.integrator = f"landed {record['unit']}"
+        elif event in ("lock_wait", "backpressure", "stranded"):
+            line = describe(record)
+            if line:
+                model.notes = [*model.notes[-2:], line]
+
+    # -- drawing -------------------------------------------------------------------------
+
+    def _render(self) -> RenderableType:
+        with self._lock:
+            return self._draw(time.monotonic())
+
+    def _draw(self, now: float) -> RenderableType:
+        model = self._model
+        rows = list(model.rows.values())
+        table = Table(expand=False, pad_edge=False, box=None, header_style="bold")
+        table.add_column("unit", no_wrap=True, overflow="ellipsis", max_width=28)
+        table.add_column("state", no_wrap=True)
+        table.add_column("lane", no_wrap=True, overflow="ellipsis")
+        table.add_column("try", justify="right", no_wrap=True)
+        table.add_column("time", justify="right", no_wrap=True)
+        table.add_column("files", justify="right", no_wrap=True)
+        table.add_column("+/-", justify="right", no_wrap=True)
+        table.add_column("failure", no_wrap=True, overflow="ellipsis")
+        for row in rows:
+            table.add_row(
+                Text(row.unit), Text(row.state, style=STATE_STYLE.get(row.state, "")),
+                Text(row.lane), str(row.attempt or ""), row.elapsed(now),
+                "" if row.files is None else str(row.files),
+                f"+{row.added}/-{row.removed}" if row.files else "", Text(row.failure))
+        done = sum(1 for row in rows if row.state in FINAL)
+        progress = Table.grid(padding=(0, 1))
+        progress.add_row(ProgressBar(total=max(1, len(rows)), completed=done, width=30),
+                         Text(f"{done}/{len(rows)} units finished"),
+                         Text(f"integrator: {model.integrator}", style="dim"))
+        parts: list[RenderableType] = [Text(model.title, style="bold"), table, progress]
+        parts += [Text(note, style="yellow") for note in model.notes]
+        return Group(*parts)

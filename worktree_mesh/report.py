@@ -1,0 +1,58 @@
+"""``report.md``: a run told in Markdown, for reviewers who read it where they read code.
+
+Counts, a table of units (state, failure code, diffstat, proof time, commit or patch, the
+first line of evidence), and in patch_first the series with the command that applies it.
+Built from the run's summary and ledger only, so it can be written again at any time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .state import RunDir
+from .status import evidence
+
+
+def render_report(summary: dict[str, Any], records: list[dict[str, Any]],
+                  run_dir: RunDir) -> str:
+    stats = {r["unit"]: r.get("stats") or {} for r in records if r["event"] == "lanes_done"}
+    proof_s: dict[str, float] = {}
+    for rec in records:
+        if rec["event"] == "proof_finished" and not rec.get("cached"):
+            proof_s[rec["unit"]] = proof_s.get(rec["unit"], 0.0) + rec["duration_s"]
+    finished = {r["unit"]: r for r in records if r["event"] == "unit_finished"}
+    counts = ", ".join(f"{n} {state}" for state, n in summary["counts"].items() if n)
+    head = (summary.get("head") or "")[:12]
+    lines = [
+        f"# wtmesh run {summary['run_id']}",
+        "",
+        f"{summary['delivery_mode']} onto `{summary['target']}` from "
+        f"`{summary['base'][:12]}`" + (f", now at `{head}`" if head else "") + ".",
+        f"Exit code {summary['exit_code']}: {counts or 'no units'}.",
+        "",
+        "| unit | state | failure | files | +/- | proof s | commit / patch | evidence |",
+        "|---|---|---|---:|---:|---:|---|---|",
+    ]
+    for unit in summary["units"]:
+        uid = unit["id"]
+        stat = stats.get(uid, {})
+        ended = finished.get(uid)
+        why = evidence(ended, run_dir) if ended else ""
+        delta = f"+{stat['added']}/-{stat['removed']}" if stat else ""
+        where = unit["patch"] or (f"`{unit['commit'][:12]}`" if unit["commit"] else "")
+        lines.append("| " + " | ".join(_cell(x) for x in (
+            uid, unit["status"], unit["failure_code"] or "", str(len(unit["files"])), delta,
+            f"{proof_s[uid]:.1f}" if uid in proof_s else "", where, why)) + " |")
+    if summary["delivery_mode"] == "patch_first" and summary.get("patch_dir"):
+        patches = [u for u in summary["units"] if u["patch"]]
+        lines += ["", "## Patches", "",
+                  (f"{len(patches)} patches in `{summary['patch_dir']}`. Apply them on "
+                   f"`{summary['base'][:12]}` with:"), "",
+                  "```sh", f"git am {summary['patch_dir']}/*.patch", "```", ""]
+        lines += [f"{n}. `{u['patch']}` ({u['id']})" for n, u in enumerate(patches, 1)]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    """One Markdown table cell: no line breaks, pipes escaped."""
+    return " ".join(text.split()).replace("|", "\\|")
