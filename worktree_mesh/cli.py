@@ -33,7 +33,8 @@ from .output import (
     status_view,
 )
 from .resume import Recovery, events, find_run, recover, run_finished
-from .scheduler import Observer, Run, resolve_run, resumed_options
+from .run_options import resolve_run, resumed_options
+from .scheduler import Observer, Run
 from .state import StateDir
 from .status import LOG_LANES, log_files, run_status
 from .toolkit import budget as budget_mod

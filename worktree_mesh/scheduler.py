@@ -11,7 +11,7 @@ import json
 import os
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,20 +19,17 @@ from typing import Any
 
 from . import diffs, proc
 from . import ledger as ledger_mod
-from . import plan as plan_mod
 from .errors import (
     EXIT_ENVIRONMENT,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_UNITS_FAILED,
     EnvironmentRefused,
-    PlanError,
-    UsageError,
 )
-from .git import Git, RepoInfo, Sha
+from .git import Git, Sha
 from .integrator import Integrator, Landing
 from .ledger import Ledger
-from .plan import Plan, Unit, integration_order
+from .plan import Unit, integration_order
 from .readiness import FINAL_STATES, Readiness
 from .report import render_report
 from .resume import (
@@ -44,34 +41,15 @@ from .resume import (
     stop_leftover_processes,
     undo_bring_along,
 )
+from .run_options import RunOptions
 from .state import RunDir, StateDir, new_run_id, unit_ref_prefix, write_atomic
 from .toolkit import learnings
 from .toolkit.backpressure import Backpressure
-from .toolkit.budget import BudgetDecision
 from .unit_runner import LocalExecutor, UnitJob, UnitWork
 from .worktrees import WorktreePool
 
 Observer = Callable[[dict[str, Any]], None]
 UNIT_STATES = ("pending", "running", "integrated", "no_diff", "rejected", "failed", "skipped")
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    plan: Plan
-    repo: RepoInfo
-    max_active: int
-    delivery_mode: str
-    target: str
-    base: Sha
-    patch_dir: Path | None
-    keep_worktrees: bool
-    lock_timeout_s: float
-    # A budget-aware run: the clamp decision (wtmesh budget's fields); it also turns on
-    # backpressure.
-    budget: Mapping[str, Any] | None = None
-    learnings: Path | None = None  # --learnings FILE
-    batch: int = 1  # units integrated under one proof at most; 0: as many as are ready
-    report: Path | None = None  # --report FILE: report.md written there too
 
 
 @dataclass
@@ -108,53 +86,6 @@ class UnitProgress:
             "duration_s": self.duration_s,
             **({"labels": dict(self.unit.labels)} if self.unit.labels else {}),
         }
-
-
-def resolve_run(plan: Plan, repo: RepoInfo, git: Git, *, target: str | None, base: str | None,
-                delivery_mode: str | None, max_active: int | None, patch_dir: Path | None,
-                keep_worktrees: bool, lock_timeout_s: float,
-                budget: BudgetDecision | None = None,
-                learnings: Path | None = None, batch: int = 1,
-                report: Path | None = None) -> RunOptions:
-    """Command line over plan over defaults; every problem is a usage error (exit 2)."""
-    mode = delivery_mode or plan.delivery_mode
-    target_name = target or plan.target or repo.head_branch
-    if not target_name:
-        raise UsageError("no target branch: HEAD is detached; give --target or \"target\"")
-    if git.read_ref(f"refs/heads/{target_name}") is None:
-        raise UsageError(f"target branch {target_name!r} does not exist")
-    base_rev = base or plan.base or f"refs/heads/{target_name}"
-    base_sha = git.resolve_commit(base_rev)
-    if base_sha is None:
-        raise UsageError(f"base {base_rev!r} is not a commit in this repository")
-    source = "--delivery" if delivery_mode else "the plan"
-    mismatched = [
-        f"{plan.path}: $.units[{index}].delivery_mode: unit {u.id!r} says "
-        f"{u.labels['delivery_mode']!r} but the run delivers {mode!r} (from {source})"
-        for index, u in enumerate(plan.units)
-        if u.labels.get("delivery_mode") not in (None, mode)]
-    if mismatched:
-        raise PlanError(f"{plan.path}: units disagree with the delivery mode",
-                        details=mismatched)
-    wanted = max_active or plan.max_active
-    return RunOptions(plan, repo, budget.limit(wanted) if budget else wanted, mode,
-                      target_name, base_sha, patch_dir, keep_worktrees, lock_timeout_s,
-                      budget.as_dict() if budget else None, learnings, batch, report)
-
-
-def resumed_options(run_dir: RunDir, repo: RepoInfo, recovery: Recovery, *,
-                    keep_worktrees: bool, lock_timeout_s: float) -> RunOptions:
-    """The options a run was started with, and the plan as it ran (not as it may have
-    been edited since)."""
-    started = recovery.started
-    plan = plan_mod.load_as_run(run_dir.plan_copy, Path(started["plan"]))
-    patch_dir = started.get("patch_dir")
-    learnings = started.get("learnings")
-    return RunOptions(plan, repo, started["max_active"], started["delivery_mode"],
-                      started["target"], Sha(started["base"]),
-                      Path(patch_dir) if patch_dir else None, keep_worktrees, lock_timeout_s,
-                      started.get("budget"), Path(learnings) if learnings else None,
-                      started.get("batch", 1))
 
 
 class Run:
@@ -257,6 +188,7 @@ class Run:
         self.emit("run_started", plan=str(opts.plan.path), delivery_mode=opts.delivery_mode,
                   target=opts.target, base=opts.base, max_active=opts.max_active,
                   budget=opts.budget, batch=opts.batch,
+                  report=str(opts.report) if opts.report else None,
                   learnings=str(opts.learnings) if opts.learnings else None,
                   patch_dir=str(self.patch_dir) if self.patch_dir else None,
                   units=[u.id for u in self.order], pid=os.getpid(),
