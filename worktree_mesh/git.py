@@ -292,18 +292,23 @@ class Git:
             yield
 
     def worktree_add(self, path: Path, commit: str) -> None:
+        """A worktree detached at ``commit``. Only registering it holds the admin lock;
+        writing its files (seconds on a large repository) happens outside it, so
+        worktrees of one run, or of two runs, are filled in parallel."""
         with self._worktree_admin():
-            self.run("worktree", "add", "--detach", "--force", str(path), commit)
+            self.run("worktree", "add", "--no-checkout", "--detach", "--force", str(path),
+                     commit)
+        self.run("reset", "-q", "--hard", commit, cwd=path)
 
     def worktree_remove(self, path: Path) -> None:
         """Remove one worktree of ours, by path (never a bare ``worktree prune``, which
-        would also unregister worktrees of the user's whose directory is missing)."""
+        would also unregister worktrees of the user's whose directory is missing): what
+        ``git worktree remove --force`` does, deleting the files outside the admin lock.
+        This also copes with a directory already gone or an entry a crash left half
+        written, where ``git worktree remove`` refuses."""
+        if path.exists():
+            shutil.rmtree(path, ignore_errors=True)
         with self._worktree_admin():
-            self.run("worktree", "remove", "--force", "--force", str(path), check=False)
-            if path.exists():
-                shutil.rmtree(path, ignore_errors=True)
-            # `worktree remove` refuses when the directory is already gone, or when a
-            # crash cut `worktree add` short: drop the admin entry naming this path.
             for admin, worktree in self.worktree_admin_entries():
                 if worktree == path:
                     shutil.rmtree(admin, ignore_errors=True)

@@ -382,9 +382,14 @@ class Integrator:
         write_atomic(series, "".join(f"{n}\n" for n in [*names, name]).encode())
         return name
 
-    def close(self) -> None:
-        if self.worktree.exists():
-            self.git.worktree_remove(self.worktree)
+    def warm_up(self, head: Sha) -> None:
+        """Make the integration worktree ahead of the first landing, while lanes run:
+        writing a large repository's files takes seconds. A failure here is left for
+        the first integration to meet and report."""
+        try:
+            self._ensure_worktree(head)
+        except proc.CommandError:
+            pass
 
 
 def _read_owner(path: Path) -> Mapping[str, Any] | None:

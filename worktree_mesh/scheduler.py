@@ -285,8 +285,7 @@ class Run:
             self.interrupted = True
         finally:
             if not self.options.keep_worktrees:
-                self.pool.remove_all()
-                self.integrator.close()
+                self.pool.remove_all(also=[self.integrator.worktree])
                 _remove_if_empty(self.run_dir.worktrees, self.run_dir.tmp)
         if self.interrupted:
             return self._interrupted_summary()
@@ -339,6 +338,8 @@ class Run:
         integration_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="integrator")
         running: dict[Future[UnitWork], UnitProgress] = {}
         integrating: tuple[Future[list[Landing]], list[UnitProgress]] | None = None
+        # The one integration thread makes its worktree while the first lanes run.
+        integration_pool.submit(self.integrator.warm_up, self.head)
         try:
             while True:
                 self._skip_orphans()

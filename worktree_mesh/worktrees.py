@@ -9,6 +9,8 @@ staged, no tracked change, no untracked or ignored file left by the previous uni
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .git import Git
@@ -65,11 +67,14 @@ class WorktreePool:
     def _remove_path(self, path: Path) -> None:
         self.git.worktree_remove(path)
 
-    def remove_all(self) -> None:
+    def remove_all(self, also: Iterable[Path] = ()) -> None:
+        """Remove every worktree of the pool, and ``also`` these, in parallel: deleting
+        files is most of the cost, and the disk is faster with more than one at it."""
         with self._lock:
             made, self._made, self._free = list(self._made), [], []
-        for path in made:
-            self._remove_path(path)
-        # Our own directory only; the worktrees' admin entries go with `worktree remove`.
+        paths = [*made, *(p for p in also if p.exists())]
+        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="remove") as removing:
+            list(removing.map(self._remove_path, paths))
+        # Our own directory only; the worktrees' admin entries go with them.
         if self.root.exists() and not any(self.root.iterdir()):
             self.root.rmdir()
