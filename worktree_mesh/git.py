@@ -122,6 +122,7 @@ class Git:
     def __init__(self, common_dir: Path, *, identity_env: Mapping[str, str] | None = None):
         self.common_dir = common_dir
         self.env = clean_env()
+        self._admin_dirs: dict[Path, Path] = {}  # worktree -> its admin dir, ours only
         self._identity = dict(identity_env) if identity_env is not None else None
 
     # -- running -----------------------------------------------------------------------
@@ -298,6 +299,11 @@ class Git:
         with self._worktree_admin():
             self.run("worktree", "add", "--no-checkout", "--detach", "--force", str(path),
                      commit)
+            # Its admin dir, known from ours rather than from the .git file in the
+            # worktree, which a lane can rewrite.
+            for admin, worktree in self.worktree_admin_entries():
+                if worktree == path:
+                    self._admin_dirs[path] = admin
         self.run("reset", "-q", "--hard", commit, cwd=path)
 
     def worktree_remove(self, path: Path) -> None:
@@ -312,6 +318,7 @@ class Git:
             for admin, worktree in self.worktree_admin_entries():
                 if worktree == path:
                     shutil.rmtree(admin, ignore_errors=True)
+            self._admin_dirs.pop(path, None)
 
     def worktree_admin_entries(self) -> list[tuple[Path, Path]]:
         """``(admin dir, worktree path)`` for every registered worktree, read from the
@@ -366,9 +373,11 @@ class Git:
     def remove_stale_index_lock(self, worktree: Path) -> None:
         """A killed git inside a lane can leave index.lock behind; the lane's process group
         is gone by the time we get here, so the lock is stale."""
-        gitdir = self.run("rev-parse", "--path-format=absolute", "--git-dir",
-                          cwd=worktree).text.strip()
-        lock = Path(gitdir) / "index.lock"
+        admin = self._admin_dirs.get(worktree)
+        if admin is None:  # not made by this process (or gone): ask git
+            admin = Path(self.run("rev-parse", "--path-format=absolute", "--git-dir",
+                                  cwd=worktree).text.strip())
+        lock = admin / "index.lock"
         if lock.exists():
             lock.unlink()
 
@@ -381,8 +390,8 @@ class Git:
         return self.commit_tree(tree, [parent], message)
 
     def tracked_changes(self, worktree: Path) -> bytes:
-        """Uncommitted changes to tracked files (staged or not); empty when clean."""
-        self.run("update-index", "-q", "--refresh", cwd=worktree, check=False)
+        """Uncommitted changes to tracked files (staged or not); empty when clean.
+        ``status`` refreshes stat information itself (in memory: no optional locks)."""
         return self.run("status", "--porcelain=v1", "-z", "--untracked-files=no",
                         cwd=worktree, env={"GIT_OPTIONAL_LOCKS": "0"}).stdout
 
@@ -392,6 +401,11 @@ class Git:
 
     def bring_along(self, worktree: Path, old: str, new: str) -> proc.Completed:
         """Move a worktree's index and files from ``old`` to ``new``; refuses (non-zero)
-        when a dirty or untracked file of the user's would be overwritten."""
+        when a dirty or untracked file of the user's would be overwritten. The index's
+        stat information may be stale (files touched but unchanged), which makes
+        read-tree refuse a clean file: only then is it refreshed and tried again."""
+        moved = self.run("read-tree", "-m", "-u", old, new, cwd=worktree, check=False)
+        if moved.returncode == 0:
+            return moved
         self.run("update-index", "-q", "--refresh", cwd=worktree, check=False)
         return self.run("read-tree", "-m", "-u", old, new, cwd=worktree, check=False)
