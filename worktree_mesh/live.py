@@ -22,7 +22,10 @@ from rich.text import Text
 
 from .output import STATE_STYLE, describe
 
-REFRESH_PER_SECOND = 4
+REFRESH_PER_SECOND = 2
+# Lines around the table (title, header, progress, notes): rows beyond the terminal's
+# height are not drawn at all, since drawing holds the interpreter lock the run needs.
+FRAME_LINES = 8
 FINAL = frozenset({"integrated", "no_diff", "rejected", "failed", "skipped"})
 
 
@@ -60,6 +63,9 @@ class LiveView:
         self.console = Console(file=stream, highlight=False)
         self._model = _Model()
         self._lock = threading.Lock()
+        self._version = 0
+        self._drawn_key: tuple[Any, ...] = ()
+        self._drawn: RenderableType = Text("")
         self._live = Live(console=self.console, refresh_per_second=REFRESH_PER_SECOND,
                           transient=True, get_renderable=self._render)
 
@@ -76,6 +82,7 @@ class LiveView:
     def __call__(self, record: dict[str, Any]) -> None:
         with self._lock:
             self._update(record)
+            self._version += 1
 
     def _row(self, unit: str) -> _Row:
         return self._model.rows.setdefault(unit, _Row(unit))
@@ -125,11 +132,32 @@ class LiveView:
 
     def _render(self) -> RenderableType:
         with self._lock:
-            return self._draw(time.monotonic())
+            # Nothing new and the same second on the clock: the last drawing stands.
+            key = (self._version, int(time.monotonic()), self.console.size)
+            if key != self._drawn_key:
+                self._drawn_key = key
+                self._drawn = self._draw(time.monotonic())
+            return self._drawn
+
+    def _visible(self, rows: list[_Row]) -> tuple[list[_Row], str]:
+        """The rows that fit the terminal: running units first, then the latest to
+        finish, then pending ones, shown in plan order; and a line for the rest."""
+        room = max(3, self.console.size.height - FRAME_LINES - len(self._model.notes))
+        if len(rows) <= room:
+            return rows, ""
+        running = [r for r in rows if r.state == "running"]
+        ended = sorted((r for r in rows if r.state in FINAL), key=lambda r: r.ended or 0,
+                       reverse=True)
+        waiting = [r for r in rows if r.state not in FINAL and r.state != "running"]
+        chosen = {id(r) for r in [*running, *ended, *waiting][:room]}
+        shown = [r for r in rows if id(r) in chosen]
+        hidden = len(rows) - len(shown)
+        return shown, f"... and {hidden} more units (wtmesh status shows them all)"
 
     def _draw(self, now: float) -> RenderableType:
         model = self._model
-        rows = list(model.rows.values())
+        all_rows = list(model.rows.values())
+        rows, more = self._visible(all_rows)
         table = Table(expand=False, pad_edge=False, box=None, header_style="bold")
         table.add_column("unit", no_wrap=True, overflow="ellipsis", max_width=28)
         table.add_column("state", no_wrap=True)
@@ -145,11 +173,14 @@ class LiveView:
                 Text(row.lane), str(row.attempt or ""), row.elapsed(now),
                 "" if row.files is None else str(row.files),
                 f"+{row.added}/-{row.removed}" if row.files else "", Text(row.failure))
-        done = sum(1 for row in rows if row.state in FINAL)
+        done = sum(1 for row in all_rows if row.state in FINAL)
         progress = Table.grid(padding=(0, 1))
-        progress.add_row(ProgressBar(total=max(1, len(rows)), completed=done, width=30),
-                         Text(f"{done}/{len(rows)} units finished"),
+        progress.add_row(ProgressBar(total=max(1, len(all_rows)), completed=done, width=30),
+                         Text(f"{done}/{len(all_rows)} units finished"),
                          Text(f"integrator: {model.integrator}", style="dim"))
-        parts: list[RenderableType] = [Text(model.title, style="bold"), table, progress]
+        parts: list[RenderableType] = [Text(model.title, style="bold"), table]
+        if more:
+            parts.append(Text(more, style="dim"))
+        parts.append(progress)
         parts += [Text(note, style="yellow") for note in model.notes]
         return Group(*parts)
