@@ -163,3 +163,16 @@ def test_gc_never_prunes_a_worktree_it_did_not_make(repo: Path, tmp_path: Path) 
     interrupted_run(repo, tmp_path)
     assert wtmesh("gc", "--unfinished", cwd=repo).returncode == 0
     assert str(mine) in git(repo, "worktree", "list", "--porcelain")
+
+
+def test_a_run_id_is_a_name_never_a_path(repo: Path, tmp_path: Path) -> None:
+    """A run id from the command line cannot climb out of the state directory, even to
+    a directory that holds a ledger."""
+    elsewhere = repo / ".git" / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "ledger.jsonl").write_text('{"seq": 1, "event": "run_started"}\n')
+    for args in (["status", "../elsewhere"], ["log", "../elsewhere", "u1"],
+                 ["ledger", "--run", "../elsewhere"]):
+        res = wtmesh(*args, cwd=repo)
+        assert res.returncode == 2, (args, res.stderr)
+        assert res.stderr == "wtmesh: error: no run '../elsewhere' in this repository\n"

@@ -172,7 +172,7 @@ def test_ledger_of_the_run(executed: Executed) -> None:
 def test_ledger_run_errors(executed: Executed, tmp_path: Path) -> None:
     assert "no run 'nope' in this repository" in one_error_line(
         wtmesh("ledger", "--run", "nope", "--repo", executed.repo, cwd=tmp_path))
-    assert "is not a run id" in one_error_line(
+    assert "no run '../../x' in this repository" in one_error_line(
         wtmesh("ledger", "--run", "../../x", "--repo", executed.repo, cwd=tmp_path))
     assert "not inside a git repository" in one_error_line(
         wtmesh("ledger", "--run", "x", cwd=tmp_path), code=3)

@@ -70,9 +70,7 @@ def find_run(state: StateDir, plan_path: Path, run_id: str | None) -> str:
     """The run to resume: the one named, else the newest unfinished run of this plan,
     else the newest run of this plan (which has finished)."""
     if run_id is not None:
-        if not state.run(run_id).ledger.exists():
-            raise UsageError(f"no run {run_id!r} in this repository")
-        return run_id
+        return state.existing_run(run_id).run_id
     mine: list[tuple[str, bool]] = []
     for rid in state.run_ids():
         records = events(state.run(rid))

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+
+from .errors import UsageError
 
 
 def new_run_id(now: dt.datetime | None = None) -> str:
@@ -65,6 +68,14 @@ class StateDir:
 
     def run(self, run_id: str) -> RunDir:
         return RunDir(self.runs / run_id, self.root / "worktrees" / run_id, run_id)
+
+    def existing_run(self, run_id: str) -> RunDir:
+        """A run named on the command line: a plain name (never a path that climbs out
+        of the state directory) with a ledger."""
+        plain = re.fullmatch(r"[A-Za-z0-9._-]+", run_id) and run_id.strip(".")
+        if not plain or not self.run(run_id).ledger.is_file():
+            raise UsageError(f"no run {run_id!r} in this repository")
+        return self.run(run_id)
 
     def run_ids(self) -> list[str]:
         if not self.runs.is_dir():

@@ -29,9 +29,7 @@ def newest_run_id(state: StateDir) -> str:
 
 def run_status(git: Git, state: StateDir, run_id: str | None = None) -> dict[str, Any]:
     run_id = run_id or newest_run_id(state)
-    run_dir = state.run(run_id)
-    if not run_dir.ledger.exists():
-        raise UsageError(f"no run {run_id!r} in this repository")
+    run_dir = state.existing_run(run_id)
     records = events(run_dir)
     started = next((r for r in records if r["event"] == "run_started"), None)
     if started is None:
@@ -170,9 +168,7 @@ LOG_LANES = ("coder", "fixer", "proof")
 def log_files(state: StateDir, run_id: str, unit_id: str, lane: str | None) -> list[Path]:
     """A unit's logs in the order they were written: each lane's attempts (stdout, then
     stderr), then the proof. ``lane`` narrows to one of coder, fixer, proof."""
-    run_dir = state.run(run_id)
-    if not run_dir.ledger.exists():
-        raise UsageError(f"no run {run_id!r} in this repository")
+    run_dir = state.existing_run(run_id)
     started = next((r for r in events(run_dir) if r["event"] == "run_started"), {})
     if unit_id not in started.get("units", []):
         raise UsageError(f"run {run_id} has no unit {unit_id!r}")

@@ -17,7 +17,6 @@ attempt was interrupted and the run has not finished since), ``resumed`` (times 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -112,15 +111,11 @@ def run_summary(run_id: str, records: Sequence[Mapping[str, Any]]) -> dict[str, 
 def read_run(repo: Path | None, run_id: str) -> list[dict[str, Any]]:
     """The records of a run's ledger, in the repository containing ``repo`` (default: the
     current directory)."""
-    if not re.fullmatch(r"[A-Za-z0-9._-]+", run_id) or not run_id.strip("."):
-        raise UsageError(f"{run_id!r} is not a run id")
     try:
         info = discover((repo or Path.cwd()).resolve())
     except NotARepository as exc:
         raise EnvironmentRefused(str(exc)) from None
-    path = StateDir.for_common_dir(info.common_dir).run(run_id).ledger
-    if not path.is_file():
-        raise UsageError(f"no run {run_id!r} in this repository")
+    path = StateDir.for_common_dir(info.common_dir).existing_run(run_id).ledger
     try:
         return ledger_mod.read(path)
     except (OSError, ValueError) as exc:
