@@ -46,7 +46,10 @@ class Prover:
         """The proof of ``candidate``, whose tip unit is ``unit``; ``units`` are the units
         whose changes it holds on top of the landed head (for the ledger)."""
         if unit.proof_command is None:
-            return Verdict("skipped", "no proof command", 0.0)
+            skipped = Verdict("skipped", "no proof command", 0.0)
+            self.report("proof_finished", unit=unit.id, status=skipped.status, duration_s=0.0,
+                        notes=skipped.notes)
+            return skipped
         key = (self.git.tree_of(candidate), repr(unit.proof_command), unit.proof_timeout_s)
         cached = self._verdicts.get(key)
         if cached is not None:
