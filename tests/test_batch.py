@@ -132,3 +132,9 @@ def test_bad_batch_values_are_usage_errors(repo: Path, tmp_path: Path) -> None:
         res = wtmesh("run", plan, "--batch", value, cwd=repo)
         assert res.returncode == 2, value
         assert res.stderr.startswith("wtmesh: error: ") and "Traceback" not in res.stderr
+
+
+def test_resume_keeps_the_batch_the_run_started_with(repo: Path, tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, tmp_path / "proofs", set(), n=2)
+    res = wtmesh("run", plan, "--resume", "--batch", "3", cwd=repo)
+    assert res.returncode == 2 and "--batch" in res.stderr and "cannot change" in res.stderr

@@ -95,10 +95,11 @@ def validate(plan_file: Path) -> None:
                    "--remaining-weekly) and slows down after units go badly.")
 @click.option("--remaining-weekly", type=float, metavar="P",
               help="Percent of the weekly budget left (with --remaining-five-hour).")
-@click.option("--batch", "batch", default="1", show_default=True, metavar="auto|N",
+@click.option("--batch", "batch", metavar="auto|N",
               callback=lambda _ctx, _param, value: _batch_size(value),
               help="Integrate up to N ready units under one proof (auto: all that are "
-                   "ready); a failing batch is bisected, so the outcome is that of 1.")
+                   "ready; default 1); a failing batch is bisected, so the outcome is that "
+                   "of 1.")
 @click.option("--report", type=click.Path(path_type=Path, dir_okay=False),
               help="Also write the run's report.md to this file.")
 @click.option("--learnings", type=click.Path(path_type=Path, dir_okay=False),
@@ -108,7 +109,7 @@ def validate(plan_file: Path) -> None:
 def run(plan_file: Path, repo: Path | None, max_active: int | None, delivery: str | None,
         target: str | None, base: str | None, patch_dir: Path | None, keep_worktrees: bool,
         lock_timeout: float, resume: str | None, remaining_five_hour: float | None,
-        remaining_weekly: float | None, batch: int, report: Path | None,
+        remaining_weekly: float | None, batch: int | None, report: Path | None,
         learnings: Path | None, as_json: bool) -> None:
     """Run PLAN: lanes in worktrees, then integrate accepted changes in plan order."""
     # On a terminal a live table; otherwise (a pipe, CI, --json) one line per change.
@@ -117,10 +118,11 @@ def run(plan_file: Path, repo: Path | None, max_active: int | None, delivery: st
         sys.stderr if as_json else sys.stdout)
     if resume is not None:
         if (delivery or target or base or patch_dir or learnings
-                or remaining_five_hour is not None or remaining_weekly is not None):
+                or remaining_five_hour is not None or remaining_weekly is not None
+                or batch is not None or report):
             raise UsageError("--resume continues a run as it was started: --delivery, "
-                             "--target, --base, --patch-dir, --learnings and the budget "
-                             "cannot change")
+                             "--target, --base, --patch-dir, --batch, --report, "
+                             "--learnings and the budget cannot change")
         the_run, recovery = _resumable(plan_file, repo, resume, renderer, as_json,
                                        keep_worktrees=keep_worktrees, lock_timeout=lock_timeout,
                                        max_active=max_active)
@@ -132,7 +134,7 @@ def run(plan_file: Path, repo: Path | None, max_active: int | None, delivery: st
                               delivery_mode=delivery, max_active=max_active,
                               patch_dir=patch_dir.resolve() if patch_dir else None,
                               keep_worktrees=keep_worktrees, lock_timeout_s=lock_timeout,
-                              budget=decision, batch=batch,
+                              budget=decision, batch=1 if batch is None else batch,
                               report=report.resolve() if report else None,
                               learnings=learnings.resolve() if learnings else None)
         the_run, recovery = Run(options, git, renderer), None
@@ -154,8 +156,10 @@ def run(plan_file: Path, repo: Path | None, max_active: int | None, delivery: st
     sys.exit(summary["exit_code"])
 
 
-def _batch_size(value: str) -> int:
-    """``auto`` is 0 (every ready unit); else a whole number >= 1."""
+def _batch_size(value: str | None) -> int | None:
+    """``auto`` is 0 (every ready unit); else a whole number >= 1; None when not given."""
+    if value is None:
+        return None
     if value == "auto":
         return 0
     if not value.isdigit() or int(value) < 1:
