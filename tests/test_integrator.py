@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -85,12 +86,27 @@ def test_proof_failure_takes_the_change_back(repo: Path, write_plan: Any) -> Non
     assert "FAILED" in (run_dir / "units/bad/proof.log").read_text()
 
 
-def test_proof_that_modifies_tracked_files_fails(repo: Path, write_plan: Any) -> None:
-    plan = write_plan({"proof_command": "echo tampered >> README.md", "units": [
+@pytest.mark.parametrize(("proof", "why"), [
+    ("echo tampered >> README.md", "proof left tracked files modified (README.md)"),
+    ("rm calc/ops.py", "proof left tracked files modified (calc/ops.py)"),
+    ("echo x > staged.txt && git add staged.txt",
+     "proof left tracked files modified (staged.txt)"),
+    ("git mv README.md README.txt", "proof left tracked files modified (README.txt)"),
+    ("git -c user.name=p -c user.email=p@p commit -q --allow-empty -m sneaky",
+     "proof moved HEAD of the integration worktree"),
+])
+def test_proof_that_changes_tracked_files_or_head_fails(repo: Path, write_plan: Any,
+                                                        proof: str, why: str) -> None:
+    plan = write_plan({"proof_command": proof, "units": [
         {"id": "u1", "objective": "o", "lanes": {"coder": {"command": "echo a > a.txt"}}}]})
     summary = run(repo, plan, expect=1)
     assert status(summary, "u1") == ("failed", "proof_failed")
+    ledger = repo / ".git/wtmesh/runs" / summary["run_id"] / "ledger.jsonl"
+    (finished,) = [json.loads(line) for line in ledger.read_text().splitlines()
+                   if '"unit_finished"' in line]
+    assert finished["notes"] == why
     assert "tampered" not in (repo / "README.md").read_text()
+    assert git(repo, "log", "--format=%s", "main").splitlines() == ["initial"]
 
 
 def test_files_the_proof_creates_are_never_committed(repo: Path, write_plan: Any) -> None:

@@ -395,6 +395,28 @@ class Git:
         return self.run("status", "--porcelain=v1", "-z", "--untracked-files=no",
                         cwd=worktree, env={"GIT_OPTIONAL_LOCKS": "0"}).stdout
 
+    def head_and_tracked_changes(self, worktree: Path) -> tuple[Sha | None, list[str]]:
+        """A worktree's HEAD and its tracked files with uncommitted changes, in one
+        ``status`` call (porcelain v2 reports HEAD in its branch header)."""
+        res = self.run("status", "--porcelain=v2", "-z", "--branch", "--untracked-files=no",
+                       cwd=worktree, env={"GIT_OPTIONAL_LOCKS": "0"})
+        head: Sha | None = None
+        changed: list[str] = []
+        fields = res.stdout.split(b"\0")
+        i = 0
+        while i < len(fields):
+            entry = fields[i]
+            if entry.startswith(b"# branch.oid "):
+                oid = entry.split(b" ", 2)[2].decode()
+                head = Sha(oid) if oid != "(initial)" else None
+            elif entry[:2] in (b"1 ", b"u "):
+                changed.append(decode_path(entry.split(b" ", 8 if entry[:1] == b"1" else 10)[-1]))
+            elif entry[:2] == b"2 ":  # a rename: its original path is the next field
+                changed.append(decode_path(entry.split(b" ", 9)[-1]))
+                i += 1
+            i += 1
+        return head, changed
+
     def head_of(self, worktree: Path) -> Sha | None:
         res = self.run("rev-parse", "-q", "--verify", "HEAD", cwd=worktree, check=False)
         return Sha(res.text.strip()) if res.returncode == 0 else None

@@ -77,6 +77,7 @@ class _Link:
     work: UnitWork
     commit: Sha | None
     landing: Landing | None  # set when the unit did not make a commit (conflict, no_diff)
+    tree: Sha | None = None  # the commit's tree
 
 
 def target_worktree(git: Git, target_ref: str) -> Path | None:
@@ -234,6 +235,7 @@ class Integrator:
         tip = head
         index = self.run_dir.tmp / f"index-{os.getpid()}"
         index.parent.mkdir(parents=True, exist_ok=True)  # removed when a run ends
+        tip_tree = self.git.tree_of(head)
         for unit, work in pending:
             assert work.diff_path is not None
             self.report("apply_started", unit=unit.id, onto=tip)
@@ -246,13 +248,14 @@ class Integrator:
                     unit, "integration_conflict",
                     f"the change does not apply onto {tip[:12]}, even three-way")))
                 continue
-            if tree == self.git.tree_of(tip):
+            if tree == tip_tree:
                 links.append(_Link(unit, work, None, Landing(
                     unit.id, "no_diff", None, "the change is already on the target",
                     None, None, None, 0.0)))
                 continue
             tip = self.git.commit_tree(tree, [tip], commit_message(unit, self.run_id))
-            links.append(_Link(unit, work, tip, None))
+            tip_tree = tree
+            links.append(_Link(unit, work, tip, None, tree))
             faults.point("apply")
         return links
 
@@ -283,7 +286,9 @@ class Integrator:
         """Prove the tip of ``prefix``; None when it passes, else the tip unit's failure."""
         tip = prefix[-1]
         assert tip.commit is not None
-        verdict = self.prover.prove(tip.unit, tip.commit, [link.unit.id for link in prefix])
+        assert tip.tree is not None
+        verdict = self.prover.prove(tip.unit, tip.commit, tip.tree,
+                                    [link.unit.id for link in prefix])
         if verdict.status == "fail":
             return Landing(tip.unit.id, "failed", "proof_failed", verdict.notes, None, None,
                            "fail", verdict.duration_s)
@@ -300,7 +305,8 @@ class Integrator:
                       else f"covered by the proof of {tip_unit} (batch tip)")
             message = commit_message(link.unit, self.run_id,
                                      batch=f"{position}/{len(landed)}", proof=proven)
-            tip = self.git.commit_tree(self.git.tree_of(link.commit), [tip], message)
+            assert link.tree is not None
+            tip = self.git.commit_tree(link.tree, [tip], message)
             link.commit = tip
         return tip
 

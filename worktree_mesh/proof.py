@@ -42,15 +42,15 @@ class Prover:
         self.worktree_ready = False  # the plan's setup has run in the worktree
         self._verdicts: dict[tuple[str, str, float], Verdict] = {}
 
-    def prove(self, unit: Unit, candidate: Sha, units: Sequence[str]) -> Verdict:
-        """The proof of ``candidate``, whose tip unit is ``unit``; ``units`` are the units
-        whose changes it holds on top of the landed head (for the ledger)."""
+    def prove(self, unit: Unit, candidate: Sha, tree: Sha, units: Sequence[str]) -> Verdict:
+        """The proof of ``candidate`` (whose tree is ``tree``), whose tip unit is ``unit``;
+        ``units`` are the units whose changes it holds on top of the landed head."""
         if unit.proof_command is None:
             skipped = Verdict("skipped", "no proof command", 0.0)
             self.report("proof_finished", unit=unit.id, status=skipped.status, duration_s=0.0,
                         notes=skipped.notes)
             return skipped
-        key = (self.git.tree_of(candidate), repr(unit.proof_command), unit.proof_timeout_s)
+        key = (tree, repr(unit.proof_command), unit.proof_timeout_s)
         cached = self._verdicts.get(key)
         if cached is not None:
             self.report("proof_finished", unit=unit.id, status=cached.status, duration_s=0.0,
@@ -93,13 +93,12 @@ class Prover:
         if done.returncode != 0:
             return Verdict("fail", f"proof exited {done.returncode} (log: {log})",
                            done.duration_s)
-        if self.git.head_of(self.worktree) != candidate:
+        head, dirty = self.git.head_and_tracked_changes(self.worktree)
+        if head != candidate:
             return Verdict("fail", "proof moved HEAD of the integration worktree",
                            done.duration_s)
-        dirty = self.git.tracked_changes(self.worktree)
         if dirty:
-            first = dirty.split(b"\0")[0].decode("utf-8", "surrogateescape").strip()
-            return Verdict("fail", f"proof left tracked files modified ({first})",
+            return Verdict("fail", f"proof left tracked files modified ({dirty[0]})",
                            done.duration_s)
         return Verdict("pass", "", done.duration_s)
 
