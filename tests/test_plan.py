@@ -669,3 +669,12 @@ def test_integration_order_is_stable_around_a_moved_unit(
     # Every unit after its dependencies, the others in plan order.
     assert order.index("s") < order.index("q")
     assert [x for x in order if x != "q"] == ["p", "r", "s", "t"]
+
+
+def test_nan_and_infinity_are_not_json(tmp_path: Path) -> None:
+    plan = tmp_path / "plan.json"
+    plan.write_text('{"units": [{"id": "u1", "objective": "o", "lanes": {"coder": '
+                    '{"command": "true", "timeout_s": NaN}}}]}')
+    with pytest.raises(UsageError) as info:
+        plan_mod.load(plan)
+    assert info.value.lines() == [f"{plan}: not valid JSON: NaN is not a JSON number"]

@@ -18,7 +18,8 @@ from typing import Any
 import jsonschema
 from jsonschema.exceptions import ValidationError, best_match
 
-from .errors import PlanError, UsageError
+from .errors import PlanError
+from .jsonfile import read_json
 from .presets import PRESET_OPTIONS, option_problem
 from .scope import Scope, pattern_problem, split_scope
 
@@ -329,22 +330,7 @@ def _preset_option_problems(plan_lane: Any, unit_lane: Any, plan_path: str,
 
 def load(path: Path) -> Plan:
     """Read and validate a plan file; raises PlanError listing every problem."""
-    try:
-        # utf-8-sig: editors on Windows save JSON with a byte-order mark.
-        text = path.read_bytes().decode("utf-8-sig")
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such plan file") from None
-    except IsADirectoryError:
-        raise UsageError(f"{path}: is a directory, not a plan file") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"{path}: not UTF-8 text") from None
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{path}: not valid JSON: line {exc.lineno} column {exc.colno}: "
-                         f"{exc.msg}") from None
+    data = read_json(path, "plan file")
     found = problems(data)
     if found:
         # One line per problem; duplicates (a plan-level lane problem seen from every unit)
