@@ -137,3 +137,32 @@ def capture_dir(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "captured"
     path.mkdir()
     yield path
+
+
+# The ten mesh columns of a wave CSV, as SPEC 7 lists them.
+MESH_HEADER = ("id,objective,unit_scope,constraints,invariants,proof_command,delivery_mode,"
+               "attempt,variant,budget_tier")
+
+
+def one_error_line(res: Result, code: int = 2) -> str:
+    """The one line a refused command prints: its exit code, no traceback."""
+    assert res.returncode == code, (res.returncode, res.stdout, res.stderr)
+    assert "Traceback" not in res.stderr + res.stdout
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("wtmesh: error: ")
+    return lines[0]
+
+
+def repo_snapshot(repo: Path) -> dict[str, Any]:
+    """Everything a command could change in the repository, wtmesh's state included."""
+    return {
+        "refs": git(repo, "for-each-ref", "--format=%(objectname) %(refname)"),
+        "worktrees": git(repo, "worktree", "list", "--porcelain"),
+        "head": git(repo, "rev-parse", "HEAD"),
+        "branch": git(repo, "symbolic-ref", "HEAD"),
+        "status": git(repo, "status", "--porcelain", "--untracked-files=all"),
+        "staged": git(repo, "diff", "--cached", "--binary"),
+        "unstaged": git(repo, "diff", "--binary"),
+        "state_dir": state_dir(repo).exists(),
+    }

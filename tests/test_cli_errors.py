@@ -9,35 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Result, git, lane, state_dir, wtmesh
-
-
-def one_error_line(res: Result, code: int) -> str:
-    assert res.returncode == code, (res.returncode, res.stdout, res.stderr)
-    assert "Traceback" not in res.stderr and "Traceback" not in res.stdout
-    lines = res.stderr.splitlines()
-    assert len(lines) == 1, res.stderr
-    assert lines[0].startswith("wtmesh: error: ")
-    return lines[0]
-
-
-def snapshot(repo: Path) -> dict[str, Any]:
-    return {
-        "refs": git(repo, "for-each-ref", "--format=%(objectname) %(refname)"),
-        "worktrees": git(repo, "worktree", "list", "--porcelain"),
-        "head": git(repo, "rev-parse", "HEAD"),
-        "branch": git(repo, "symbolic-ref", "HEAD"),
-        "status": git(repo, "status", "--porcelain", "--untracked-files=all"),
-        "staged": git(repo, "diff", "--cached", "--binary"),
-        "unstaged": git(repo, "diff", "--binary"),
-    }
+from conftest import git, lane, one_error_line, repo_snapshot, state_dir, wtmesh
 
 
 def assert_unchanged(repo: Path, before: dict[str, Any]) -> None:
     """No ref, worktree, HEAD, index or file changed, and no state (not even a lock
     file) was written."""
     assert not state_dir(repo).exists()
-    assert snapshot(repo) == before
+    assert repo_snapshot(repo) == before
 
 
 @pytest.fixture
@@ -67,7 +46,7 @@ def test_repo_option_pointing_at_a_non_repository(tmp_path: Path, repo: Path,
     """``--repo`` wins over the repository containing the current directory."""
     elsewhere = tmp_path / "ceiling" / "plain"
     elsewhere.mkdir(parents=True)
-    before = snapshot(repo)
+    before = repo_snapshot(repo)
     res = wtmesh("run", plan, "--repo", elsewhere, cwd=repo,
                  env={"GIT_CEILING_DIRECTORIES": str(elsewhere.parent)})
     line = one_error_line(res, 3)
@@ -77,7 +56,7 @@ def test_repo_option_pointing_at_a_non_repository(tmp_path: Path, repo: Path,
 
 
 def test_repo_option_pointing_nowhere(tmp_path: Path, repo: Path, plan: Path) -> None:
-    before = snapshot(repo)
+    before = repo_snapshot(repo)
     res = wtmesh("run", plan, "--repo", tmp_path / "missing", cwd=repo)
     line = one_error_line(res, 3)
     assert str(tmp_path / "missing") in line
@@ -103,7 +82,7 @@ def test_modified_tracked_file_refuses_to_start(repo: Path, plan: Path) -> None:
     ops = repo / "calc" / "ops.py"
     dirty = ops.read_bytes() + b"\n# my unsaved work \xe2\x9c\x93\r\n"
     ops.write_bytes(dirty)
-    before = snapshot(repo)
+    before = repo_snapshot(repo)
     res = wtmesh("run", plan, cwd=repo)
     line = one_error_line(res, 3)
     assert "uncommitted changes" in line and "'main'" in line
@@ -120,7 +99,7 @@ def test_staged_change_refuses_to_start(repo: Path, plan: Path) -> None:
     # And a staged new file, which exists only in the index.
     (repo / "added.txt").write_bytes(b"only in the index\n")
     git(repo, "add", "added.txt")
-    before = snapshot(repo)
+    before = repo_snapshot(repo)
     assert "staged line" in before["staged"] and "added.txt" in before["staged"]
     res = wtmesh("run", plan, cwd=repo)
     line = one_error_line(res, 3)
@@ -137,7 +116,7 @@ def test_staged_then_reverted_in_worktree_still_refuses(repo: Path, plan: Path) 
     readme.write_bytes(original + b"staged\n")
     git(repo, "add", "README.md")
     readme.write_bytes(original)
-    before = snapshot(repo)
+    before = repo_snapshot(repo)
     res = wtmesh("run", plan, cwd=repo)
     one_error_line(res, 3)
     assert readme.read_bytes() == original
@@ -151,7 +130,7 @@ def test_dirty_target_checked_out_in_another_worktree(tmp_path: Path, repo: Path
     other = tmp_path / "feature-wt"
     git(repo, "worktree", "add", "-q", str(other), "feature")
     (other / "README.md").write_text("changed in the feature worktree\n")
-    before = snapshot(repo)
+    before = repo_snapshot(repo)
     res = wtmesh("run", plan, "--target", "feature", cwd=repo)
     line = one_error_line(res, 3)
     assert "'feature'" in line and str(other) in line
@@ -187,7 +166,7 @@ def test_patch_first_does_not_mind_a_dirty_target(repo: Path, plan: Path) -> Non
 
 
 def test_target_branch_that_does_not_exist(repo: Path, plan: Path) -> None:
-    before = snapshot(repo)
+    before = repo_snapshot(repo)
     res = wtmesh("run", plan, "--target", "nope", cwd=repo)
     line = one_error_line(res, 2)
     assert "'nope'" in line and "does not exist" in line
@@ -197,7 +176,7 @@ def test_target_branch_that_does_not_exist(repo: Path, plan: Path) -> None:
 def test_plan_target_that_does_not_exist(repo: Path, write_plan: Callable[..., Path]) -> None:
     plan = write_plan({"target": "release", "lanes": {"coder": {"command": lane("act.py")}},
                        "units": [{"id": "u1", "objective": "o"}]})
-    before = snapshot(repo)
+    before = repo_snapshot(repo)
     line = one_error_line(wtmesh("run", plan, cwd=repo), 2)
     assert "'release'" in line and "does not exist" in line
     assert_unchanged(repo, before)
@@ -215,7 +194,7 @@ def test_detached_head_without_target(repo: Path, plan: Path) -> None:
 
 @pytest.mark.parametrize("base", ["nope", "HEAD~5", "HEAD^{tree}", "0" * 40, "--all"])
 def test_base_that_is_not_a_commit(repo: Path, plan: Path, base: str) -> None:
-    before = snapshot(repo)
+    before = repo_snapshot(repo)
     line = one_error_line(wtmesh("run", plan, f"--base={base}", cwd=repo), 2)
     assert repr(base) in line and "not a commit" in line
     assert_unchanged(repo, before)
@@ -238,7 +217,7 @@ def test_base_that_is_not_a_commit(repo: Path, plan: Path, base: str) -> None:
     (["frobnicate"], "frobnicate"),
 ])
 def test_usage_errors(repo: Path, plan: Path, args: list[str], fragment: str) -> None:
-    before = snapshot(repo)
+    before = repo_snapshot(repo)
     argv = [str(plan) if a == "PLAN" else a for a in args]
     res = wtmesh(*argv, cwd=repo)
     line = one_error_line(res, 2)

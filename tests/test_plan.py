@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Result, git, lane, state_dir, wtmesh
+from conftest import Result, git, lane, repo_snapshot, state_dir, wtmesh
 
 from worktree_mesh import plan as plan_mod
 from worktree_mesh.errors import PlanError, UsageError
@@ -25,16 +25,6 @@ def valid_plan(**extra: Any) -> dict[str, Any]:
     return data
 
 
-def snapshot(repo: Path) -> dict[str, Any]:
-    """Everything a run could change in the repository."""
-    return {
-        "refs": git(repo, "for-each-ref", "--format=%(objectname) %(refname)"),
-        "worktrees": git(repo, "worktree", "list", "--porcelain"),
-        "head": git(repo, "rev-parse", "HEAD"),
-        "branch": git(repo, "symbolic-ref", "HEAD"),
-        "status": git(repo, "status", "--porcelain", "--untracked-files=all"),
-        "state_dir": state_dir(repo).exists(),
-    }
 
 
 def error_lines(res: Result) -> list[str]:
@@ -64,14 +54,14 @@ def assert_reports(res: Result, plan: Path, expected: list[tuple[str, str]],
 def check_rejected(repo: Path, plan: Path, expected: list[tuple[str, str]],
                    exact: bool = False) -> None:
     """Both ``validate`` and ``run`` report every problem, exit 2 and change nothing."""
-    before = snapshot(repo)
+    before = repo_snapshot(repo)
     validated = wtmesh("validate", plan, cwd=repo)
     assert validated.stdout == ""
     lines = assert_reports(validated, plan, expected, exact)
     ran = wtmesh("run", plan, cwd=repo)
     assert ran.stdout == ""
     assert assert_reports(ran, plan, expected, exact) == lines
-    after = snapshot(repo)
+    after = repo_snapshot(repo)
     assert not after["state_dir"]
     assert after == before
 
@@ -295,28 +285,28 @@ def test_plan_level_problem_is_reported_once_not_per_unit(
 def test_update_plan_payload_gets_a_slice_hint(repo: Path, write_plan: Callable[..., Path],
                                                payload: dict[str, Any]) -> None:
     plan = write_plan(payload)
-    before = snapshot(repo)
+    before = repo_snapshot(repo)
     for command in ("validate", "run"):
         res = wtmesh(command, plan, cwd=repo)
         assert res.returncode == 2
         (line,) = error_lines(res)
         assert line.startswith(f"wtmesh: error: {plan}: $: ")
         assert "update_plan" in line and "wtmesh slice" in line
-    assert snapshot(repo) == before
+    assert repo_snapshot(repo) == before
 
 
 def test_a_json_list_is_not_a_plan(repo: Path, write_plan: Callable[..., Path],
                                    tmp_path: Path) -> None:
     plan = tmp_path / "steps.json"
     plan.write_text(json.dumps([{"step": "x", "status": "pending"}]))
-    before = snapshot(repo)
+    before = repo_snapshot(repo)
     for command in ("validate", "run"):
         res = wtmesh(command, plan, cwd=repo)
         assert res.returncode == 2
         (line,) = error_lines(res)
         assert line.startswith(f"wtmesh: error: {plan}: $: ")
         assert "got a list" in line and "wtmesh slice" in line
-    assert snapshot(repo) == before
+    assert repo_snapshot(repo) == before
 
 
 @pytest.mark.parametrize(("text", "where"), [
@@ -329,13 +319,13 @@ def test_invalid_json_gives_line_and_column(repo: Path, tmp_path: Path, text: st
                                             where: str) -> None:
     plan = tmp_path / "broken.json"
     plan.write_text(text)
-    before = snapshot(repo)
+    before = repo_snapshot(repo)
     for command in ("validate", "run"):
         res = wtmesh(command, plan, cwd=repo)
         assert res.returncode == 2
         (line,) = error_lines(res)
         assert line.startswith(f"wtmesh: error: {plan}: not valid JSON: {where}: ")
-    assert snapshot(repo) == before
+    assert repo_snapshot(repo) == before
 
 
 @pytest.mark.parametrize(("make", "fragment"), [
@@ -347,13 +337,13 @@ def test_invalid_json_gives_line_and_column(repo: Path, tmp_path: Path, text: st
 def test_unreadable_plan_file(repo: Path, tmp_path: Path, make: Callable[[Path], Path],
                               fragment: str) -> None:
     plan = make(tmp_path)
-    before = snapshot(repo)
+    before = repo_snapshot(repo)
     for command in ("validate", "run"):
         res = wtmesh(command, plan, cwd=repo)
         assert res.returncode == 2
         (line,) = error_lines(res)
         assert line.startswith(f"wtmesh: error: {plan}: ") and fragment in line
-    assert snapshot(repo) == before
+    assert repo_snapshot(repo) == before
 
 
 def test_a_plan_saved_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
@@ -371,13 +361,13 @@ def test_delivery_option_conflicting_with_a_unit_label(
         {"id": "u1", "objective": "o", "delivery_mode": "commit_first"},
         {"id": "u2", "objective": "o"}]))
     assert wtmesh("validate", plan, cwd=repo).returncode == 0
-    before = snapshot(repo)
+    before = repo_snapshot(repo)
     res = wtmesh("run", plan, "--delivery", "patch_first", cwd=repo)
     assert res.returncode == 2
     (line,) = error_lines(res)
     assert line == (f"wtmesh: error: {plan.resolve()}: $.units[0].delivery_mode: unit 'u1' "
                     "says 'commit_first' but the run delivers 'patch_first' (from --delivery)")
-    after = snapshot(repo)
+    after = repo_snapshot(repo)
     assert not after["state_dir"]
     assert after == before
 
@@ -388,13 +378,13 @@ def test_delivery_option_conflicting_with_a_unit_label(
 def test_valid_plan_prints_one_ok_line(repo: Path, write_plan: Callable[..., Path]) -> None:
     plan = write_plan(valid_plan(units=[{"id": "u1", "objective": "o"},
                                         {"id": "u2", "objective": "o"}]))
-    before = snapshot(repo)
+    before = repo_snapshot(repo)
     res = wtmesh("validate", plan, cwd=repo)
     assert res.returncode == 0, res.stderr
     assert res.stderr == ""
     assert res.stdout.count("\n") == 1
     assert str(plan) in res.stdout and "valid" in res.stdout and "2 units" in res.stdout
-    assert snapshot(repo) == before
+    assert repo_snapshot(repo) == before
 
 
 def test_validate_needs_no_repository(tmp_path: Path, write_plan: Callable[..., Path]) -> None:

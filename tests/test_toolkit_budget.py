@@ -8,7 +8,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
-from conftest import Result, wtmesh
+from conftest import Result, one_error_line, wtmesh
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -19,14 +19,6 @@ SPEC_KEYS = ["command", "remaining_five_hour", "remaining_weekly", "remaining_st
              "max_threads", "max_active_units", "mode", "cas_scaleout_allowed"]
 
 
-def one_error_line(res: Result, code: int = 2) -> str:
-    assert res.returncode == code, (res.returncode, res.stdout, res.stderr)
-    assert "Traceback" not in res.stderr + res.stdout
-    lines = res.stderr.splitlines()
-    assert len(lines) == 1, res.stderr
-    assert lines[0].startswith("wtmesh: error: ")
-    assert res.stdout == ""
-    return lines[0]
 
 
 def run_budget(tmp_path: Path, *args: str) -> Result:

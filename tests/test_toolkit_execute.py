@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PY, Result, git, make_repo, state_dir, wtmesh
+from conftest import PY, Result, git, make_repo, one_error_line, state_dir, wtmesh
 
 MESH = ["id", "objective", "unit_scope", "constraints", "invariants", "proof_command",
         "delivery_mode", "attempt", "variant", "budget_tier"]
@@ -43,12 +43,6 @@ ROWS = [
 ]
 
 
-def one_error_line(res: Result, code: int = 2) -> str:
-    assert res.returncode == code, (res.returncode, res.stdout, res.stderr)
-    assert "Traceback" not in res.stderr + res.stdout
-    lines = [line for line in res.stderr.splitlines() if line.startswith("wtmesh: error:")]
-    assert len(lines) == 1, res.stderr
-    return lines[0]
 
 
 def write_wave(path: Path, rows: list[dict[str, str]], header: list[str]) -> Path:

@@ -8,20 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Result, wtmesh
+from conftest import one_error_line, wtmesh
 
 from worktree_mesh.errors import UsageError
 from worktree_mesh.toolkit import ledger_view
-
-
-def one_error_line(res: Result, code: int = 2) -> str:
-    assert res.returncode == code, (res.returncode, res.stdout, res.stderr)
-    assert "Traceback" not in res.stderr + res.stdout
-    lines = res.stderr.splitlines()
-    assert len(lines) == 1, res.stderr
-    assert lines[0].startswith("wtmesh: error: ")
-    return lines[0]
-
 
 PAYLOAD = ('{"z_first": 1, "null": null, "false": false, "true": true, "zero": 0, '
            '"neg": -2, "zero_float": 0.0, "small": 0.5, "empty": "", "none": "none", '

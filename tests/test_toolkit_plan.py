@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Result, wtmesh
+from conftest import one_error_line, wtmesh
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -20,13 +20,6 @@ MESH_FIELDS = ["id", "objective", "unit_scope", "constraints", "invariants", "pr
 LANES = {"coder": {"command": "true"}}
 
 
-def one_error_line(res: Result, code: int = 2) -> str:
-    assert res.returncode == code, (res.returncode, res.stdout, res.stderr)
-    assert "Traceback" not in res.stderr + res.stdout
-    lines = res.stderr.splitlines()
-    assert len(lines) == 1, res.stderr
-    assert lines[0].startswith("wtmesh: error: ")
-    return lines[0]
 
 
 def write(path: Path, data: Any) -> Path:

@@ -7,19 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import Result, wtmesh
-
-HEADER = ("id,objective,unit_scope,constraints,invariants,proof_command,delivery_mode,attempt,"
-          "variant,budget_tier")
-
-
-def one_error_line(res: Result, code: int = 2) -> str:
-    assert res.returncode == code, (res.returncode, res.stdout, res.stderr)
-    assert "Traceback" not in res.stderr + res.stdout
-    lines = res.stderr.splitlines()
-    assert len(lines) == 1, res.stderr
-    assert lines[0].startswith("wtmesh: error: ")
-    return lines[0]
+from conftest import MESH_HEADER, Result, one_error_line, wtmesh
 
 
 def run_csv(tmp_path: Path, *args: str | Path) -> Result:
@@ -32,7 +20,7 @@ def wave_csv(tmp_path: Path, text: str, name: str = "wave.csv") -> Path:
     return path
 
 
-GOOD = (HEADER + "\r\nu1,one,src/,,,,commit_first,1,baseline,unknown\r\n"
+GOOD = (MESH_HEADER + "\r\nu1,one,src/,,,,commit_first,1,baseline,unknown\r\n"
         "u2,two,docs/,,,,commit_first,1,baseline,unknown\r\n")
 
 
@@ -53,7 +41,7 @@ def test_quotes_commas_quotes_and_newlines(tmp_path: Path) -> None:
     ids = ['a,b', 'say "hi"', "line1\nline2", "plain"]
     with open(tmp_path / "wave.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        writer.writerow(HEADER.split(","))
+        writer.writerow(MESH_HEADER.split(","))
         for uid in ids:
             writer.writerow([uid, f"objective, of {uid}", "**", "", "", "", "", "", "", ""])
     res = run_csv(tmp_path, "--csv-path", "wave.csv", "--output-csv-path", "out.csv")
@@ -69,7 +57,7 @@ def test_quotes_commas_quotes_and_newlines(tmp_path: Path) -> None:
 
 
 def test_extra_columns_and_blank_lines_and_lf_endings_are_fine(tmp_path: Path) -> None:
-    text = "note," + HEADER + "\nx,u1,o,,,,,,,,\n\n  \ny,u2,o,,,,,,,,\n"
+    text = "note," + MESH_HEADER + "\nx,u1,o,,,,,,,,\n\n  \ny,u2,o,,,,,,,,\n"
     source = wave_csv(tmp_path, text)
     res = run_csv(tmp_path, "--csv-path", source, "--output-csv-path", "o.csv")
     assert res.returncode == 0, res.stderr
@@ -77,14 +65,14 @@ def test_extra_columns_and_blank_lines_and_lf_endings_are_fine(tmp_path: Path) -
 
 
 def test_a_header_without_rows_prepares_an_empty_output(tmp_path: Path) -> None:
-    source = wave_csv(tmp_path, HEADER + "\r\n")
+    source = wave_csv(tmp_path, MESH_HEADER + "\r\n")
     res = run_csv(tmp_path, "--csv-path", source, "--output-csv-path", "o.csv")
     assert res.json()["row_count"] == 0
     assert (tmp_path / "o.csv").read_bytes() == b"id,decision,proof_status,failure_code,notes\r\n"
 
 
 def test_execute_needs_rows(tmp_path: Path) -> None:
-    source = wave_csv(tmp_path, HEADER + "\r\n")
+    source = wave_csv(tmp_path, MESH_HEADER + "\r\n")
     assert "no rows to run" in one_error_line(
         run_csv(tmp_path, "--csv-path", source, "--output-csv-path", "o.csv", "--execute",
                 "--coder", "true"))
@@ -115,13 +103,14 @@ def test_refuses_the_same_path_after_resolving(tmp_path: Path) -> None:
     ("id,objective\r\nu1,o\r\n", ("header lacks the mesh column(s) unit_scope, constraints, "
                                   "invariants, proof_command, delivery_mode, attempt, "
                                   "variant, budget_tier")),
-    (HEADER.replace("variant,", "") + "\r\n", "header lacks the mesh column(s) variant"),
-    (HEADER + ",id\r\n", "header names column(s) twice: id"),
-    (HEADER + "\r\nu1,o,,,,,,,,\r\nu1,p,,,,,,,,\r\n", "line 3: duplicate id 'u1' (also line 2)"),
-    (HEADER + "\r\nu1,o,,,,,,,,\r\n,p,,,,,,,,\r\n", "line 3: empty id"),
-    (HEADER + "\r\nu1,o,,,\r\n", "line 2: 5 fields, the header has 10"),
-    (HEADER + '\r\nu1,"unterminated,,,,,,,,\r\n', "malformed CSV"),
-    (HEADER + '\r\nu1,"a"b,,,,,,,,\r\n', "malformed CSV"),
+    (MESH_HEADER.replace("variant,", "") + "\r\n", "header lacks the mesh column(s) variant"),
+    (MESH_HEADER + ",id\r\n", "header names column(s) twice: id"),
+    (MESH_HEADER + "\r\nu1,o,,,,,,,,\r\nu1,p,,,,,,,,\r\n",
+     "line 3: duplicate id 'u1' (also line 2)"),
+    (MESH_HEADER + "\r\nu1,o,,,,,,,,\r\n,p,,,,,,,,\r\n", "line 3: empty id"),
+    (MESH_HEADER + "\r\nu1,o,,,\r\n", "line 2: 5 fields, the header has 10"),
+    (MESH_HEADER + '\r\nu1,"unterminated,,,,,,,,\r\n', "malformed CSV"),
+    (MESH_HEADER + '\r\nu1,"a"b,,,,,,,,\r\n', "malformed CSV"),
 ])
 def test_refusals_are_one_line_exit_2(tmp_path: Path, text: str, needle: str) -> None:
     source = wave_csv(tmp_path, text)
@@ -132,7 +121,7 @@ def test_refusals_are_one_line_exit_2(tmp_path: Path, text: str, needle: str) ->
 
 
 def test_duplicate_ids_across_quoted_newlines_name_the_right_line(tmp_path: Path) -> None:
-    source = wave_csv(tmp_path, HEADER + '\r\nu1,"two\nlines",,,,,,,,\r\nu1,o,,,,,,,,\r\n')
+    source = wave_csv(tmp_path, MESH_HEADER + '\r\nu1,"two\nlines",,,,,,,,\r\nu1,o,,,,,,,,\r\n')
     assert "line 4: duplicate id 'u1' (also line 2)" in one_error_line(
         run_csv(tmp_path, "--csv-path", source, "--output-csv-path", "out.csv"))
 
@@ -140,7 +129,7 @@ def test_duplicate_ids_across_quoted_newlines_name_the_right_line(tmp_path: Path
 def test_missing_and_unreadable_inputs(tmp_path: Path) -> None:
     assert "no such CSV file" in one_error_line(
         run_csv(tmp_path, "--csv-path", "nope.csv", "--output-csv-path", "out.csv"))
-    (tmp_path / "latin1.csv").write_bytes(HEADER.encode() + b"\r\nu1,caf\xe9,,,,,,,,\r\n")
+    (tmp_path / "latin1.csv").write_bytes(MESH_HEADER.encode() + b"\r\nu1,caf\xe9,,,,,,,,\r\n")
     assert "not UTF-8" in one_error_line(
         run_csv(tmp_path, "--csv-path", "latin1.csv", "--output-csv-path", "out.csv"))
     source = wave_csv(tmp_path, GOOD)

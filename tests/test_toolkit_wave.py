@@ -9,24 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Result, wtmesh
+from conftest import MESH_HEADER, Result, one_error_line, wtmesh
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from worktree_mesh.scope import Scope
 from worktree_mesh.toolkit import wave
-
-HEADER = ("id,objective,unit_scope,constraints,invariants,proof_command,delivery_mode,attempt,"
-          "variant,budget_tier")
-
-
-def one_error_line(res: Result, code: int = 2) -> str:
-    assert res.returncode == code, (res.returncode, res.stdout, res.stderr)
-    assert "Traceback" not in res.stderr + res.stdout
-    lines = res.stderr.splitlines()
-    assert len(lines) == 1, res.stderr
-    assert lines[0].startswith("wtmesh: error: ")
-    return lines[0]
 
 
 def run_wave(tmp_path: Path, units: Any, *args: str) -> tuple[Result, Path]:
@@ -98,7 +86,7 @@ def test_csv_has_the_ten_headers_defaults_and_rfc4180_quoting(tmp_path: Path) ->
     res, out = run_wave(tmp_path, {"units": units, "lanes": {}}, "--max-active", "2")
     assert res.returncode == 0, res.stderr
     raw = out.read_bytes()
-    assert raw.startswith(HEADER.encode() + b"\r\n")
+    assert raw.startswith(MESH_HEADER.encode() + b"\r\n")
     assert b'"Fix ""quoted"", comma\nand newline"' in raw
     assert b'"keep, all"' in raw
     assert raw.endswith(b"bare,plain,c/,,,,commit_first,1,baseline,unknown\r\n")
@@ -157,7 +145,7 @@ def test_wave_usage_errors(tmp_path: Path) -> None:
     empty = wtmesh("wave", "--units-json", tmp_path / "units.json", "--csv-path", "w.csv",
                    cwd=tmp_path)
     assert empty.json()["units_selected"] == 0
-    assert (tmp_path / "w.csv").read_bytes() == HEADER.encode() + b"\r\n"
+    assert (tmp_path / "w.csv").read_bytes() == MESH_HEADER.encode() + b"\r\n"
 
 
 # hypothesis: no wave ever holds two scopes that can touch one path.
