@@ -11,13 +11,16 @@ import pytest
 from conftest import git, make_repo, no_worktrees_left, wtmesh
 
 
-def plan_of(tmp_path: Path, proofs: Path, breakers: set[int], n: int = 16) -> Path:
+def plan_of(tmp_path: Path, proofs: Path, breakers: set[int], n: int = 16,
+            first_lane_s: float = 0.2) -> Path:
     """``n`` units writing their own file, all at once; ``breakers`` also write a
     broken-<i>.txt of their own, which fails the proof. The proof records every tree it
-    sees and its verdict in ``proofs``."""
+    sees and its verdict in ``proofs``. A slow first unit (``first_lane_s``) holds up
+    integration, which is in plan order, until every other unit is ready: then the
+    first batch is as large as it can be, whatever the machine's speed."""
     units: list[dict[str, Any]] = []
     for i in range(n):
-        command = f"sleep 0.2; echo {i} > u{i:02d}.txt"
+        command = f"sleep {first_lane_s if i == 0 else 0.2}; echo {i} > u{i:02d}.txt"
         scope = [f"u{i:02d}.txt"]
         if i in breakers:
             command += f"; echo x > broken-{i}.txt"
@@ -86,15 +89,15 @@ def test_the_target_only_ever_moves_to_a_proven_tree(tmp_path: Path) -> None:
 
 def test_batch_commits_say_what_was_proven(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo")
-    plan = plan_of(tmp_path, tmp_path / "proofs", set(), n=6)
+    plan = plan_of(tmp_path, tmp_path / "proofs", set(), n=6, first_lane_s=1.5)
     summary = run(repo, plan, "--batch", "auto")
     assert summary["exit_code"] == 0
     bodies = git(repo, "log", "--format=%(trailers:key=Wtmesh-Proof,valueonly)%x00",
                  "main~6..main").split("\0")
     proofs = [b.strip() for b in bodies if b.strip()]
     assert len(proofs) == 6
-    assert "passed" in proofs  # each batch tip
-    assert all(p == "passed" or p.startswith("covered by the proof of u") for p in proofs)
+    # Newest first: one batch of six, proven at its tip.
+    assert proofs == ["passed"] + ["covered by the proof of u05 (batch tip)"] * 5
     # Resume and status recognise batch landings by their trailers as any other.
     assert git(repo, "log", "-1", "--format=%(trailers:key=Wtmesh-Unit,valueonly)",
                "main").strip() == "u05"
@@ -102,13 +105,13 @@ def test_batch_commits_say_what_was_proven(tmp_path: Path) -> None:
 
 def test_batch_n_caps_the_batch(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo")
-    plan = plan_of(tmp_path, tmp_path / "proofs", set(), n=8)
+    plan = plan_of(tmp_path, tmp_path / "proofs", set(), n=8, first_lane_s=1.5)
     summary = run(repo, plan, "--batch", "3")
     assert summary["exit_code"] == 0
     ledger = repo / ".git/wtmesh/runs" / summary["run_id"] / "ledger.jsonl"
     started = [json.loads(line) for line in ledger.read_text().splitlines()
                if '"proof_started"' in line]
-    assert started and max(len(r["units"]) for r in started) <= 3
+    assert [len(r["units"]) for r in started] == [3, 3, 2]
 
 
 def test_batch_patch_first_series_reproduces_the_same_tree(tmp_path: Path) -> None:
@@ -135,6 +138,17 @@ def test_bad_batch_values_are_usage_errors(repo: Path, tmp_path: Path) -> None:
 
 
 def test_resume_keeps_the_batch_the_run_started_with(repo: Path, tmp_path: Path) -> None:
-    plan = plan_of(tmp_path, tmp_path / "proofs", set(), n=2)
-    res = wtmesh("run", plan, "--resume", "--batch", "3", cwd=repo)
-    assert res.returncode == 2 and "--batch" in res.stderr and "cannot change" in res.stderr
+    plan = plan_of(tmp_path, tmp_path / "proofs", set(), n=8, first_lane_s=1.5)
+    # Killed right after its first batch landed.
+    killed = wtmesh("run", plan, "--batch", "3", cwd=repo, env={"WTMESH_FAULT": "at:land"})
+    assert killed.returncode == -9
+    refused = wtmesh("run", plan, "--resume", "--batch", "5", cwd=repo)
+    assert refused.returncode == 2 and "--batch" in refused.stderr
+    assert "cannot change" in refused.stderr
+    resumed = wtmesh("run", plan, "--resume", "--json", cwd=repo)
+    assert resumed.returncode == 0, resumed.stderr
+    ledger = repo / ".git/wtmesh/runs" / resumed.json()["run_id"] / "ledger.jsonl"
+    records = [json.loads(line) for line in ledger.read_text().splitlines()]
+    after = records[next(i for i, r in enumerate(records) if r["event"] == "run_resumed"):]
+    sizes = [len(r["units"]) for r in after if r["event"] == "proof_started"]
+    assert sizes == [3, 2], sizes  # the five units left, still three at most at a time

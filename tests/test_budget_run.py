@@ -54,22 +54,22 @@ def test_backpressure_halves_after_a_rejection_and_recovers_after_integrations(
     records = ledger(repo, res.json()["run_id"])
     changes = [(r["old"], r["new"], r["reason"], r["unit"]) for r in records
                if r["event"] == "backpressure"]
-    assert changes[0] == (4, 2, "rejected", "r")
-    assert all(new == old + 1 and reason == "integrated" for old, new, reason, _u in changes[1:])
-    assert changes[-1][1] <= 4
+    # Halved by the rejection, then one back per clean integration up to the clamp.
+    assert [c[:3] for c in changes] == [(4, 2, "rejected"), (2, 3, "integrated"),
+                                        (3, 4, "integrated")]
+    assert changes[0][3] == "r"
     # No unit started while as many as the limit of the moment were running.
-    limit, running, peak_after_backoff = 4, set(), 0
+    limit, running, starts = 4, set(), 0
     for record in records:
         if record["event"] == "backpressure":
             limit = record["new"]
         elif record["event"] == "unit_state" and record.get("phase") == "starting":
             assert len(running) < limit, (record, running, limit)
             running.add(record["unit"])
-            if changes and limit < 4:
-                peak_after_backoff = max(peak_after_backoff, len(running))
+            starts += 1
         elif record["event"] == "lanes_done":
             running.discard(record["unit"])
-    assert peak_after_backoff <= 3
+    assert starts == 6
     assert "2 units at once (was 4): r ended" in res.stderr
 
 

@@ -60,6 +60,12 @@ class Terminal:
             self.stream.feed(data)
             self.snapshots.append("\n".join(self.screen.display))
 
+    def pump_until(self, text: str, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(text in " ".join(s.split()) for s in self.snapshots[-3:]):
+            assert time.monotonic() < deadline, f"{text!r} never appeared"
+            self.pump(0.1)
+
     def finish(self, timeout: float = 60) -> int:
         deadline = time.monotonic() + timeout
         while self.proc.poll() is None and time.monotonic() < deadline:
@@ -76,7 +82,7 @@ class Terminal:
 def plan_for(tmp_path: Path) -> Path:
     plan = tmp_path / "plan.json"
     units = [{"id": f"unit-{n}", "objective": f"write {n}", "unit_scope": f"f{n}.txt",
-              "lanes": {"coder": {"command": lane("act.py", "sleep:0.8",
+              "lanes": {"coder": {"command": lane("act.py", "sleep:1.5",
                                                   f"write:f{n}.txt={n}\\n")}}}
              for n in range(4)]
     units.append({"id": "breaks", "objective": "break", "unit_scope": "broken.txt",
@@ -117,11 +123,16 @@ def test_live_view_survives_a_narrow_terminal_and_a_resize(repo: Path,
                                                            tmp_path: Path) -> None:
     term = Terminal([sys.executable, "-m", "worktree_mesh", "run", str(plan_for(tmp_path))],
                     repo, rows=30, cols=40)
-    term.pump(1.5)
+    term.pump_until("integrator:")
     term.resize(30, 120)
-    term.pump(1.0)
+    term.pump(0.6)
     term.resize(20, 30)
+    after_resizes = len(term.snapshots)
+    term.pump(0.8)
+    # The live view went on drawing after both resizes.
+    drawn = any("integrat" in snap for snap in term.snapshots[after_resizes:])
     code = term.finish()
+    assert drawn
     assert code == 1
     assert "Traceback" not in "\n".join(term.snapshots)
     assert "4 integrated, 1 failed" in term.text.replace("\n", " ")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -41,13 +42,15 @@ def table_rows(report: str) -> dict[str, list[str]]:
 def test_report_md_tells_the_run(repo: Path, tmp_path: Path) -> None:
     extra = tmp_path / "out" / "review.md"
     res = wtmesh("run", mixed(tmp_path), "--json", "--report", extra, cwd=repo)
+    assert res.returncode == 1, res.stderr
     summary: dict[str, Any] = res.json()
     report = (repo / ".git/wtmesh/runs" / summary["run_id"] / "report.md").read_text()
     assert extra.read_text() == report
     assert f"# wtmesh run {summary['run_id']}" in report
     assert "Exit code 1: 1 integrated, 1 rejected, 1 failed." in report
     rows = table_rows(report)
-    assert rows["good"][1:6] == ["integrated", "", "1", "+2/-0", rows["good"][5]]
+    assert rows["good"][1:5] == ["integrated", "", "1", "+2/-0"]
+    assert re.fullmatch(r"\d+\.\d", rows["good"][5])  # the proof's seconds
     assert rows["good"][6] == f"`{summary['units'][0]['commit'][:12]}`"
     assert rows["bad"][1:3] == ["failed", "proof_failed"]
     assert rows["bad"][7] == "proof.log: no broken.txt \\| please"  # the pipe escaped
@@ -101,11 +104,16 @@ def test_status_watch_follows_a_run_until_it_ends(repo: Path, tmp_path: Path) ->
     deadline = time.monotonic() + 20
     while not list(runs.glob("*/ledger.jsonl")) and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert list(runs.glob("*/ledger.jsonl")), "the run never started"
     watch = subprocess.Popen([sys.executable, "-m", "worktree_mesh", "status", "--watch",
                               "--json"], cwd=repo, stdout=subprocess.PIPE, text=True)
-    time.sleep(1.5)
+    assert watch.stdout is not None
+    # The lane waits for `go`, so the first status is surely of a running run.
+    first = json.loads(watch.stdout.readline())
+    assert first["state"] == "running"
     go.touch()
     out, _ = watch.communicate(timeout=60)
     assert run.wait(timeout=60) == 0
     states = [json.loads(line)["state"] for line in out.splitlines()]
-    assert states[0] == "running" and states[-1] == "finished"
+    assert states[-1] == "finished"
+    assert states[-1:] == ["finished"] and all(s == "running" for s in states[:-1])

@@ -143,7 +143,9 @@ def test_gc_never_touches_a_live_run(repo: Path, tmp_path: Path) -> None:
         deadline = time.monotonic() + 20
         while not started.exists() and time.monotonic() < deadline:
             time.sleep(0.05)  # the lane runs: its worktree is complete
+        assert started.exists(), "the lane never started"
         before = git(repo, "worktree", "list")
+        assert before.count("\n") >= 1, before  # the run's worktrees are there to keep
         res = wtmesh("gc", cwd=repo)
         assert res.returncode == 0
         assert "kept run" in res.stdout and "running" in res.stdout

@@ -75,7 +75,8 @@ def test_a_torn_last_line_is_cut_and_a_whole_one_kept(tmp_path: Path) -> None:
     assert json.loads(lines[1])["learning"].startswith("Unit u1 ")
     # A last record without its newline is whole: kept, and its fingerprint counts.
     path.write_text(kept)
-    assert learnings.append_new(path, [capture(unit="old"), capture()]) != []
+    written = learnings.append_new(path, [capture(unit="old"), capture()])
+    assert [w.fingerprint for w in written] == [capture().fingerprint]
     lines = path.read_text().splitlines()
     assert lines[0] == kept and len(lines) == 2
 

@@ -156,5 +156,7 @@ def test_underscore_alias_is_the_same_command(tmp_path: Path) -> None:
     source = wave_csv(tmp_path, GOOD)
     res = wtmesh("run_csv", "--csv-path", source, "--output-csv-path", "o.csv", cwd=tmp_path)
     assert res.returncode == 0 and res.json()["status"] == "prepared"
-    helps = [wtmesh(name, "--help", cwd=tmp_path).stdout for name in ("run-csv", "run_csv")]
+    results = [wtmesh(name, "--help", cwd=tmp_path) for name in ("run-csv", "run_csv")]
+    assert all(r.returncode == 0 and "--csv-path" in r.stdout for r in results)
+    helps = [r.stdout for r in results]
     assert helps[0].replace("run-csv", "X") == helps[1].replace("run_csv", "X")

@@ -159,8 +159,11 @@ class LiveView:
         all_rows = list(model.rows.values())
         rows, more = self._visible(all_rows)
         table = Table(expand=False, pad_edge=False, box=None, header_style="bold")
-        table.add_column("unit", no_wrap=True, overflow="ellipsis", max_width=28)
-        table.add_column("state", no_wrap=True)
+        # On a narrow terminal the unit and its state keep their width; the rest shrink.
+        longest = max((len(row.unit) for row in rows), default=4)
+        table.add_column("unit", no_wrap=True, overflow="ellipsis", max_width=28,
+                         min_width=min(longest, 16))
+        table.add_column("state", no_wrap=True, min_width=10)
         table.add_column("lane", no_wrap=True, overflow="ellipsis")
         table.add_column("try", justify="right", no_wrap=True)
         table.add_column("time", justify="right", no_wrap=True)
