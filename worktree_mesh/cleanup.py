@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from .git import Git
+from .ledger import LedgerDamaged
 from .resume import RunLock, events, run_finished
 from .state import RunDir, StateDir
 
@@ -62,6 +63,9 @@ def collect_garbage(git: Git, state: StateDir, *, dry_run: bool = False,
         try:
             _collect_run(git, run_dir, refs_by_run.get(run_id, {}), report,
                          unfinished=unfinished)
+        except LedgerDamaged as exc:
+            # Whether it finished cannot be told: keep everything of it, say why.
+            report.kept.append(Kept(run_id, f"{exc.message}; nothing of it was removed"))
         finally:
             if lock is not None:
                 lock.release()

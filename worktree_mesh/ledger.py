@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import faults
+from .errors import EnvironmentRefused
 
 
 class Ledger:
@@ -68,6 +69,11 @@ def read(path: Path) -> list[dict[str, Any]]:
     return list(iter_events(path))
 
 
+class LedgerDamaged(EnvironmentRefused):
+    """A line other than the last is not a ledger event: the file was edited or the
+    disk damaged it, not torn by a crash. Nothing is guessed from it."""
+
+
 def iter_events(path: Path) -> Iterator[dict[str, Any]]:
     data = path.read_bytes()
     lines = data.split(b"\n")
@@ -76,11 +82,18 @@ def iter_events(path: Path) -> Iterator[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            yield json.loads(line)
+            record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: line {number} is not JSON: {exc.msg}") from None
+            raise LedgerDamaged(f"{path}: line {number} is not JSON ({exc.msg}): the "
+                                "ledger is damaged") from None
+        if not isinstance(record, dict) or not isinstance(record.get("event"), str):
+            raise LedgerDamaged(f"{path}: line {number} is not a ledger event: the ledger "
+                                "is damaged")
+        yield record
     if torn.strip():
         try:
-            yield json.loads(torn)
+            record = json.loads(torn)
         except json.JSONDecodeError:
-            pass  # a torn last line from a crash mid-write
+            return  # a torn last line from a crash mid-write
+        if isinstance(record, dict) and isinstance(record.get("event"), str):
+            yield record

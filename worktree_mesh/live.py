@@ -123,7 +123,7 @@ class LiveView:
                                 else f"proving {len(units)} units, {units[0]}..{units[-1]}")
         elif event == "landed":
             model.integrator = f"landed {record['unit']}"
-        elif event in ("lock_wait", "backpressure", "stranded"):
+        elif event in ("lock_wait", "backpressure", "stranded", "warning"):
             line = describe(record)
             if line:
                 model.notes = [*model.notes[-2:], line]

@@ -43,6 +43,8 @@ def describe(record: dict[str, Any]) -> str | None:
         return (f"run {record['run_id']}: {len(record['units'])} units, "
                 f"{record['delivery_mode']} onto {record['target']} "
                 f"from {record['base'][:12]}, {record['max_active']} at a time")
+    if event == "warning":
+        return f"wtmesh: warning: {record['message']}"
     if event == "backpressure":
         why = "integrated" if record["reason"] == "integrated" else f"ended {record['reason']}"
         return (f"wtmesh: {record['new']} units at once (was {record['old']}): "

@@ -21,6 +21,7 @@ import filelock
 from . import ledger as ledger_mod
 from .errors import UsageError
 from .git import Git, Sha
+from .ledger import LedgerDamaged
 from .state import RunDir, StateDir, scratch_ref, stranded_ref, unit_ref_prefix
 
 
@@ -73,7 +74,10 @@ def find_run(state: StateDir, plan_path: Path, run_id: str | None) -> str:
         return state.existing_run(run_id).run_id
     mine: list[tuple[str, bool]] = []
     for rid in state.run_ids():
-        records = events(state.run(rid))
+        try:
+            records = events(state.run(rid))
+        except LedgerDamaged:
+            continue  # another run's damage must not stop resuming this plan's
         started = next((r for r in records if r["event"] == "run_started"), None)
         if started is None or Path(started["plan"]) != plan_path:
             continue

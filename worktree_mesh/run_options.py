@@ -3,6 +3,7 @@ for a resumed run, the options it was started with, read back from its ledger.""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,7 @@ def resolve_run(plan: Plan, repo: RepoInfo, git: Git, *, target: str | None, bas
     if mismatched:
         raise PlanError(f"{plan.path}: units disagree with the delivery mode",
                         details=mismatched)
+    _check_outputs(plan.path, report, learnings)
     wanted = max_active or plan.max_active
     return RunOptions(plan, repo, budget.limit(wanted) if budget else wanted, mode,
                       target_name, base_sha, patch_dir, keep_worktrees, lock_timeout_s,
@@ -83,3 +85,37 @@ def resumed_options(run_dir: RunDir, repo: RepoInfo, recovery: Recovery, *,
                       started.get("budget"), Path(learnings) if learnings else None,
                       started.get("batch", 1),
                       Path(started["report"]) if started.get("report") else None)
+
+
+REPORT_FIRST_LINE = b"# wtmesh run "
+
+
+def _check_outputs(plan: Path, report: Path | None, learnings: Path | None) -> None:
+    """--report and --learnings name files wtmesh will write: refused before the run
+    when writing them would destroy something (the plan, each other, a file that is not
+    theirs) or could not work (a parent that is a file, no permission)."""
+    outputs = [(flag, path) for flag, path in (("--report", report),
+                                                ("--learnings", learnings)) if path]
+    for flag, path in outputs:
+        if path.exists() and plan.exists() and path.samefile(plan):
+            raise UsageError(f"{flag} {path} is the plan itself")
+        if path.is_dir():
+            raise UsageError(f"{flag} {path} is a directory")
+        ancestor = path.parent
+        while not ancestor.exists():
+            ancestor = ancestor.parent
+        if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+            raise UsageError(f"{flag} {path}: cannot create files in {ancestor}")
+    if report and learnings and report.resolve() == learnings.resolve():
+        raise UsageError(f"--report and --learnings are the same file: {report}")
+    if report and report.is_file() and report.stat().st_size:
+        with open(report, "rb") as fh:
+            if not fh.read(len(REPORT_FIRST_LINE)) == REPORT_FIRST_LINE:
+                raise UsageError(f"--report {report} exists and is not a wtmesh report; "
+                                 "it is not overwritten")
+    if learnings and learnings.is_file() and learnings.stat().st_size:
+        with open(learnings, "rb") as fh:
+            first = fh.readline().strip()
+        if not first.startswith(b"{"):
+            raise UsageError(f"--learnings {learnings} exists and is not a JSONL file of "
+                             "learnings; it is not appended to")

@@ -159,7 +159,12 @@ class Run:
             learning = learnings.capture(unit.id, state, code, unit.objective, evidence=notes,
                                          run_id=self.run_id)
             if learning is not None:
-                learnings.append_new(self.options.learnings, [learning])
+                try:
+                    learnings.append_new(self.options.learnings, [learning])
+                except OSError as exc:  # a side record: the run goes on, saying so
+                    self.emit("warning", unit=unit.id,
+                              message=f"could not write to --learnings "
+                                      f"{self.options.learnings}: {exc.strerror or exc}")
 
     @property
     def active_limit(self) -> int:
@@ -464,7 +469,12 @@ class Run:
                              self.run_dir).encode()
         write_atomic(self.run_dir.path / "report.md", text)
         if self.options.report is not None:
-            write_atomic(self.options.report, text)
+            try:
+                write_atomic(self.options.report, text)
+            except OSError as exc:
+                self.emit("warning", message=f"could not write --report "
+                                             f"{self.options.report}: {exc.strerror or exc}; "
+                                             f"the report is in {self.run_dir.path}/report.md")
 
     def _summary(self, exit_code: int) -> dict[str, Any]:
         counts = _counts(p.state for p in self.units.values())

@@ -161,6 +161,8 @@ def init(repo: Path | None, preset: str | None, force: bool) -> Starter:
         raise EnvironmentRefused(f"{info.git_dir} is a bare repository: "
                                  "run wtmesh init in a working tree")
     target = info.toplevel / PLAN_NAME
+    if target.is_dir():
+        raise UsageError(f"{target} is a directory; move it away first")
     if (target.exists() or target.is_symlink()) and not force:
         raise UsageError(f"{target} already exists; pass --force to overwrite it")
     starter = build(info.toplevel, Git(info.common_dir), preset)

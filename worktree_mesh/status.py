@@ -9,6 +9,7 @@ that was cut off, what ``--resume`` would do with each unit. The resume answer c
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 from typing import Any
 
@@ -178,8 +179,9 @@ def log_files(state: StateDir, run_id: str, unit_id: str, lane: str | None) -> l
         if name == "proof":
             found += [p for p in [unit_dir / "proof.log"] if p.exists()]
             continue
-        attempts = sorted({int(p.name.split(".")[0].rsplit("-", 1)[1])
-                           for p in unit_dir.glob(f"{name}-*.std*.log")})
+        pattern = re.compile(rf"{name}-(\d+)\.std(?:out|err)\.log")
+        attempts = sorted({int(m.group(1)) for p in unit_dir.glob(f"{name}-*.log")
+                           if (m := pattern.fullmatch(p.name))})
         for attempt in attempts:
             for stream in ("stdout", "stderr"):
                 path = unit_dir / f"{name}-{attempt}.{stream}.log"

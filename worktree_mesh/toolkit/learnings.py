@@ -100,6 +100,18 @@ def _fingerprints(data: bytes) -> set[str]:
     return found
 
 
+def _torn_record(tail: bytes) -> bool:
+    """The start of a record that a crash cut short: an object that does not parse.
+    Anything else without its newline is a whole line and is never cut."""
+    if not tail.lstrip().startswith(b"{"):
+        return False
+    try:
+        json.loads(tail)
+    except ValueError:
+        return True
+    return False
+
+
 def append_new(path: Path, learnings: Iterable[Learning]) -> list[Learning]:
     """Append the learnings whose fingerprint the file lacks; returns those written.
 
@@ -116,13 +128,12 @@ def append_new(path: Path, learnings: Iterable[Learning]) -> list[Learning]:
             data = fh.read()
             if data and not data.endswith(b"\n"):
                 tail_start = data.rfind(b"\n") + 1
-                try:
-                    json.loads(data[tail_start:])
-                    fh.write(b"\n")
-                    data += b"\n"
-                except ValueError:
+                if _torn_record(data[tail_start:]):
                     fh.truncate(tail_start)
                     data = data[:tail_start]
+                else:  # a whole last line (a record, or someone's text): keep it
+                    fh.write(b"\n")
+                    data += b"\n"
             known = _fingerprints(data)
             written = []
             for learning in learnings:
