@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+# The turn cap a preset gives an agent when the plan sets none (claude, gemini and
+# opencode have one): a fixer reviews, so it needs fewer turns than a coder.
+DEFAULT_MAX_TURNS = {"coder": 60, "fixer": 30}
 
 @dataclass(frozen=True)
 class Lane:

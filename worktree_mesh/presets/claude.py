@@ -17,10 +17,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .base import Completed, Invocation, Lane, Transcript, first_line, unavailable_reason
+from .base import (
+    DEFAULT_MAX_TURNS,
+    Completed,
+    Invocation,
+    Lane,
+    Transcript,
+    first_line,
+    unavailable_reason,
+)
 from .prompt import VERDICT_SCHEMA
 
-DEFAULT_MAX_TURNS = {"coder": 60, "fixer": 30}
 ALLOWED = ("Read", "Edit", "Write", "Glob", "Grep", "Bash(git diff:*)", "Bash(git status:*)",
            "Bash(git log:*)", "Bash(git show:*)")
 DISALLOWED = tuple(f"Bash(git {verb}:*)" for verb in (

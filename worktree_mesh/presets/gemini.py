@@ -26,9 +26,16 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .base import Completed, Invocation, Lane, Transcript, first_line, unavailable_reason
+from .base import (
+    DEFAULT_MAX_TURNS,
+    Completed,
+    Invocation,
+    Lane,
+    Transcript,
+    first_line,
+    unavailable_reason,
+)
 
-DEFAULT_MAX_TURNS = {"coder": 60, "fixer": 30}
 SYSTEM_SETTINGS = Path("/etc/gemini-cli/settings.json")
 FORBIDDEN_SHELL = tuple(f"run_shell_command(git {verb})" for verb in (
     "commit", "push", "add", "reset", "stash", "checkout", "switch", "branch", "rebase",

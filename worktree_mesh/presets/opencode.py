@@ -23,6 +23,7 @@ import re
 from typing import Any
 
 from .base import (
+    DEFAULT_MAX_TURNS,
     Completed,
     Invocation,
     Lane,
@@ -32,7 +33,6 @@ from .base import (
     unavailable_reason,
 )
 
-DEFAULT_MAX_TURNS = {"coder": 60, "fixer": 30}
 FORBIDDEN_BASH = tuple(f"git {verb}*" for verb in (
     "commit", "push", "add", "reset", "stash", "checkout", "switch", "branch", "rebase",
     "merge", "tag"))
