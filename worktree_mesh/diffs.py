@@ -73,11 +73,9 @@ def collect(git: Git, start: Sha, final: Sha, scope: Scope) -> UnitDiff:
     in_git = [p for p in files if _enters_git_dir(p)]
     if in_git:
         violations.append("under .git/: " + ", ".join(in_git))
-    new_paths = [c.paths[-1] for c in changes if c.status != "D"]
-    escaping = []
-    for path, (mode, sha) in git.ls_tree_entries(final, new_paths).items():
-        if mode == SYMLINK_MODE and _symlink_leaves_repo(path, git.cat_blob(sha)):
-            escaping.append(path)
+    escaping = [c.paths[-1] for c in changes
+                if c.new_mode == SYMLINK_MODE
+                and _symlink_leaves_repo(c.paths[-1], git.cat_blob(c.new_sha))]
     if escaping:
         violations.append("symlink pointing outside the repository: " + ", ".join(escaping))
     added, removed = _line_stats(raw)

@@ -62,6 +62,10 @@ def clean_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def _is_full_id(name: str) -> bool:
+    return len(name) in (40, 64) and all(c in "0123456789abcdef" for c in name)
+
+
 def decode_path(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
@@ -102,10 +106,13 @@ def discover(cwd: Path) -> RepoInfo:
 
 @dataclass(frozen=True)
 class Change:
-    """One entry of ``diff-tree --name-status``: ``paths`` has two entries for a rename."""
+    """One entry of ``diff-tree --raw``: ``paths`` has two entries for a rename; the mode
+    and blob of the new side (``000000`` and the zero id for a deletion)."""
 
     status: str
     paths: tuple[str, ...]
+    new_mode: str
+    new_sha: Sha
 
 
 @dataclass(frozen=True)
@@ -124,6 +131,7 @@ class Git:
         self.env = clean_env()
         self._admin_dirs: dict[Path, Path] = {}  # worktree -> its admin dir, ours only
         self._identity = dict(identity_env) if identity_env is not None else None
+        self._trees: dict[str, Sha] = {}  # commit id -> its tree (see tree_of)
 
     # -- running -----------------------------------------------------------------------
 
@@ -157,7 +165,13 @@ class Git:
         return Sha(res.text.strip()) if res.returncode == 0 else None
 
     def tree_of(self, commit: str) -> Sha:
-        return Sha(self.run("rev-parse", "--verify", f"{commit}^{{tree}}").text.strip())
+        """The tree of a commit; remembered for full ids, which name one commit forever."""
+        tree = self._trees.get(commit)
+        if tree is None:
+            tree = Sha(self.run("rev-parse", "--verify", f"{commit}^{{tree}}").text.strip())
+            if _is_full_id(commit):
+                self._trees[commit] = tree
+        return tree
 
     def update_ref(self, ref: str, new: str, old: str | None, message: str = "wtmesh") -> bool:
         """Compare-and-swap: move ``ref`` to ``new`` only if it still is ``old``
@@ -168,6 +182,11 @@ class Git:
     def set_ref(self, ref: str, new: str, message: str = "wtmesh") -> None:
         """Point one of wtmesh's own refs (never a user's) at ``new``, whatever it was."""
         self.run("update-ref", "-m", message, ref, new)
+
+    def set_refs(self, refs: Mapping[str, str], message: str = "wtmesh") -> None:
+        """``set_ref`` for several refs in one transaction (one git call)."""
+        script = "".join(f"update {ref} {new}\n" for ref, new in refs.items())
+        self.run("update-ref", "-m", message, "--stdin", input=script.encode())
 
     def delete_ref(self, ref: str) -> None:
         self.run("update-ref", "-d", ref, check=False)
@@ -196,7 +215,10 @@ class Git:
             args += ["-p", parent]
         res = self.run(*args, "-F", "-", input=message.encode("utf-8", "surrogateescape"),
                        env=self.identity_env())
-        return Sha(res.text.strip())
+        commit = Sha(res.text.strip())
+        if _is_full_id(tree):
+            self._trees[commit] = Sha(tree)
+        return commit
 
     def identity_env(self) -> dict[str, str]:
         """The repository's identity where configured, else wtmesh's, so a run never fails
@@ -217,21 +239,6 @@ class Git:
     def cat_blob(self, sha: str) -> bytes:
         return self.run("cat-file", "blob", sha).stdout
 
-    def ls_tree_entries(self, tree: str, paths: Sequence[str]) -> dict[str, tuple[str, Sha]]:
-        """``{path: (mode, sha)}`` for the given paths in ``tree`` (missing ones absent)."""
-        if not paths:
-            return {}
-        res = self.run("ls-tree", "-z", "--full-tree", tree, "--",
-                       *[":(literal)" + p for p in paths])
-        out: dict[str, tuple[str, Sha]] = {}
-        for record in res.stdout.split(b"\0"):
-            if not record:
-                continue
-            meta, _, path = record.partition(b"\t")
-            mode, _kind, sha = meta.decode().split(" ")
-            out[decode_path(path)] = (mode, Sha(sha))
-        return out
-
     # -- diffs ---------------------------------------------------------------------------
 
     def diff(self, old: str, new: str) -> bytes:
@@ -239,16 +246,18 @@ class Git:
         return self.run("diff-tree", *_DIFF_OPTIONS, old, new).stdout
 
     def changes(self, old: str, new: str) -> list[Change]:
-        res = self.run("diff-tree", "-r", "-z", "--name-status", "-M", "--no-ext-diff",
+        res = self.run("diff-tree", "-r", "-z", "--raw", "-M", "--no-ext-diff", "--no-abbrev",
                        old, new)
+        # Each record: ":oldmode newmode oldsha newsha status", then one path (two for a
+        # rename or copy).
         fields = res.stdout.split(b"\0")
         out: list[Change] = []
         i = 0
         while i < len(fields) and fields[i]:
-            status = fields[i].decode()
+            _old_mode, new_mode, _old_sha, new_sha, status = fields[i][1:].decode().split(" ")
             count = 2 if status[0] in "RC" else 1
             paths = tuple(decode_path(p) for p in fields[i + 1:i + 1 + count])
-            out.append(Change(status[0], paths))
+            out.append(Change(status[0], paths, new_mode, Sha(new_sha)))
             i += 1 + count
         return out
 
@@ -258,12 +267,12 @@ class Git:
         when the merge conflicts, so conflicts are read from unmerged entries instead."""
         env = {"GIT_INDEX_FILE": str(index)}
         self.run("read-tree", base, env=env, cwd=cwd)
-        plain = self.run("apply", "--cached", "--binary", str(patch), env=env, cwd=cwd,
-                         check=False)
+        plain = self.run("apply", "--cached", "--binary", "--whitespace=nowarn", str(patch),
+                         env=env, cwd=cwd, check=False)
         if plain.returncode != 0:
             self.run("read-tree", base, env=env, cwd=cwd)
-            merged = self.run("apply", "--cached", "--binary", "--3way", str(patch),
-                              env=env, cwd=cwd, check=False)
+            merged = self.run("apply", "--cached", "--binary", "--3way",
+                              "--whitespace=nowarn", str(patch), env=env, cwd=cwd, check=False)
             unmerged = self.run("ls-files", "-u", "-z", env=env, cwd=cwd).stdout
             if merged.returncode != 0 or unmerged:
                 return None
@@ -395,13 +404,16 @@ class Git:
         return self.run("status", "--porcelain=v1", "-z", "--untracked-files=no",
                         cwd=worktree, env={"GIT_OPTIONAL_LOCKS": "0"}).stdout
 
-    def head_and_tracked_changes(self, worktree: Path) -> tuple[Sha | None, list[str]]:
-        """A worktree's HEAD and its tracked files with uncommitted changes, in one
-        ``status`` call (porcelain v2 reports HEAD in its branch header)."""
-        res = self.run("status", "--porcelain=v2", "-z", "--branch", "--untracked-files=no",
+    def worktree_status(self, worktree: Path) -> tuple[Sha | None, list[str], bool]:
+        """A worktree's HEAD, its tracked files with uncommitted changes, and whether it
+        holds untracked (not ignored) files, in one ``status`` call (porcelain v2 reports
+        HEAD in its branch header). Read-only: refreshed stat information is not written
+        back (no optional locks), which is cheaper on a large index."""
+        res = self.run("status", "--porcelain=v2", "-z", "--branch", "--untracked-files=normal",
                        cwd=worktree, env={"GIT_OPTIONAL_LOCKS": "0"})
         head: Sha | None = None
         changed: list[str] = []
+        untracked = False
         fields = res.stdout.split(b"\0")
         i = 0
         while i < len(fields):
@@ -414,8 +426,10 @@ class Git:
             elif entry[:2] == b"2 ":  # a rename: its original path is the next field
                 changed.append(decode_path(entry.split(b" ", 9)[-1]))
                 i += 1
+            elif entry[:2] == b"? ":
+                untracked = True
             i += 1
-        return head, changed
+        return head, changed, untracked
 
     def head_of(self, worktree: Path) -> Sha | None:
         res = self.run("rev-parse", "-q", "--verify", "HEAD", cwd=worktree, check=False)

@@ -1,9 +1,9 @@
 """The integrator: the only code that writes refs the user sees.
 
 For each accepted unit, in plan order and under the repository's integrator lock: apply
-its diff onto the current head in a temporary index (three-way where the plain apply
-fails), commit that tree as a candidate, run the proof on exactly that commit in the
-run's integration worktree, and only then land it — ``commit_first`` by moving the
+its diff onto the current head in the run's integration worktree (three-way, in a
+temporary index, where the plain apply fails), commit that tree as a candidate, run the
+proof on exactly that commit there, and only then land it — ``commit_first`` by moving the
 target with a compare-and-swap (bringing the user's checked-out worktree along first),
 ``patch_first`` by moving a scratch ref and writing a ``git format-patch`` file. The
 head never points at a tree whose proof failed, and what lands is the tree the proof ran on.
@@ -24,6 +24,7 @@ import filelock
 from . import faults, proc
 from .errors import EnvironmentRefused
 from .git import Git, Sha
+from .integration_worktree import IntegrationWorktree
 from .plan import Plan, Unit
 from .proof import Prover
 from .state import RunDir, StateDir, scratch_ref, stranded_ref, write_atomic
@@ -107,7 +108,7 @@ class Integrator:
         self.report = report
         # --batch other than 1: landed commits say which of them the proof ran on.
         self.batched = batched
-        self.worktree = run_dir.worktrees / "integration"
+        self.worktree = IntegrationWorktree(git, run_dir.worktrees / "integration")
         self.prover = Prover(git=git, plan=plan, run_id=run_id, run_dir=run_dir, repo=repo,
                              worktree=self.worktree, report=report)
         # Where landings go: the target (commit_first), or a ref of this run's own
@@ -233,16 +234,10 @@ class Integrator:
         """Apply each diff onto the tip so far, committing a candidate for each."""
         links: list[_Link] = []
         tip = head
-        index = self.run_dir.tmp / f"index-{os.getpid()}"
-        index.parent.mkdir(parents=True, exist_ok=True)  # removed when a run ends
         tip_tree = self.git.tree_of(head)
         for unit, work in pending:
-            assert work.diff_path is not None
             self.report("apply_started", unit=unit.id, onto=tip)
-            try:
-                tree = self.git.apply_to_tree(tip, work.diff_path, index, cwd=self.worktree)
-            finally:
-                index.unlink(missing_ok=True)
+            tree = self._apply(work, tip, tip_tree)
             if tree is None:
                 links.append(_Link(unit, work, None, _failed(
                     unit, "integration_conflict",
@@ -258,6 +253,22 @@ class Integrator:
             links.append(_Link(unit, work, tip, None, tree))
             faults.point("apply")
         return links
+
+    def _apply(self, work: UnitWork, onto: Sha, onto_tree: Sha) -> Sha | None:
+        """The tree of ``work``'s diff applied onto ``onto``: in place in the integration
+        worktree, else three-way in a temporary index; None when it conflicts."""
+        assert work.diff_path is not None
+        paths = work.diff.files if work.diff is not None else None
+        tree = self.worktree.apply(onto, onto_tree, work.diff_path, paths)
+        if tree is not None:
+            return tree
+        self.worktree.forget()
+        index = self.run_dir.tmp / f"index-{os.getpid()}"
+        index.parent.mkdir(parents=True, exist_ok=True)  # removed when a run ends
+        try:
+            return self.git.apply_to_tree(onto, work.diff_path, index, cwd=self.worktree.path)
+        finally:
+            index.unlink(missing_ok=True)
 
     def _longest_passing_prefix(self, commits: list[_Link]) -> tuple[int, Landing | None]:
         """How many leading commits land, and the failure of the one after them. The
@@ -326,8 +337,7 @@ class Integrator:
 
     def _ensure_worktree(self, head: Sha) -> None:
         if not self.worktree.exists():
-            self.worktree.parent.mkdir(parents=True, exist_ok=True)
-            self.git.worktree_add(self.worktree, head)
+            self.worktree.create(head, self.git.tree_of(head))
             self.prover.worktree_ready = False
 
     # -- landing -----------------------------------------------------------------------

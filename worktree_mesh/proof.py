@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import faults, proc
 from .git import Git, Sha, clean_env
+from .integration_worktree import IntegrationWorktree
 from .lanes import render
 from .plan import Plan, Unit
 from .prepare import SetupFailed, prepare
@@ -31,7 +32,7 @@ class Verdict:
 
 class Prover:
     def __init__(self, *, git: Git, plan: Plan, run_id: str, run_dir: RunDir, repo: Path,
-                 worktree: Path, report: Report) -> None:
+                 worktree: IntegrationWorktree, report: Report) -> None:
         self.git = git
         self.plan = plan
         self.run_id = run_id
@@ -41,6 +42,10 @@ class Prover:
         self.report = report
         self.worktree_ready = False  # the plan's setup has run in the worktree
         self._verdicts: dict[tuple[str, str, float], Verdict] = {}
+
+    @property
+    def path(self) -> Path:
+        return self.worktree.path
 
     def prove(self, unit: Unit, candidate: Sha, tree: Sha, units: Sequence[str]) -> Verdict:
         """The proof of ``candidate`` (whose tree is ``tree``), whose tip unit is ``unit``;
@@ -57,33 +62,32 @@ class Prover:
                         notes=cached.notes, cached=True)
             return cached
         self.report("proof_started", unit=unit.id, candidate=candidate, units=list(units))
-        verdict = self._run(unit, candidate)
+        verdict = self._run(unit, candidate, tree)
         self.report("proof_finished", unit=unit.id, status=verdict.status,
                     duration_s=round(verdict.duration_s, 3), notes=verdict.notes)
         self._verdicts[key] = verdict
         return verdict
 
-    def _run(self, unit: Unit, candidate: Sha) -> Verdict:
+    def _run(self, unit: Unit, candidate: Sha, tree: Sha) -> Verdict:
         assert unit.proof_command is not None
         log = self.run_dir.unit_dir(unit.id) / "proof.log"
-        # Untracked files of an earlier proof go; ignored ones (caches, the setup's
-        # virtualenv) stay, as they would in a developer's checkout.
-        self.git.remove_stale_index_lock(self.worktree)
-        self.git.run("checkout", "-q", "--detach", "--force", candidate, cwd=self.worktree)
-        self.git.run("clean", "-q", "-ffd", cwd=self.worktree)
+        self.worktree.place(candidate, tree)
         if not self.worktree_ready:
             try:
-                prepare(self.git, self.plan.setup, repo=self.repo, worktree=self.worktree,
+                prepare(self.git, self.plan.setup, repo=self.repo, worktree=self.path,
                         placeholders=self._placeholders(unit),
                         env=self._env(unit, candidate),
                         log=self.run_dir.path / "integration-setup.log")
             except SetupFailed as exc:
+                self.worktree.forget()
                 return Verdict("fail", str(exc), 0.0)
             self.worktree_ready = True
         done = proc.run_logged(render(unit.proof_command, self._placeholders(unit)),
-                               cwd=self.worktree, env=self._env(unit, candidate),
+                               cwd=self.path, env=self._env(unit, candidate),
                                stdout_path=log, stderr_path=log, timeout_s=unit.proof_timeout_s,
                                on_spawn=lambda _pid: faults.point("proof"))
+        if done.start_error or done.timed_out or done.returncode != 0:
+            self.worktree.forget()  # whatever it did there, the next use checks out afresh
         if done.start_error:
             return Verdict("fail", f"proof could not start: {done.start_error}",
                            done.duration_s)
@@ -93,23 +97,19 @@ class Prover:
         if done.returncode != 0:
             return Verdict("fail", f"proof exited {done.returncode} (log: {log})",
                            done.duration_s)
-        head, dirty = self.git.head_and_tracked_changes(self.worktree)
-        if head != candidate:
-            return Verdict("fail", "proof moved HEAD of the integration worktree",
-                           done.duration_s)
-        if dirty:
-            return Verdict("fail", f"proof left tracked files modified ({dirty[0]})",
-                           done.duration_s)
+        tampered = self.worktree.after_proof(candidate)
+        if tampered:
+            return Verdict("fail", tampered, done.duration_s)
         return Verdict("pass", "", done.duration_s)
 
     def _placeholders(self, unit: Unit) -> dict[str, str]:
         return {"id": unit.id, "objective": unit.objective, "plan_dir": str(self.plan.plan_dir),
-                "repo": str(self.repo), "worktree": str(self.worktree), "run_id": self.run_id}
+                "repo": str(self.repo), "worktree": str(self.path), "run_id": self.run_id}
 
     def _env(self, unit: Unit, candidate: str) -> dict[str, str]:
         env = clean_env()
         env.update({"WTMESH_RUN_ID": self.run_id, "WTMESH_UNIT_ID": unit.id,
-                    "WTMESH_LANE": "proof", "WTMESH_WORKTREE": str(self.worktree),
+                    "WTMESH_LANE": "proof", "WTMESH_WORKTREE": str(self.path),
                     "WTMESH_REPO": str(self.repo), "WTMESH_PLAN_DIR": str(self.plan.plan_dir),
-                    "WTMESH_CANDIDATE_SHA": candidate, "PWD": str(self.worktree)})
+                    "WTMESH_CANDIDATE_SHA": candidate, "PWD": str(self.path)})
         return env

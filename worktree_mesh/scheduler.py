@@ -290,7 +290,7 @@ class Run:
             self.interrupted = True
         finally:
             if not self.options.keep_worktrees:
-                self.pool.remove_all(also=[self.integrator.worktree])
+                self.pool.remove_all(also=[self.integrator.worktree.path])
                 _remove_if_empty(self.run_dir.worktrees, self.run_dir.tmp)
         if self.interrupted:
             return self._interrupted_summary()

@@ -112,10 +112,14 @@ class LocalExecutor:
             raise _Ended("no_diff", None, coder.notes or "the coder reported no change")
         self._apply_result_patch(coder, worktree)
         after_coder = self.git.snapshot(worktree, job.start, f"wtmesh {job.unit.id}: coder")
-        self.git.set_ref(f"{job.ref_prefix}/coder", after_coder)
+        fixer_spec = job.unit.fixer
+        if fixer_spec is None:  # the coder's work is the result: both refs at once
+            self.git.set_refs({f"{job.ref_prefix}/coder": after_coder,
+                               f"{job.ref_prefix}/result": after_coder})
+        else:
+            self.git.set_ref(f"{job.ref_prefix}/coder", after_coder)
         if self.git.tree_of(after_coder) == self.git.tree_of(job.start):
             raise _Ended("no_diff", None, "the coder changed nothing")
-        fixer_spec = job.unit.fixer
         if fixer_spec is None:
             final = after_coder
         else:
@@ -129,7 +133,7 @@ class LocalExecutor:
             # coder's change stands.
             self._apply_result_patch(fixer, worktree)
             final = self.git.snapshot(worktree, job.start, f"wtmesh {job.unit.id}: result")
-        self.git.set_ref(f"{job.ref_prefix}/result", final)
+            self.git.set_ref(f"{job.ref_prefix}/result", final)
         faults.point("lanes-done")
         return final
 
