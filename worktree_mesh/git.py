@@ -8,6 +8,7 @@ listings use ``-z`` and are decoded with ``surrogateescape``.
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
@@ -132,6 +133,14 @@ class Git:
         self._admin_dirs: dict[Path, Path] = {}  # worktree -> its admin dir, ours only
         self._identity = dict(identity_env) if identity_env is not None else None
         self._trees: dict[str, Sha] = {}  # commit id -> its tree (see tree_of)
+        self._runner: proc.Runner = proc.run
+
+    def running_with(self, runner: proc.Runner) -> Git:
+        """The same repository, its git commands started by ``runner`` (e.g. at a lower
+        CPU priority); what this object has learnt (trees, admin dirs) is shared."""
+        other = copy.copy(self)
+        other._runner = runner
+        return other
 
     # -- running -----------------------------------------------------------------------
 
@@ -151,7 +160,7 @@ class Git:
         full_env = dict(self.env)
         if env:
             full_env.update(env)
-        return proc.run(argv, cwd=cwd, env=full_env, input=input, check=check)
+        return self._runner(argv, cwd=cwd, env=full_env, input=input, check=check)
 
     # -- objects and refs ----------------------------------------------------------------
 

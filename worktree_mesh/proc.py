@@ -11,9 +11,11 @@ import os
 import select
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,9 @@ Command = str | Sequence[str]
 
 # Seconds a timed-out process group gets between SIGTERM and SIGKILL.
 KILL_GRACE_S = 2.0
+
+# How much nicer than wtmesh itself the commands of a LowPriorityRunner run.
+LOW_PRIORITY_NICE = 10
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,40 @@ def run(
     if check and proc.returncode != 0:
         raise CommandError(result)
     return result
+
+
+Runner = Callable[..., Completed]  # ``run``'s signature
+
+
+class LowPriorityRunner:
+    """``run``, on threads of a lower CPU priority, so that the commands started there
+    (which inherit it) give way to everyone else's when the CPU is short, and run as
+    fast as ever when it is not. Linux keeps a nice value per thread; elsewhere the
+    commands run at the caller's priority. ``workers`` bounds how many run at once."""
+
+    def __init__(self, workers: int, nice: int = LOW_PRIORITY_NICE) -> None:
+        self._nice = nice
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="low-priority",
+                                        initializer=self._lower_priority)
+
+    def _lower_priority(self) -> None:
+        if not sys.platform.startswith("linux"):
+            return
+        tid = threading.get_native_id()
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid)
+                           + self._nice)
+        except OSError:
+            pass  # a sandbox that forbids it: the commands run at normal priority
+
+    def __call__(self, argv: Sequence[str], *, cwd: str | Path | None = None,
+                 env: Mapping[str, str] | None = None, input: bytes | None = None,
+                 check: bool = True) -> Completed:
+        return self._pool.submit(run, argv, cwd=cwd, env=env, input=input,
+                                 check=check).result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
 
 
 @dataclass(frozen=True)

@@ -115,8 +115,13 @@ class Run:
             base=options.base, repo=options.repo.toplevel or git.common_dir,
             patch_dir=patch_dir, lock_timeout_s=options.lock_timeout_s, report=self.emit,
             batched=options.batch != 1)
-        self.pool = WorktreePool(git, self.run_dir.worktrees)
-        self.executor = LocalExecutor(git, self.pool)
+        # The lanes' own git work (filling and resetting worktrees, taking snapshots and
+        # diffs) runs nicer than the integrator's: landing is the one serial step, so
+        # when the CPU is short it goes first. The lane commands keep normal priority.
+        self.lane_git_runner = proc.LowPriorityRunner(workers=options.max_active)
+        lane_git = git.running_with(self.lane_git_runner)
+        self.pool = WorktreePool(lane_git, self.run_dir.worktrees)
+        self.executor = LocalExecutor(lane_git, self.pool)
 
     # -- events ------------------------------------------------------------------------
 
@@ -289,9 +294,12 @@ class Run:
         except KeyboardInterrupt:
             self.interrupted = True
         finally:
-            if not self.options.keep_worktrees:
-                self.pool.remove_all(also=[self.integrator.worktree.path])
-                _remove_if_empty(self.run_dir.worktrees, self.run_dir.tmp)
+            try:
+                if not self.options.keep_worktrees:
+                    self.pool.remove_all(also=[self.integrator.worktree.path])
+                    _remove_if_empty(self.run_dir.worktrees, self.run_dir.tmp)
+            finally:
+                self.lane_git_runner.close()
         if self.interrupted:
             return self._interrupted_summary()
         return self._finish_run()
