@@ -120,7 +120,7 @@ class Run:
         # when the CPU is short it goes first. The lane commands keep normal priority.
         self.lane_git_runner = proc.LowPriorityRunner(workers=options.max_active)
         lane_git = git.running_with(self.lane_git_runner)
-        self.pool = WorktreePool(lane_git, self.run_dir.worktrees)
+        self.pool = WorktreePool(lane_git, self.run_dir.worktrees, size=options.max_active)
         self.executor = LocalExecutor(lane_git, self.pool)
 
     # -- events ------------------------------------------------------------------------

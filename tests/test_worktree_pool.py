@@ -1,0 +1,85 @@
+"""The worktree pool on its own, on a real repository: reuse, growth up to its size, a
+unit that takes a released worktree rather than wait for a fill, and fill failures."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import git
+
+from worktree_mesh.git import Git, discover
+from worktree_mesh.proc import CommandError
+from worktree_mesh.worktrees import WorktreePool
+
+
+class GatedGit(Git):
+    """Real git; ``worktree_add`` waits for ``gate`` once ``hold`` is set, so a test
+    decides when a fill finishes."""
+
+    def __init__(self, common_dir: Path) -> None:
+        super().__init__(common_dir)
+        self.hold = False
+        self.gate = threading.Event()
+        self.fills_started = threading.Semaphore(0)
+
+    def worktree_add(self, path: Path, commit: str) -> None:
+        self.fills_started.release()
+        if self.hold:
+            assert self.gate.wait(30), "the test never opened the gate"
+        super().worktree_add(path, commit)
+
+
+def make_pool(repo: Path, size: int) -> tuple[WorktreePool, GatedGit, str]:
+    info = discover(repo)
+    gated = GatedGit(info.common_dir)
+    root = info.common_dir / "wtmesh" / "worktrees" / "test-run"
+    return WorktreePool(gated, root, size=size), gated, git(repo, "rev-parse", "HEAD")
+
+
+def test_released_worktrees_are_reused_and_the_pool_grows_to_its_size(repo: Path) -> None:
+    pool, _git, head = make_pool(repo, size=2)
+    try:
+        first = pool.acquire(head)
+        second = pool.acquire(head)
+        assert first != second
+        pool.release(first)
+        assert pool.acquire(head) == first
+        assert git(first, "rev-parse", "HEAD") == head
+    finally:
+        pool.remove_all()
+    assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
+    assert not pool.root.exists()
+
+
+def test_a_unit_takes_a_released_worktree_instead_of_waiting_for_a_fill(repo: Path) -> None:
+    pool, gated, head = make_pool(repo, size=2)
+    try:
+        first = pool.acquire(head)
+        (first / "left-over.txt").write_text("from the first unit\n")
+        gated.hold = True  # the next fill does not finish until the gate opens
+        got: list[Path] = []
+        waiter = threading.Thread(target=lambda: got.append(pool.acquire(head)))
+        waiter.start()
+        assert gated.fills_started.acquire(timeout=30)
+        assert gated.fills_started.acquire(timeout=30), "the waiting unit started no fill"
+        pool.release(first)
+        waiter.join(30)
+        assert got == [first], "the waiting unit did not take the released worktree"
+        assert not (first / "left-over.txt").exists()  # and it came back clean
+        gated.gate.set()
+    finally:
+        gated.gate.set()
+        pool.remove_all()
+    assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
+
+
+def test_a_failed_fill_reaches_the_unit_that_waits(repo: Path) -> None:
+    pool, _git, _head = make_pool(repo, size=1)
+    try:
+        with pytest.raises(CommandError):
+            pool.acquire("0" * 40)  # no such commit: git worktree add fails
+    finally:
+        pool.remove_all()
+
