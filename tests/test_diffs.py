@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 from conftest import git, lane, wtmesh
 
+from worktree_mesh.git import Git, discover
+
 
 def run_one(repo: Path, write_plan: Any, command: Any, scope: Any = "**",
             mode: str = "commit_first") -> dict[str, Any]:
@@ -134,3 +136,24 @@ def test_a_large_diff_lands_intact(repo: Path, write_plan: Any) -> None:
     assert unit["status"] == "integrated"
     assert len(unit["files"]) == 300
     assert (repo / "gen/m299.py").read_text().count("\n") == 200
+
+
+def test_one_diff_tree_gives_the_same_patch_and_changes_as_two(repo: Path) -> None:
+    """The unit's diff and its file list come from one ``diff-tree --raw -p -z``; they are
+    exactly what the separate patch and raw calls give, odd names and all."""
+    before = git(repo, "rev-parse", "HEAD")
+    git(repo, "mv", "calc/parse.py", "calc/parsing.py")
+    (repo / "data.bin").write_bytes(bytes(range(256)))
+    (repo / "caf\u00e9 one.md").write_text("x\n")
+    (repo / os.fsdecode(b"raw-\xe9.txt")).write_text("latin-1 name\n")
+    (repo / "calc/ops.py").chmod(0o755)
+    os.symlink("calc/ops.py", repo / "link")
+    (repo / "README.md").unlink()
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "many kinds")
+    g = Git(discover(repo).common_dir)
+    patch, changes = g.diff_and_changes(before, "HEAD")
+    assert patch == g.diff(before, "HEAD")
+    assert changes == g.changes(before, "HEAD")
+    assert len(changes) == 7
+    assert g.diff_and_changes("HEAD", "HEAD") == (b"", [])

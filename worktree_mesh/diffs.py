@@ -59,8 +59,7 @@ def _symlink_leaves_repo(link_path: str, target: bytes) -> bool:
 
 
 def collect(git: Git, start: Sha, final: Sha, scope: Scope) -> UnitDiff:
-    raw = git.diff(start, final)
-    changes = git.changes(start, final)
+    raw, changes = git.diff_and_changes(start, final)
     files: list[str] = []
     for change in changes:
         for path in change.paths:

@@ -67,6 +67,23 @@ def _is_full_id(name: str) -> bool:
     return len(name) in (40, 64) and all(c in "0123456789abcdef" for c in name)
 
 
+def _parse_raw(fields: list[bytes]) -> tuple[list[Change], int]:
+    """Records of ``diff-tree -z --raw`` (":oldmode newmode oldsha newsha status", then
+    one path, two for a rename or copy) from the start of ``fields``; also how many
+    bytes they took, separators included."""
+    out: list[Change] = []
+    i = used = 0
+    while i < len(fields) and fields[i].startswith(b":"):
+        _old_mode, new_mode, _old_sha, new_sha, status = fields[i][1:].decode().split(" ")
+        count = 2 if status[0] in "RC" else 1
+        paths = fields[i + 1:i + 1 + count]
+        out.append(Change(status[0], tuple(decode_path(p) for p in paths), new_mode,
+                          Sha(new_sha)))
+        used += sum(len(f) + 1 for f in fields[i:i + 1 + count])
+        i += 1 + count
+    return out, used
+
+
 def decode_path(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
@@ -257,18 +274,15 @@ class Git:
     def changes(self, old: str, new: str) -> list[Change]:
         res = self.run("diff-tree", "-r", "-z", "--raw", "-M", "--no-ext-diff", "--no-abbrev",
                        old, new)
-        # Each record: ":oldmode newmode oldsha newsha status", then one path (two for a
-        # rename or copy).
-        fields = res.stdout.split(b"\0")
-        out: list[Change] = []
-        i = 0
-        while i < len(fields) and fields[i]:
-            _old_mode, new_mode, _old_sha, new_sha, status = fields[i][1:].decode().split(" ")
-            count = 2 if status[0] in "RC" else 1
-            paths = tuple(decode_path(p) for p in fields[i + 1:i + 1 + count])
-            out.append(Change(status[0], paths, new_mode, Sha(new_sha)))
-            i += 1 + count
-        return out
+        return _parse_raw(res.stdout.split(b"\0"))[0]
+
+    def diff_and_changes(self, old: str, new: str) -> tuple[bytes, list[Change]]:
+        """``diff`` and ``changes`` from one ``diff-tree``: with ``--raw -p -z`` git prints
+        the NUL-separated records, one more NUL, then exactly the patch ``diff`` gives."""
+        out = self.run("diff-tree", "-z", "--raw", "--no-abbrev", *_DIFF_OPTIONS, old,
+                       new).stdout
+        changes, used = _parse_raw(out.split(b"\0"))
+        return out[used + 1:] if changes else b"", changes
 
     def apply_to_tree(self, base: str, patch: Path, index: Path, *, cwd: Path) -> Sha | None:
         """Apply ``patch`` onto ``base`` in a temporary index; the resulting tree, or None
