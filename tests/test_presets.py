@@ -175,6 +175,15 @@ def test_claude_structured_output_failure_is_invalid_output_schema(lane: PresetL
     assert outcome(ran.result) == ("reject", "invalid_output_schema")
 
 
+def test_output_of_an_unknown_shape_is_invalid_output_schema(lane: PresetLane) -> None:
+    """A CLI whose JSON has the wrong shape is the agent's output failing its schema, not
+    a crash of the runner: the result file says so, with the reason."""
+    ran = lane.run("claude", scenario="garbled", edit=EDIT)
+    assert outcome(ran.result) == ("reject", "invalid_output_schema")
+    assert ran.result is not None and "its output could not be read" in ran.result["notes"]
+    assert "Traceback" not in ran.stderr
+
+
 def test_aider_files_never_reach_the_diff_but_tracked_ones_stay(lane: PresetLane) -> None:
     (lane.worktree / ".aider.conf.yml").write_text("model: gpt-4o\n")
     git(lane.worktree, "add", ".aider.conf.yml")

@@ -209,7 +209,12 @@ def attempt(lane: Lane, preset: Preset) -> Outcome:
         log(undone)
     if done.returncode in (126, 127):
         return reject("tooling_unavailable", f"{binary} could not run (exit {done.returncode})")
-    transcript: Transcript = preset.read(lane, done)
+    try:
+        transcript: Transcript = preset.read(lane, done)
+    except Exception as exc:  # noqa: BLE001 - output of a shape the preset does not know
+        return reject("invalid_output_schema",
+                      f"{preset.name}: its output could not be read ({type(exc).__name__}: "
+                      f"{first_line(str(exc), 'no detail')})")
     outcome = decide(lane, transcript, changed=has_changes(lane.worktree))
     if undone:
         outcome = Outcome(outcome.decision, outcome.failure_code, f"{outcome.notes} ({undone})")
