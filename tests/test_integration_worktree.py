@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from conftest import git, wtmesh
+import pytest
+from conftest import git, no_worktrees_left, wtmesh
 
 
 def run(repo: Path, plan: Path, expect: int = 0) -> dict[str, Any]:
@@ -133,3 +134,20 @@ def test_a_failed_proof_leaves_nothing_for_the_next_unit(repo: Path, write_plan:
     proofs = [json.loads(line) for line in ledger.read_text().splitlines()
               if '"proof_finished"' in line]
     assert [p["status"] for p in proofs] == ["fail", "pass", "pass"]
+
+
+@pytest.mark.parametrize("breaker", ["rm -f .git", "rm -f .git; exit 1",
+                                     "rm -f \"$(git rev-parse --git-dir)/index\""])
+def test_a_proof_that_breaks_the_worktree_fails_and_the_next_unit_lands(
+        repo: Path, write_plan: Any, breaker: str) -> None:
+    """A proof may damage the integration worktree itself; that unit fails its proof,
+    and the next unit gets a worktree that works."""
+    plan = write_plan({"proof_command": "test -f f0.txt", "units": [
+        {"id": "breaks", "objective": "o", "unit_scope": "b.txt", "proof_command": breaker,
+         "lanes": {"coder": {"command": "echo b > b.txt"}}},
+        *units(2)]})
+    summary = run(repo, plan, expect=1)
+    assert states(summary) == {"breaks": ("failed", "proof_failed"),
+                               "u0": ("integrated", None), "u1": ("integrated", None)}
+    assert not (repo / "b.txt").exists()
+    assert no_worktrees_left(repo)

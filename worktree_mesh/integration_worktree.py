@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .git import Git, Sha
+from .proc import CommandError
 
 # A diff touching one of these changes which files count as untracked.
 _IGNORE_RULES = ".gitignore"
@@ -30,6 +31,7 @@ class IntegrationWorktree:
         self._tree: Sha | None = None  # what the index and files hold; None: not known
         self._head: Sha | None = None
         self._untracked_possible = False  # ignore rules changed since the last clean
+        self.prepared = False  # the plan's setup has run here (a new worktree needs it again)
 
     def exists(self) -> bool:
         return self.path.exists()
@@ -38,13 +40,17 @@ class IntegrationWorktree:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.git.worktree_add(self.path, commit)
         self._tree, self._head, self._untracked_possible = tree, commit, False
+        self.prepared = False
 
     def forget(self) -> None:
         """What is in the worktree is no longer known: the next use checks it out."""
         self._tree = self._head = None
 
-    def holds(self, tree: Sha) -> bool:
-        return self._tree == tree
+    def _discard(self) -> None:
+        """A proof broke the worktree itself (its .git file, its index): the next use
+        makes a new one."""
+        self.forget()
+        self.git.worktree_remove(self.path)
 
     def place(self, commit: Sha, tree: Sha) -> None:
         """HEAD at ``commit``, and the index and files exactly its tree ``tree``, with no
@@ -62,11 +68,19 @@ class IntegrationWorktree:
 
     def _checkout(self, commit: Sha, tree: Sha) -> None:
         self.forget()
-        self.git.remove_stale_index_lock(self.path)
-        self.git.run("checkout", "-q", "--detach", "--force", commit, cwd=self.path)
-        # Untracked files of an earlier proof go; ignored ones (caches, the setup's
-        # virtualenv) stay, as they would in a developer's checkout.
-        self.git.run("clean", "-q", "-ffd", cwd=self.path)
+        if not self.exists():
+            self.create(commit, tree)
+            return
+        try:
+            self.git.remove_stale_index_lock(self.path)
+            self.git.run("checkout", "-q", "--detach", "--force", commit, cwd=self.path)
+            # Untracked files of an earlier proof go; ignored ones (caches, the setup's
+            # virtualenv) stay, as they would in a developer's checkout.
+            self.git.run("clean", "-q", "-ffd", cwd=self.path)
+        except CommandError:  # broken by a failed proof beyond a checkout's repair
+            self._discard()
+            self.create(commit, tree)
+            return
         self._tree, self._head, self._untracked_possible = tree, commit, False
 
     def apply(self, onto: Sha, onto_tree: Sha, patch: Path,
@@ -93,7 +107,13 @@ class IntegrationWorktree:
     def after_proof(self, candidate: Sha) -> str | None:
         """Check what a proof left: why it fails (HEAD moved, a tracked file changed), or
         None. Untracked files it made go now; ignored ones stay."""
-        head, changed, untracked = self.git.worktree_status(self.path)
+        try:
+            head, changed, untracked = self.git.worktree_status(self.path)
+        except CommandError as exc:
+            self._discard()
+            why = exc.result.stderr.decode("utf-8", "replace").strip().splitlines()
+            return ("proof broke the integration worktree"
+                    + (f" ({why[-1]})" if why else ""))
         if head != candidate:
             self.forget()
             return "proof moved HEAD of the integration worktree"

@@ -338,7 +338,6 @@ class Integrator:
     def _ensure_worktree(self, head: Sha) -> None:
         if not self.worktree.exists():
             self.worktree.create(head, self.git.tree_of(head))
-            self.prover.worktree_ready = False
 
     # -- landing -----------------------------------------------------------------------
 

@@ -40,7 +40,6 @@ class Prover:
         self.repo = repo
         self.worktree = worktree
         self.report = report
-        self.worktree_ready = False  # the plan's setup has run in the worktree
         self._verdicts: dict[tuple[str, str, float], Verdict] = {}
 
     @property
@@ -72,7 +71,7 @@ class Prover:
         assert unit.proof_command is not None
         log = self.run_dir.unit_dir(unit.id) / "proof.log"
         self.worktree.place(candidate, tree)
-        if not self.worktree_ready:
+        if not self.worktree.prepared:
             try:
                 prepare(self.git, self.plan.setup, repo=self.repo, worktree=self.path,
                         placeholders=self._placeholders(unit),
@@ -81,7 +80,7 @@ class Prover:
             except SetupFailed as exc:
                 self.worktree.forget()
                 return Verdict("fail", str(exc), 0.0)
-            self.worktree_ready = True
+            self.worktree.prepared = True
         done = proc.run_logged(render(unit.proof_command, self._placeholders(unit)),
                                cwd=self.path, env=self._env(unit, candidate),
                                stdout_path=log, stderr_path=log, timeout_s=unit.proof_timeout_s,
