@@ -75,11 +75,24 @@ def test_a_unit_takes_a_released_worktree_instead_of_waiting_for_a_fill(repo: Pa
     assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
 
 
-def test_a_failed_fill_reaches_the_unit_that_waits(repo: Path) -> None:
-    pool, _git, _head = make_pool(repo, size=1)
+class FillFailsGit(Git):
+    """Real git; the fill fails after the worktree is registered, as a full disk would."""
+
+    def worktree_add(self, path: Path, commit: str) -> None:
+        super().worktree_add(path, commit)
+        self.run("reset", "-q", "--hard", "0" * 40, cwd=path)  # no such commit: fails
+
+
+def test_a_failed_fill_reaches_the_unit_that_waits_and_leaves_nothing(repo: Path) -> None:
+    info = discover(repo)
+    root = info.common_dir / "wtmesh" / "worktrees" / "test-run"
+    pool = WorktreePool(FillFailsGit(info.common_dir), root, size=1)
     try:
         with pytest.raises(CommandError):
-            pool.acquire("0" * 40)  # no such commit: git worktree add fails
+            pool.acquire(git(repo, "rev-parse", "HEAD"))
+        assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
+        assert not any(root.iterdir())
     finally:
         pool.remove_all()
+    assert not root.exists()
 

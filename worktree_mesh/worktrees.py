@@ -78,6 +78,7 @@ class WorktreePool:
                 self._remove_path(path)
             self.git.worktree_add(path, commit)
         except BaseException as exc:  # noqa: BLE001 - handed to the unit that waits
+            self._remove_path(path)  # registered but not filled: nothing of it stays
             with self._cond:
                 self._filling -= 1
                 self._fill_errors.append(exc)
