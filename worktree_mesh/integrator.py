@@ -262,7 +262,6 @@ class Integrator:
         tree = self.worktree.apply(onto, onto_tree, work.diff_path, paths)
         if tree is not None:
             return tree
-        self.worktree.forget()
         index = self.run_dir.tmp / f"index-{os.getpid()}"
         index.parent.mkdir(parents=True, exist_ok=True)  # removed when a run ends
         try:

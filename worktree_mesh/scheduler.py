@@ -46,7 +46,7 @@ from .state import RunDir, StateDir, new_run_id, unit_ref_prefix, write_atomic
 from .toolkit import learnings
 from .toolkit.backpressure import Backpressure
 from .unit_runner import LocalExecutor, UnitJob, UnitWork
-from .worktrees import WorktreePool
+from .worktrees import WorktreePool, fill_slots
 
 Observer = Callable[[dict[str, Any]], None]
 UNIT_STATES = ("pending", "running", "integrated", "no_diff", "rejected", "failed", "skipped")
@@ -118,7 +118,10 @@ class Run:
         # The lanes' own git work (filling and resetting worktrees, taking snapshots and
         # diffs) runs nicer than the integrator's: landing is the one serial step, so
         # when the CPU is short it goes first. The lane commands keep normal priority.
-        self.lane_git_runner = proc.LowPriorityRunner(workers=options.max_active)
+        # One worker per lane and per fill, so that a fill (seconds) never holds up a
+        # lane's snapshot.
+        self.lane_git_runner = proc.LowPriorityRunner(
+            workers=options.max_active + fill_slots())
         lane_git = git.running_with(self.lane_git_runner)
         self.pool = WorktreePool(lane_git, self.run_dir.worktrees, size=options.max_active)
         self.executor = LocalExecutor(lane_git, self.pool)

@@ -38,7 +38,7 @@ class WorktreePool:
         self._fill_errors: list[BaseException] = []
         self._counter = 0
         self._closed = False
-        self._fills = ThreadPoolExecutor(max_workers=max(1, _cpus() - 1),
+        self._fills = ThreadPoolExecutor(max_workers=fill_slots(),
                                          thread_name_prefix="fill")
 
     def acquire(self, commit: str) -> Path:
@@ -126,9 +126,11 @@ class WorktreePool:
             self.root.rmdir()
 
 
-def _cpus() -> int:
-    """CPUs this process may run on."""
+def fill_slots() -> int:
+    """How many worktrees are filled at once: one fewer than the CPUs this process may
+    run on, and at least one."""
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    return max(1, cpus - 1)
