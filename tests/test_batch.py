@@ -152,3 +152,50 @@ def test_resume_keeps_the_batch_the_run_started_with(repo: Path, tmp_path: Path)
     after = records[next(i for i, r in enumerate(records) if r["event"] == "run_resumed"):]
     sizes = [len(r["units"]) for r in after if r["event"] == "proof_started"]
     assert sizes == [3, 2], sizes  # the five units left, still three at most at a time
+
+
+def repair_plan(tmp_path: Path, proofs: Path) -> Path:
+    """Eight units, all ready when integration starts (the first one is slow). u02 breaks
+    the proof; u03 would repair it. One at a time u03 is proven without u02, so u02 fails
+    and u03 lands: the case where proving only a batch's tip would differ."""
+    units: list[dict[str, Any]] = []
+    for i in range(8):
+        files = [f"u{i:02d}.txt"] + {2: ["broken.txt"], 3: ["fixed.txt"]}.get(i, [])
+        command = f"sleep {1.5 if i == 0 else 0.2}; " + "; ".join(
+            f"echo {i} > {name}" for name in files)
+        units.append({"id": f"u{i:02d}", "objective": f"unit {i}", "unit_scope": files,
+                      "lanes": {"coder": {"command": command}}})
+    proof = (f"t=$(git rev-parse HEAD^{{tree}}); "
+             f"if [ -e broken.txt ] && [ ! -e fixed.txt ]; then "
+             f"echo \"$t fail\" >> {proofs}; exit 1; fi; echo \"$t pass\" >> {proofs}")
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"max_active": 8, "proof_command": proof, "units": units}))
+    return plan
+
+
+def test_one_at_a_time_proves_every_unit_and_lands_ready_ones_together(
+        tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    plan = repair_plan(tmp_path, tmp_path / "proofs")
+    res = wtmesh("run", plan, "--json", cwd=repo, env={"WTMESH_LANDING_WINDOW_S": "600"})
+    assert res.returncode == 1, res.stderr
+    states = {u["id"]: (u["status"], u["failure_code"]) for u in res.json()["units"]}
+    assert states.pop("u02") == ("failed", "proof_failed")
+    assert set(states.values()) == {("integrated", None)}
+    # Every commit on the target was proven on its own tree, with no batch trailers.
+    passed = {tree for tree, verdict in proof_runs(tmp_path / "proofs") if verdict == "pass"}
+    commits = git(repo, "rev-list", "main~7..main").split()
+    assert len(commits) == 7
+    assert {git(repo, "rev-parse", f"{c}^{{tree}}") for c in commits} <= passed
+    assert "Wtmesh-Batch" not in git(repo, "log", "--format=%B", "main~7..main")
+    # Every unit was waiting when the slow u00's lanes ended: one move of main for all.
+    assert len(git(repo, "reflog", "--format=%H", "main").split()) == 1 + 1
+
+
+def test_one_at_a_time_lands_each_unit_alone_when_proofs_are_slow(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    plan = repair_plan(tmp_path, tmp_path / "proofs")
+    res = wtmesh("run", plan, "--json", cwd=repo, env={"WTMESH_LANDING_WINDOW_S": "0"})
+    assert res.returncode == 1, res.stderr
+    assert [u["status"] for u in res.json()["units"]].count("integrated") == 7
+    assert len(git(repo, "reflog", "--format=%H", "main").split()) == 1 + 7

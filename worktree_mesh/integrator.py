@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,6 +36,20 @@ Report = Callable[..., None]
 # How often a landing is retried when someone else moves the target between our read and
 # our compare-and-swap.
 MAX_LANDING_RACES = 5
+
+# One unit at a time, a proven unit waits to land with the units after it (one compare-
+# and-swap, one bring-along of the user's worktree for all) only while it would be held
+# back less than this, judging the next unit's apply and proof by the last one's: landing
+# costs about as much as a quick proof, and a slow proof must not keep proven work off
+# the target. WTMESH_LANDING_WINDOW_S sets another value (0: every unit lands alone).
+LANDING_WINDOW_S = 0.25
+
+
+def landing_window_s() -> float:
+    try:
+        return max(0.0, float(os.environ.get("WTMESH_LANDING_WINDOW_S", LANDING_WINDOW_S)))
+    except ValueError:
+        return LANDING_WINDOW_S
 
 
 @dataclass(frozen=True)
@@ -108,6 +123,7 @@ class Integrator:
         self.report = report
         # --batch other than 1: landed commits say which of them the proof ran on.
         self.batched = batched
+        self.landing_window_s = landing_window_s()
         self.worktree = IntegrationWorktree(git, run_dir.worktrees / "integration")
         self.prover = Prover(git=git, plan=plan, run_id=run_id, run_dir=run_dir, repo=repo,
                              worktree=self.worktree, report=report)
@@ -170,17 +186,26 @@ class Integrator:
     # -- integrate ---------------------------------------------------------------------
 
     def integrate(self, items: Sequence[tuple[Unit, UnitWork]]) -> list[Landing]:
-        """Integrate consecutive units, in order, as one batch; one unit is the plain case.
+        """Integrate consecutive units, in order. Returns the landings of the units it
+        decided: every one in batch mode, a leading part (at least one) otherwise.
 
-        The batch's diffs are applied one after another into a chain of candidate commits
-        and the proof runs on the chain's tip. When it passes, the whole chain lands with
-        one compare-and-swap. When it fails, bisection over the chain's prefixes finds the
-        first unit whose commit fails the proof: the prefix before it lands, it fails
-        ``proof_failed``, and the units after it are applied again without it. Proof
-        results are kept by tree, so no tree is proven twice. The outcome is what
-        integrating one unit at a time gives whenever a unit that breaks the proof keeps
-        every later tree failing until it is taken out — the case batching is for; the
-        target still only ever moves to a tree whose proof passed.
+        One unit at a time (``--batch 1``): each diff is applied onto the tip so far and
+        proven on its own, exactly as if the units had come one by one, and the units
+        proven while the next was already waiting land together, with one compare-and-
+        swap and one bring-along of the user's worktree. Every commit the target passes
+        through was proven; a landing is only held back while proofs are quick
+        (``LANDING_WINDOW_S``), so a slow proof never keeps a proven unit from landing.
+
+        In a batch (``--batch auto|N``) the diffs are applied one after another into a
+        chain of candidate commits and the proof runs on the chain's tip. When it
+        passes, the whole chain lands with one compare-and-swap. When it fails,
+        bisection over the chain's prefixes finds the first unit whose commit fails the
+        proof: the prefix before it lands, it fails ``proof_failed``, and the units after
+        it are applied again without it. Proof results are kept by tree, so no tree is
+        proven twice. The outcome is what integrating one unit at a time gives whenever
+        a unit that breaks the proof keeps every later tree failing until it is taken
+        out — the case batching is for; the target still only ever moves to a tree
+        whose proof passed.
         """
         for unit, work in items:
             assert work.diff_path is not None, f"{unit.id}: only accepted units integrate"
@@ -189,7 +214,8 @@ class Integrator:
             pending = list(items)
             races = 0
             while pending:
-                outcome = self._integrate_prefix(pending)
+                outcome = (self._integrate_prefix(pending) if self.batched
+                           else self._integrate_each(pending))
                 if outcome is None:  # the landing ref moved under us: again, onto it
                     races += 1
                     if races >= MAX_LANDING_RACES:
@@ -200,7 +226,49 @@ class Integrator:
                     continue
                 decided, pending = outcome
                 landings.update(decided)
-        return [landings[unit.id] for unit, _work in items]
+                if not self.batched:
+                    break  # the rest go back to the scheduler, which hands them again
+        return [landings[unit.id] for unit, _work in items if unit.id in landings]
+
+    def _integrate_each(self, pending: list[tuple[Unit, UnitWork]]
+                        ) -> tuple[dict[str, Landing], list[tuple[Unit, UnitWork]]] | None:
+        """One round one unit at a time: apply and prove each unit onto the tip so far
+        while that is quick, then land every proven one in one step. Returns the units
+        decided and those left for later, or None when the landing lost a race."""
+        head = self.git.read_ref(self.landing_ref)
+        if head is None:
+            raise EnvironmentRefused(f"{self.landing_ref} disappeared during the run")
+        self._ensure_worktree(head)
+        decided: dict[str, Landing] = {}
+        proven: list[_Link] = []
+        tip, tip_tree = head, self.git.tree_of(head)
+        rest = list(pending)
+        first_decided: float | None = None
+        step_s = 0.0  # how long the last unit's apply and proof took
+        while rest:
+            if first_decided is not None and \
+                    time.monotonic() - first_decided + step_s > self.landing_window_s:
+                break
+            step_started = time.monotonic()
+            unit, work = rest.pop(0)
+            link = self._link(unit, work, tip, tip_tree)
+            # A conflict or no_diff is decided against this very tip; a proof failure is
+            # taken out, and the next unit goes onto the same tip.
+            ended = link.landing or self._prove_link([*proven, link])
+            step_s = time.monotonic() - step_started
+            first_decided = first_decided or time.monotonic()
+            if ended is not None:
+                decided[unit.id] = ended
+                continue
+            assert link.commit is not None and link.tree is not None
+            proven.append(link)
+            tip, tip_tree = link.commit, link.tree
+        if proven:
+            if not self._land(head, tip):
+                return None
+            faults.point("land")
+            decided.update(self._record_landings(proven, tip))
+        return decided, rest
 
     def _integrate_prefix(self, pending: list[tuple[Unit, UnitWork]]
                           ) -> tuple[dict[str, Landing], list[tuple[Unit, UnitWork]]] | None:
@@ -233,26 +301,31 @@ class Integrator:
     def _chain(self, pending: list[tuple[Unit, UnitWork]], head: Sha) -> list[_Link]:
         """Apply each diff onto the tip so far, committing a candidate for each."""
         links: list[_Link] = []
-        tip = head
-        tip_tree = self.git.tree_of(head)
+        tip, tip_tree = head, self.git.tree_of(head)
         for unit, work in pending:
-            self.report("apply_started", unit=unit.id, onto=tip)
-            tree = self._apply(work, tip, tip_tree)
-            if tree is None:
-                links.append(_Link(unit, work, None, _failed(
-                    unit, "integration_conflict",
-                    f"the change does not apply onto {tip[:12]}, even three-way")))
-                continue
-            if tree == tip_tree:
-                links.append(_Link(unit, work, None, Landing(
-                    unit.id, "no_diff", None, "the change is already on the target",
-                    None, None, None, 0.0)))
-                continue
-            tip = self.git.commit_tree(tree, [tip], commit_message(unit, self.run_id))
-            tip_tree = tree
-            links.append(_Link(unit, work, tip, None, tree))
-            faults.point("apply")
+            link = self._link(unit, work, tip, tip_tree)
+            links.append(link)
+            if link.commit is not None:
+                assert link.tree is not None
+                tip, tip_tree = link.commit, link.tree
         return links
+
+    def _link(self, unit: Unit, work: UnitWork, tip: Sha, tip_tree: Sha) -> _Link:
+        """``work``'s diff applied onto ``tip`` and committed as a candidate; or why it
+        makes no commit (it conflicts, or changes nothing there)."""
+        self.report("apply_started", unit=unit.id, onto=tip)
+        tree = self._apply(work, tip, tip_tree)
+        if tree is None:
+            return _Link(unit, work, None, _failed(
+                unit, "integration_conflict",
+                f"the change does not apply onto {tip[:12]}, even three-way"))
+        if tree == tip_tree:
+            return _Link(unit, work, None, Landing(
+                unit.id, "no_diff", None, "the change is already on the target",
+                None, None, None, 0.0))
+        commit = self.git.commit_tree(tree, [tip], commit_message(unit, self.run_id))
+        faults.point("apply")
+        return _Link(unit, work, commit, None, tree)
 
     def _apply(self, work: UnitWork, onto: Sha, onto_tree: Sha) -> Sha | None:
         """The tree of ``work``'s diff applied onto ``onto``: in place in the integration

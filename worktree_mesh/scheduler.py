@@ -389,9 +389,12 @@ class Run:
                 done, _ = wait(waiting, return_when=FIRST_COMPLETED)
                 for future in done:
                     if integrating is not None and future is integrating[0]:
-                        for progress, landing in zip(integrating[1], future.result(),
-                                                     strict=True):
-                            self._landed(progress, landing)
+                        landings = {landing.unit_id: landing for landing in future.result()}
+                        for progress in integrating[1]:
+                            if progress.unit.id in landings:
+                                self._landed(progress, landings[progress.unit.id])
+                            else:  # not reached this time: handed again next time
+                                self._set(progress, "running", "waiting")
                         integrating = None
                     else:
                         progress = running.pop(future)
@@ -422,9 +425,12 @@ class Run:
 
     def _next_batch(self) -> list[UnitProgress]:
         """Strict integration order: from the first unit not yet finished, once its lanes
-        are done, the units after it whose lanes are done too, up to the batch size (one
-        unless --batch). A batch shares one proof, so it holds one proof command."""
-        limit = self.options.batch or len(self.order)  # 0: auto, every unit that is ready
+        are done, the units after it whose lanes are done too. One at a time
+        (``--batch 1``) each is proven on its own, and the integrator takes what it can
+        of them; a batch is capped by its size and shares one proof, so it holds one
+        proof command."""
+        one_at_a_time = self.options.batch == 1
+        limit = self.options.batch if self.options.batch > 1 else len(self.order)
         batch: list[UnitProgress] = []
         for unit in self.order:
             progress = self.units[unit.id]
@@ -432,7 +438,7 @@ class Run:
                 continue
             if progress.phase != "waiting" or len(batch) == limit:
                 break
-            if batch and (unit.proof_command, unit.proof_timeout_s) != (
+            if batch and not one_at_a_time and (unit.proof_command, unit.proof_timeout_s) != (
                     batch[0].unit.proof_command, batch[0].unit.proof_timeout_s):
                 break
             batch.append(progress)
