@@ -26,9 +26,12 @@ ZERO_SHA = Sha("0" * 40)
 
 # Settings for every internal call. fsync: git does not fsync loose objects or refs by
 # default. gc/maintenance: an auto-gc must not start in the middle of an integration.
+# checkout.workers=0: a checkout that writes many files (filling a worktree: the kernel
+# creating every file) uses a worker per CPU; git stays sequential below 100 files.
 _CONFIG = (
     "-c", "core.hooksPath=/dev/null",
     "-c", "core.fsync=objects,reference",
+    "-c", "checkout.workers=0",
     "-c", "gc.auto=0",
     "-c", "maintenance.auto=false",
     "-c", "core.quotePath=true",
