@@ -75,6 +75,15 @@ def test_repo_option_runs_on_that_repository(tmp_path: Path, repo: Path, plan: P
     assert list(elsewhere.iterdir()) == []
 
 
+@pytest.mark.parametrize("value", ["soon", "-1", "nan", "inf", ""])
+def test_bad_landing_window_is_a_usage_error(repo: Path, plan: Path, value: str) -> None:
+    before = repo_snapshot(repo)
+    res = wtmesh("run", plan, cwd=repo, env={"WTMESH_LANDING_WINDOW_S": value})
+    line = one_error_line(res, 2)
+    assert "WTMESH_LANDING_WINDOW_S" in line and repr(value) in line
+    assert_unchanged(repo, before)
+
+
 # -- a dirty target ------------------------------------------------------------------------
 
 

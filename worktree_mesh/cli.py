@@ -23,6 +23,7 @@ from . import plan as plan_mod
 from .cleanup import collect_garbage
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, EnvironmentRefused, UsageError, WtmeshError
 from .git import Git, NotARepository, RepoInfo, discover
+from .integrator import landing_window_s
 from .live import LiveView
 from .output import (
     LineRenderer,
@@ -112,6 +113,7 @@ def run(plan_file: Path, repo: Path | None, max_active: int | None, delivery: st
         remaining_weekly: float | None, batch: int | None, report: Path | None,
         learnings: Path | None, as_json: bool) -> None:
     """Run PLAN: lanes in worktrees, then integrate accepted changes in plan order."""
+    landing_window_s()  # a bad value is refused before anything starts
     # On a terminal a live table; otherwise (a pipe, CI, --json) one line per change.
     live = not as_json and sys.stdout.isatty() and os.environ.get("TERM") != "dumb"
     renderer: Observer = LiveView(sys.stdout) if live else LineRenderer(

@@ -12,6 +12,7 @@ head never points at a tree whose proof failed, and what lands is the tree the p
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -23,7 +24,7 @@ from typing import Any
 import filelock
 
 from . import faults, proc
-from .errors import EnvironmentRefused
+from .errors import EnvironmentRefused, UsageError
 from .git import Git, Sha
 from .integration_worktree import IntegrationWorktree
 from .plan import Plan, Unit
@@ -46,10 +47,19 @@ LANDING_WINDOW_S = 0.25
 
 
 def landing_window_s() -> float:
-    try:
-        return max(0.0, float(os.environ.get("WTMESH_LANDING_WINDOW_S", LANDING_WINDOW_S)))
-    except ValueError:
+    """LANDING_WINDOW_S, or WTMESH_LANDING_WINDOW_S when set; a bad value is a usage
+    error (the run checks it before it starts)."""
+    raw = os.environ.get("WTMESH_LANDING_WINDOW_S")
+    if raw is None:
         return LANDING_WINDOW_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise UsageError(f"WTMESH_LANDING_WINDOW_S must be a number of seconds, 0 or more, "
+                         f"not {raw!r}")
+    return value
 
 
 @dataclass(frozen=True)
