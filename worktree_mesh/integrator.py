@@ -5,7 +5,8 @@ its diff onto the current head in the run's integration worktree (three-way, in 
 temporary index, where the plain apply fails), commit that tree as a candidate, run the
 proof on exactly that commit there, and only then land it — ``commit_first`` by moving the
 target with a compare-and-swap (bringing the user's checked-out worktree along first),
-``patch_first`` by moving a scratch ref and writing a ``git format-patch`` file. The
+``patch_first`` by moving a scratch ref and writing a ``git format-patch`` file. Units
+proven one after another while the integrator was catching up land in one such step. The
 head never points at a tree whose proof failed, and what lands is the tree the proof ran on.
 """
 
