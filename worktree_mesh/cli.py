@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import click
-from rich.live import Live
 
 from . import __version__, starter
 from . import plan as plan_mod
@@ -24,7 +23,6 @@ from .cleanup import collect_garbage
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, EnvironmentRefused, UsageError, WtmeshError
 from .git import Git, NotARepository, RepoInfo, discover
 from .integrator import landing_window_s
-from .live import LiveView
 from .output import (
     LineRenderer,
     print_gc,
@@ -116,8 +114,14 @@ def run(plan_file: Path, repo: Path | None, max_active: int | None, delivery: st
     landing_window_s()  # a bad value is refused before anything starts
     # On a terminal a live table; otherwise (a pipe, CI, --json) one line per change.
     live = not as_json and sys.stdout.isatty() and os.environ.get("TERM") != "dumb"
-    renderer: Observer = LiveView(sys.stdout) if live else LineRenderer(
-        sys.stderr if as_json else sys.stdout)
+    renderer: Observer
+    drawing: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    if live:
+        from .live import LiveView  # rich, only for a terminal
+
+        renderer = drawing = LiveView(sys.stdout)
+    else:
+        renderer = LineRenderer(sys.stderr if as_json else sys.stdout)
     if resume is not None:
         if (delivery or target or base or patch_dir or learnings
                 or remaining_five_hour is not None or remaining_weekly is not None
@@ -142,7 +146,7 @@ def run(plan_file: Path, repo: Path | None, max_active: int | None, delivery: st
         the_run, recovery = Run(options, git, renderer), None
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        with renderer if isinstance(renderer, LiveView) else contextlib.nullcontext():
+        with drawing:
             if recovery is None:
                 the_run.prepare()
             else:
@@ -241,6 +245,8 @@ def _watch(git: Git, state: StateDir, record: dict[str, Any], as_json: bool
            ) -> dict[str, Any]:
     """Follow a running run: redrawn in place on a terminal, else one JSON line or
     status block each time something changes. Returns the status once it has ended."""
+    from rich.live import Live
+
     run_id = record["run_id"]
     in_place = not as_json and sys.stdout.isatty()
     shown = None

@@ -8,14 +8,13 @@ from __future__ import annotations
 import json
 import sys
 import threading
-from typing import Any, TextIO
-
-from rich.console import Console, Group, RenderableType
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .cleanup import GcReport
 from .integrator import wait_message
+
+if TYPE_CHECKING:  # rich is imported where something is drawn: --json never needs it
+    from rich.console import Group
 
 STATE_STYLE = {"integrated": "green", "no_diff": "dim", "rejected": "yellow",
                 "failed": "red", "skipped": "magenta", "running": "cyan"}
@@ -86,6 +85,10 @@ def first_line(text: str) -> str:
 
 
 def print_summary_table(summary: dict[str, Any], stream: TextIO | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
     stream = stream or sys.stdout
     console = Console(file=stream, highlight=False, soft_wrap=False,
                       width=None if stream.isatty() else 120)
@@ -131,6 +134,8 @@ def print_json(data: Any, stream: TextIO | None = None) -> None:
 
 def print_status(status: dict[str, Any], stream: TextIO | None = None) -> None:
     """``wtmesh status`` for people: what happened, unit by unit, and what resuming does."""
+    from rich.console import Console
+
     stream = stream or sys.stdout
     console = Console(file=stream, highlight=False, soft_wrap=True,
                       width=None if stream.isatty() else 120)
@@ -138,6 +143,10 @@ def print_status(status: dict[str, Any], stream: TextIO | None = None) -> None:
 
 
 def status_view(status: dict[str, Any]) -> Group:
+    from rich.console import Group, RenderableType
+    from rich.table import Table
+    from rich.text import Text
+
     def say(text: str) -> Text:
         return Text(text)
 

@@ -13,15 +13,15 @@ from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
-
-import jsonschema
-from jsonschema.exceptions import ValidationError, best_match
+from typing import TYPE_CHECKING, Any
 
 from .errors import PlanError
 from .jsonfile import read_json
 from .presets import PRESET_OPTIONS, option_problem
 from .scope import Scope, pattern_problem, split_scope
+
+if TYPE_CHECKING:  # jsonschema is imported when a plan is checked: commands start faster
+    from jsonschema.exceptions import ValidationError
 
 DELIVERY_MODES = ("commit_first", "patch_first")
 LANE_NAMES = ("coder", "fixer")
@@ -150,6 +150,8 @@ def _describe(error: ValidationError) -> list[str]:
         expected = " or ".join(dict.fromkeys(_expected_types(error)))
         if expected:
             return [f"{where}: expected {expected}, got {type(error.instance).__name__}"]
+        from jsonschema.exceptions import best_match
+
         return _describe(best_match(error.context))
     if error.validator == "enum":
         allowed_values = ", ".join(map(str, error.validator_value))
@@ -230,6 +232,8 @@ def problems(data: Any) -> list[str]:
         return [UPDATE_PLAN_HINT]
     if isinstance(data, list):
         return [STEP_LIST_HINT]
+    import jsonschema
+
     validator = jsonschema.Draft202012Validator(schema())
     found: list[str] = []
     for error in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.path))):
