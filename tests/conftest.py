@@ -166,3 +166,15 @@ def repo_snapshot(repo: Path) -> dict[str, Any]:
         "unstaged": git(repo, "diff", "--binary"),
         "state_dir": state_dir(repo).exists(),
     }
+
+
+def git_first_on_path(tmp_path: Path, body: str) -> dict[str, str]:
+    """The environment for a ``git`` first on PATH: a shell script running ``body``, in
+    which ``$REAL_GIT`` is the real git. For tests that watch wtmesh's git calls."""
+    real_git = shutil.which("git")
+    assert real_git is not None
+    wrapper = tmp_path / "git-wrapper" / "git"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f"#!/bin/sh\nREAL_GIT={real_git}\n{body}")
+    wrapper.chmod(0o755)
+    return {"PATH": f"{wrapper.parent}{os.pathsep}{os.environ['PATH']}"}

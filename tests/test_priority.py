@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import pytest
-from conftest import wtmesh
+from conftest import git_first_on_path, wtmesh
 
 from worktree_mesh.proc import LOW_PRIORITY_NICE, LowPriorityRunner, run
 
@@ -39,21 +37,14 @@ def test_each_git_call_runs_at_the_priority_of_its_side(repo: Path, tmp_path: Pa
     """A ``git`` first on PATH records its nice value and subcommand: the lanes' snapshot
     and diff run nicer, the integrator's apply, proof check and bring-along do not."""
     own = int(run(NICE_OF_SELF).text)
-    real_git = shutil.which("git")
-    assert real_git is not None
     calls = tmp_path / "git-calls"
-    wrapper = tmp_path / "bin" / "git"
-    wrapper.parent.mkdir()
-    wrapper.write_text(f"""#!/bin/sh
-echo "$(cut -d' ' -f19 /proc/$$/stat) $*" >> {calls}
-exec {real_git} "$@"
+    env = git_first_on_path(tmp_path, f"""echo "$(cut -d' ' -f19 /proc/$$/stat) $*" >> {calls}
+exec "$REAL_GIT" "$@"
 """)
-    wrapper.chmod(0o755)
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({"units": [{"id": "u1", "objective": "o", "lanes": {
         "coder": {"command": "echo a > a.txt"}}}]}))
-    path = f"{wrapper.parent}{os.pathsep}{os.environ['PATH']}"
-    res = wtmesh("run", plan, cwd=repo, env={"PATH": path})
+    res = wtmesh("run", plan, cwd=repo, env=env)
     assert res.returncode == 0, res.stderr
     nice_of: dict[str, set[int]] = {}
     for line in calls.read_text().splitlines():

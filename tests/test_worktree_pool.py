@@ -3,11 +3,12 @@ unit that takes a released worktree rather than wait for a fill, and fill failur
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
 import pytest
-from conftest import git
+from conftest import git, git_first_on_path, wtmesh
 
 from worktree_mesh.git import Git, discover
 from worktree_mesh.proc import CommandError
@@ -96,3 +97,29 @@ def test_a_failed_fill_reaches_the_unit_that_waits_and_leaves_nothing(repo: Path
         pool.remove_all()
     assert not root.exists()
 
+
+def test_the_first_unit_is_filled_before_the_integration_worktree(repo: Path,
+                                                                  tmp_path: Path) -> None:
+    """Both fills are the kernel writing every file; the first lane needs its worktree
+    before any landing needs the integration one, so its fill goes first."""
+    calls = tmp_path / "git-calls"
+    # The first unit's fill takes a second, as on a large repository.
+    env = git_first_on_path(tmp_path, f"""echo "start $PWD $*" >> {calls}
+case "$PWD $*" in */w001' '*reset*) sleep 1;; esac
+"$REAL_GIT" "$@"; code=$?
+echo "end $PWD $*" >> {calls}
+exit $code
+""")
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"units": [{"id": "u1", "objective": "o", "lanes": {
+        "coder": {"command": "echo a > a.txt"}}}]}))
+    res = wtmesh("run", plan, cwd=repo, env=env)
+    assert res.returncode == 0, res.stderr
+    lines = calls.read_text().splitlines()
+    unit_filled = next(i for i, line in enumerate(lines)
+                       if line.startswith("end ") and line.split()[1].endswith("/w001")
+                       and " reset " in line)
+    integration_added = next(i for i, line in enumerate(lines)
+                             if line.startswith("start ") and " worktree add " in line
+                             and "/integration " in line)
+    assert unit_filled < integration_added

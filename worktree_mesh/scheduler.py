@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -354,8 +355,12 @@ class Run:
         integration_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="integrator")
         running: dict[Future[UnitWork], UnitProgress] = {}
         integrating: tuple[Future[list[Landing]], list[UnitProgress]] | None = None
-        # The one integration thread makes its worktree while the first lanes run.
-        integration_pool.submit(self.integrator.warm_up, self.head)
+        # The one integration thread makes its worktree while the first lanes run: after
+        # the first unit's worktree, which is needed first (both are the kernel writing
+        # every file, and at once they share the CPU), or as soon as a unit is to land.
+        go_ahead, not_needed = threading.Event(), threading.Event()
+        self.pool.on_first_fill(go_ahead.set)
+        integration_pool.submit(self._warm_up, go_ahead, not_needed)
         try:
             while True:
                 self._skip_orphans()
@@ -377,6 +382,7 @@ class Run:
                             assert progress.work is not None
                             self._set(progress, "running", "integrating")
                             items.append((progress.unit, progress.work))
+                        go_ahead.set()
                         integrating = (integration_pool.submit(self.integrator.integrate,
                                                                items), batch)
                 if all(p.state in FINAL_STATES for p in self.units.values()):
@@ -405,8 +411,15 @@ class Run:
             proc.RUNNING_GROUPS.stop_all()
             raise
         finally:
+            not_needed.set()
+            go_ahead.set()
             lanes_pool.shutdown(wait=True, cancel_futures=True)
             integration_pool.shutdown(wait=True, cancel_futures=True)
+
+    def _warm_up(self, go_ahead: threading.Event, not_needed: threading.Event) -> None:
+        go_ahead.wait()
+        if not not_needed.is_set():  # the run ended without landing anything
+            self.integrator.warm_up(self.head)
 
     def _skip_orphans(self) -> None:
         """Dependants of a unit that did not integrate are skipped, transitively."""

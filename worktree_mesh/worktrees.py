@@ -10,14 +10,16 @@ takes whichever comes first: that one, or one another unit releases meanwhile. U
 integrate in plan order, so a unit stuck behind a slow fill would hold up every unit
 after it; this way the first worktree serves everyone until the others are ready.
 Fills are CPU-bound (the kernel creating every file) and run at most one fewer than the
-CPUs at a time, which leaves a CPU for the integration worktree's own fill.
+CPUs at a time, which leaves a CPU for the integration worktree's own fill; that one
+waits for the first fill here (``on_first_fill``), as a first lane comes before any
+landing.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -40,6 +42,22 @@ class WorktreePool:
         self._closed = False
         self._fills = ThreadPoolExecutor(max_workers=fill_slots(),
                                          thread_name_prefix="fill")
+        self._first_fill_done: list[Callable[[], None]] = []
+
+    def on_first_fill(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the first fill has ended (filled or failed), or now if
+        one has."""
+        with self._cond:
+            if not (self._made or self._fill_errors or self._closed):
+                self._first_fill_done.append(callback)
+                return
+        callback()
+
+    def _fill_ended(self) -> None:
+        """Under the condition's lock, after a fill."""
+        callbacks, self._first_fill_done = self._first_fill_done, []
+        for callback in callbacks:
+            callback()
 
     def acquire(self, commit: str) -> Path:
         """A clean worktree detached at ``commit``."""
@@ -82,6 +100,7 @@ class WorktreePool:
             with self._cond:
                 self._filling -= 1
                 self._fill_errors.append(exc)
+                self._fill_ended()
                 self._cond.notify_all()
             return
         with self._cond:
@@ -89,6 +108,7 @@ class WorktreePool:
             self._made.append(path)
             self._free.append(path)
             self._fresh[path] = commit
+            self._fill_ended()
             self._cond.notify_all()
 
     def release(self, path: Path) -> None:
@@ -114,6 +134,7 @@ class WorktreePool:
         files is most of the cost, and the disk is faster with more than one at it."""
         with self._cond:
             self._closed = True
+            self._fill_ended()
         self._fills.shutdown(wait=True)  # a fill under way finishes first, then goes too
         with self._cond:
             made, self._made, self._free = list(self._made), [], []
