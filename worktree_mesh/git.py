@@ -210,7 +210,7 @@ class Git:
 
     def set_ref(self, ref: str, new: str, message: str = "wtmesh") -> None:
         """Point one of wtmesh's own refs (never a user's) at ``new``, whatever it was."""
-        self.run("update-ref", "-m", message, ref, new)
+        self.set_refs({ref: new}, message)
 
     def set_refs(self, refs: Mapping[str, str], message: str = "wtmesh") -> None:
         """``set_ref`` for several refs in one transaction (one git call)."""

@@ -246,10 +246,7 @@ class Integrator:
         """One round one unit at a time: apply and prove each unit onto the tip so far
         while that is quick, then land every proven one in one step. Returns the units
         decided and those left for later, or None when the landing lost a race."""
-        head = self.git.read_ref(self.landing_ref)
-        if head is None:
-            raise EnvironmentRefused(f"{self.landing_ref} disappeared during the run")
-        self._ensure_worktree(head)
+        head = self._landing_head()
         decided: dict[str, Landing] = {}
         proven: list[_Link] = []
         tip, tip_tree = head, self.git.tree_of(head)
@@ -285,10 +282,7 @@ class Integrator:
                           ) -> tuple[dict[str, Landing], list[tuple[Unit, UnitWork]]] | None:
         """One round: build the chain, find its longest passing prefix, land it. Returns
         the units decided and those to apply again, or None when the landing lost a race."""
-        head = self.git.read_ref(self.landing_ref)
-        if head is None:
-            raise EnvironmentRefused(f"{self.landing_ref} disappeared during the run")
-        self._ensure_worktree(head)
+        head = self._landing_head()
         links = self._chain(pending, head)
         commits = [link for link in links if link.commit is not None]
         passing, failure = self._longest_passing_prefix(commits)
@@ -417,6 +411,14 @@ class Integrator:
         return out
 
     # -- the integration worktree -------------------------------------------------------
+
+    def _landing_head(self) -> Sha:
+        """Where the next landing goes onto, with the integration worktree there."""
+        head = self.git.read_ref(self.landing_ref)
+        if head is None:
+            raise EnvironmentRefused(f"{self.landing_ref} disappeared during the run")
+        self._ensure_worktree(head)
+        return head
 
     def _ensure_worktree(self, head: Sha) -> None:
         if not self.worktree.exists():
