@@ -11,6 +11,13 @@ import pytest
 from conftest import git, make_repo, no_worktrees_left, wtmesh
 
 
+def unit_writing(i: int, files: list[str], lane_s: float) -> dict[str, Any]:
+    """Unit ``u<i>``: after ``lane_s`` seconds its coder writes ``files``, its scope."""
+    command = f"sleep {lane_s}; " + "; ".join(f"echo {i} > {name}" for name in files)
+    return {"id": f"u{i:02d}", "objective": f"unit {i}", "unit_scope": files,
+            "lanes": {"coder": {"command": command}}}
+
+
 def plan_of(tmp_path: Path, proofs: Path, breakers: set[int], n: int = 16,
             first_lane_s: float = 0.2) -> Path:
     """``n`` units writing their own file, all at once; ``breakers`` also write a
@@ -18,15 +25,10 @@ def plan_of(tmp_path: Path, proofs: Path, breakers: set[int], n: int = 16,
     sees and its verdict in ``proofs``. A slow first unit (``first_lane_s``) holds up
     integration, which is in plan order, until every other unit is ready: then the
     first batch is as large as it can be, whatever the machine's speed."""
-    units: list[dict[str, Any]] = []
-    for i in range(n):
-        command = f"sleep {first_lane_s if i == 0 else 0.2}; echo {i} > u{i:02d}.txt"
-        scope = [f"u{i:02d}.txt"]
-        if i in breakers:
-            command += f"; echo x > broken-{i}.txt"
-            scope.append(f"broken-{i}.txt")
-        units.append({"id": f"u{i:02d}", "objective": f"unit {i}", "unit_scope": scope,
-                      "lanes": {"coder": {"command": command}}})
+    units = [unit_writing(i, [f"u{i:02d}.txt"] + ([f"broken-{i}.txt"] if i in breakers
+                                                   else []),
+                          first_lane_s if i == 0 else 0.2)
+             for i in range(n)]
     proof = (f"t=$(git rev-parse HEAD^{{tree}}); "
              f"if ls broken-*.txt >/dev/null 2>&1; then echo \"$t fail\" >> {proofs}; exit 1; "
              f"fi; echo \"$t pass\" >> {proofs}")
@@ -154,18 +156,15 @@ def test_resume_keeps_the_batch_the_run_started_with(repo: Path, tmp_path: Path)
     assert sizes == [3, 2], sizes  # the five units left, still three at most at a time
 
 
-def repair_plan(tmp_path: Path, proofs: Path) -> Path:
+def repair_plan(tmp_path: Path, proofs: Path, proof_s: float = 0.0) -> Path:
     """Eight units, all ready when integration starts (the first one is slow). u02 breaks
     the proof; u03 would repair it. One at a time u03 is proven without u02, so u02 fails
-    and u03 lands: the case where proving only a batch's tip would differ."""
-    units: list[dict[str, Any]] = []
-    for i in range(8):
-        files = [f"u{i:02d}.txt"] + {2: ["broken.txt"], 3: ["fixed.txt"]}.get(i, [])
-        command = f"sleep {1.5 if i == 0 else 0.2}; " + "; ".join(
-            f"echo {i} > {name}" for name in files)
-        units.append({"id": f"u{i:02d}", "objective": f"unit {i}", "unit_scope": files,
-                      "lanes": {"coder": {"command": command}}})
-    proof = (f"t=$(git rev-parse HEAD^{{tree}}); "
+    and u03 lands: the case where proving only a batch's tip would differ. The proof
+    takes ``proof_s`` seconds."""
+    units = [unit_writing(i, [f"u{i:02d}.txt"] + {2: ["broken.txt"], 3: ["fixed.txt"]}.get(i, []),
+                          1.5 if i == 0 else 0.2)
+             for i in range(8)]
+    proof = (f"sleep {proof_s}; t=$(git rev-parse HEAD^{{tree}}); "
              f"if [ -e broken.txt ] && [ ! -e fixed.txt ]; then "
              f"echo \"$t fail\" >> {proofs}; exit 1; fi; echo \"$t pass\" >> {proofs}")
     plan = tmp_path / "plan.json"
@@ -192,10 +191,16 @@ def test_one_at_a_time_proves_every_unit_and_lands_ready_ones_together(
     assert len(git(repo, "reflog", "--format=%H", "main").split()) == 1 + 1
 
 
-def test_one_at_a_time_lands_each_unit_alone_when_proofs_are_slow(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("proof_s", "env"), [
+    (0.4, {}),  # slower than the default landing window: nothing is held back for it
+    (0.0, {"WTMESH_LANDING_WINDOW_S": "0"}),  # no window at all
+])
+def test_one_at_a_time_lands_each_unit_alone_when_proofs_are_slow(
+        tmp_path: Path, proof_s: float, env: dict[str, str]) -> None:
     repo = make_repo(tmp_path / "repo")
-    plan = repair_plan(tmp_path, tmp_path / "proofs")
-    res = wtmesh("run", plan, "--json", cwd=repo, env={"WTMESH_LANDING_WINDOW_S": "0"})
+    plan = repair_plan(tmp_path, tmp_path / "proofs", proof_s)
+    res = wtmesh("run", plan, "--json", cwd=repo, env=env)
     assert res.returncode == 1, res.stderr
     assert [u["status"] for u in res.json()["units"]].count("integrated") == 7
+    # Each integrated unit moved main on its own.
     assert len(git(repo, "reflog", "--format=%H", "main").split()) == 1 + 7
