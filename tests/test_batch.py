@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import git, make_repo, no_worktrees_left, wtmesh
+from conftest import git, git_first_on_path, make_repo, no_worktrees_left, wtmesh
 
 
 def unit_writing(i: int, files: list[str], lane_s: float) -> dict[str, Any]:
@@ -204,3 +204,60 @@ def test_one_at_a_time_lands_each_unit_alone_when_proofs_are_slow(
     assert [u["status"] for u in res.json()["units"]].count("integrated") == 7
     # Each integrated unit moved main on its own.
     assert len(git(repo, "reflog", "--format=%H", "main").split()) == 1 + 7
+
+
+def recording_plan(tmp_path: Path, units: list[dict[str, Any]]) -> Path:
+    """``units`` all at once, under a proof that records each tree it runs on."""
+    proof = f"git rev-parse HEAD^{{tree}} >> {tmp_path / 'proofs'}"
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"max_active": len(units), "proof_command": proof,
+                                "units": units}))
+    return plan
+
+
+@pytest.mark.parametrize(("window", "proofs", "moves"), [
+    ("600", 1, 1),  # each unit that ends finds the next one still in its lanes: one batch
+    ("0", 3, 3),  # no window: each unit is proven as soon as it is ready
+])
+def test_auto_batch_gathers_units_whose_lanes_are_still_running(
+        tmp_path: Path, window: str, proofs: int, moves: int) -> None:
+    repo = make_repo(tmp_path / "repo")
+    # Lanes that end a second apart: without gathering, the first unit is proven alone.
+    plan = recording_plan(tmp_path, [unit_writing(i, [f"u{i:02d}.txt"], 1.0 * i)
+                                     for i in range(3)])
+    res = wtmesh("run", plan, "--json", "--batch", "auto", cwd=repo,
+                 env={"WTMESH_LANDING_WINDOW_S": window})
+    assert res.returncode == 0, res.stderr
+    assert len((tmp_path / "proofs").read_text().split()) == proofs
+    assert len(git(repo, "reflog", "--format=%H", "main").split()) == 1 + moves
+
+
+def test_auto_batch_never_waits_for_a_unit_that_waits_for_it(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    # u01 needs u00 integrated, u02 shares its file: neither starts before u00 lands, so
+    # a batch holding u00 back for them would wait for ever.
+    units = [unit_writing(0, ["u00.txt"], 0), unit_writing(1, ["u01.txt"], 0),
+             unit_writing(2, ["u00.txt"], 0)]
+    units[1]["depends_on"] = ["u00"]
+    plan = recording_plan(tmp_path, units)
+    res = wtmesh("run", plan, "--json", "--batch", "auto", cwd=repo,
+                 env={"WTMESH_LANDING_WINDOW_S": "600"}, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert [u["status"] for u in res.json()["units"]] == ["integrated"] * 3
+    # u00 alone, then u01 and u02 (which start together once it has landed) as one.
+    assert len((tmp_path / "proofs").read_text().split()) == 2
+
+
+def test_a_batch_gathers_while_the_integration_worktree_is_made(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    # Making the integration worktree takes 3 s, as on a large repository; the units are
+    # all ready well before. With no landing window, only that wait gathers them.
+    env = git_first_on_path(tmp_path, """case "$*" in *'worktree add'*/integration*) sleep 3;; esac
+exec "$REAL_GIT" "$@"
+""")
+    plan = recording_plan(tmp_path, [unit_writing(i, [f"u{i:02d}.txt"], 0.3 * i)
+                                     for i in range(3)])
+    res = wtmesh("run", plan, "--json", "--batch", "auto", cwd=repo,
+                 env={**env, "WTMESH_LANDING_WINDOW_S": "0"})
+    assert res.returncode == 0, res.stderr
+    assert len((tmp_path / "proofs").read_text().split()) == 1

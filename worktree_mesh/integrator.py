@@ -43,7 +43,9 @@ MAX_LANDING_RACES = 5
 # and-swap, one bring-along of the user's worktree for all) only while it would be held
 # back less than this, judging the next unit's apply and proof by the last one's: landing
 # costs about as much as a quick proof, and a slow proof must not keep proven work off
-# the target. WTMESH_LANDING_WINDOW_S sets another value (0: every unit lands alone).
+# the target. In a batch, ready units wait as long for the next unit's lanes, to share
+# its proof (the scheduler's _gather_s). WTMESH_LANDING_WINDOW_S sets another value (0:
+# every unit lands alone, and a batch is what is ready).
 LANDING_WINDOW_S = 0.25
 
 
@@ -144,6 +146,11 @@ class Integrator:
         self.stranded_ref = stranded_ref(run_id)
         self.landing_ref = self.target_ref if delivery_mode == "commit_first" else self.scratch_ref
         self.stranded = False
+
+    @property
+    def last_proof_s(self) -> float:
+        """How long the last proof that ran took."""
+        return self.prover.last_duration_s
 
     # -- lock --------------------------------------------------------------------------
 

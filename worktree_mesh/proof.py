@@ -41,6 +41,7 @@ class Prover:
         self.worktree = worktree
         self.report = report
         self._verdicts: dict[tuple[str, str, float], Verdict] = {}
+        self.last_duration_s = 0.0  # of the last proof that ran (not a kept verdict)
 
     @property
     def path(self) -> Path:
@@ -62,6 +63,7 @@ class Prover:
             return cached
         self.report("proof_started", unit=unit.id, candidate=candidate, units=list(units))
         verdict = self._run(unit, candidate, tree)
+        self.last_duration_s = verdict.duration_s
         self.report("proof_finished", unit=unit.id, status=verdict.status,
                     duration_s=round(verdict.duration_s, 3), notes=verdict.notes)
         self._verdicts[key] = verdict

@@ -67,6 +67,7 @@ class UnitProgress:
     finished: float | None = None
     files: list[str] = field(default_factory=list)
     earlier_s: float = 0.0  # time spent before a resume
+    waiting_since: float | None = None  # when its lanes were done
 
     @property
     def duration_s(self) -> float:
@@ -360,7 +361,7 @@ class Run:
         # every file, and at once they share the CPU), or as soon as a unit is to land.
         go_ahead, not_needed = threading.Event(), threading.Event()
         self.pool.on_first_fill(go_ahead.set)
-        integration_pool.submit(self._warm_up, go_ahead, not_needed)
+        warming = integration_pool.submit(self._warm_up, go_ahead, not_needed)
         try:
             while True:
                 self._skip_orphans()
@@ -374,25 +375,34 @@ class Run:
                         self._set(progress, "running", "starting")
                         states[unit.id] = "running"
                         running[lanes_pool.submit(self._run_unit, self._job(progress))] = progress
+                hold: list[Future[Any]] = []  # what a unit held back waits for
+                hold_s: float | None = None  # a batch gathering: look again after this
                 if integrating is None:
                     batch = self._next_batch()
                     if batch:
+                        go_ahead.set()
+                        # Until the integration worktree is made, the integrator could
+                        # not start on them anyway: units that come meanwhile join them.
+                        if not warming.done():
+                            hold = [warming]
+                        else:
+                            hold_s = self._gather_s(batch)
+                    if batch and not hold and hold_s is None:
                         items = []
                         for progress in batch:
                             assert progress.work is not None
                             self._set(progress, "running", "integrating")
                             items.append((progress.unit, progress.work))
-                        go_ahead.set()
                         integrating = (integration_pool.submit(self.integrator.integrate,
                                                                items), batch)
                 if all(p.state in FINAL_STATES for p in self.units.values()):
                     return
-                waiting: list[Future[Any]] = list(running)
+                waiting: list[Future[Any]] = [*running, *hold]
                 if integrating is not None:
                     waiting.append(integrating[0])
                 if not waiting:  # pragma: no cover - readiness guarantees progress
                     raise AssertionError("scheduler stalled: no unit can start")
-                done, _ = wait(waiting, return_when=FIRST_COMPLETED)
+                done, _ = wait(waiting, timeout=hold_s, return_when=FIRST_COMPLETED)
                 for future in done:
                     if integrating is not None and future is integrating[0]:
                         landings = {landing.unit_id: landing for landing in future.result()}
@@ -402,7 +412,7 @@ class Run:
                             else:  # not reached this time: handed again next time
                                 self._set(progress, "running", "waiting")
                         integrating = None
-                    else:
+                    elif future in running:
                         progress = running.pop(future)
                         self._lanes_done(progress, future.result())
         except BaseException:
@@ -457,6 +467,26 @@ class Run:
             batch.append(progress)
         return batch
 
+    def _gather_s(self, batch: list[UnitProgress]) -> float | None:
+        """In batch mode, how much longer the ready units wait for the next unit in order,
+        whose lanes are running, to share their proof; None: integrate them now.
+
+        A batch is held only while it is not full and the next unit is already in its
+        lanes (one that has not started may be waiting for this very batch to land), and
+        only while its first unit would be held back no longer than the landing window,
+        counting the last proof's time: a proof that takes longer than the window lets
+        units gather while it runs, and needs no holding."""
+        if self.options.batch == 1 or len(batch) == self.options.batch:
+            return None
+        after = next((p for p in self.units.values()
+                      if p.state not in FINAL_STATES and p not in batch), None)
+        since = batch[0].waiting_since
+        if after is None or after.state != "running" or since is None:
+            return None
+        held_s = time.monotonic() - since
+        left_s = self.integrator.landing_window_s - held_s - self.integrator.last_proof_s
+        return left_s if left_s > 0 else None
+
     def _lanes_done(self, progress: UnitProgress, work: UnitWork) -> None:
         progress.work = work
         progress.attempts = max(progress.attempts, work.attempts)
@@ -466,6 +496,7 @@ class Run:
                   diff_sha256=work.diff.sha256 if work.diff else None,
                   stats=work.diff.stats() if work.diff else None)
         if work.status == "accepted":
+            progress.waiting_since = time.monotonic()
             self._set(progress, "running", "waiting")
         else:
             self._finish(progress, work.status, work.failure_code, work.notes)
