@@ -261,3 +261,27 @@ exec "$REAL_GIT" "$@"
                  env={**env, "WTMESH_LANDING_WINDOW_S": "0"})
     assert res.returncode == 0, res.stderr
     assert len((tmp_path / "proofs").read_text().split()) == 1
+
+
+def test_after_a_failure_the_rest_go_round_with_the_units_ready_since(
+        tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    # u00..u03 are ready together (u00 is slow); u01 breaks the proof. Bisecting that
+    # batch takes three 0.5 s proofs, during which u04 becomes ready: u02 and u03 are
+    # then proven with it, once, not once without it and once more for it.
+    units = [unit_writing(i, [f"u{i:02d}.txt"] + (["broken.txt"] if i == 1 else []),
+                          {0: 1.5, 4: 2.2}.get(i, 0.2)) for i in range(5)]
+    proofs = tmp_path / "proofs"
+    proof = (f"sleep 0.5; t=$(git rev-parse HEAD^{{tree}}); "
+             f"if [ -e broken.txt ]; then echo \"$t fail\" >> {proofs}; exit 1; fi; "
+             f"echo \"$t pass\" >> {proofs}")
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"max_active": 5, "proof_command": proof, "units": units}))
+    summary = run(repo, plan, "--batch", "auto")
+    assert [u["status"] for u in summary["units"]] == [
+        "integrated", "failed", "integrated", "integrated", "integrated"]
+    ledger = repo / ".git/wtmesh/runs" / summary["run_id"] / "ledger.jsonl"
+    started = [json.loads(line)["units"] for line in ledger.read_text().splitlines()
+               if '"proof_started"' in line]
+    assert started == [["u00", "u01", "u02", "u03"], ["u00", "u01"], ["u00"],
+                       ["u02", "u03", "u04"]]

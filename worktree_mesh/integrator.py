@@ -205,7 +205,7 @@ class Integrator:
 
     def integrate(self, items: Sequence[tuple[Unit, UnitWork]]) -> list[Landing]:
         """Integrate consecutive units, in order. Returns the landings of the units it
-        decided: every one in batch mode, a leading part (at least one) otherwise.
+        decided: a leading part, at least one.
 
         One unit at a time (``--batch 1``): each diff is applied onto the tip so far and
         proven on its own, exactly as if the units had come one by one, and the units
@@ -229,30 +229,26 @@ class Integrator:
             assert work.diff_path is not None, f"{unit.id}: only accepted units integrate"
         landings: dict[str, Landing] = {}
         with self.locked():
-            pending = list(items)
-            races = 0
-            while pending:
-                outcome = (self._integrate_prefix(pending) if self.batched
-                           else self._integrate_each(pending))
-                if outcome is None:  # the landing ref moved under us: again, onto it
-                    races += 1
-                    if races >= MAX_LANDING_RACES:
-                        for unit, _work in pending:
-                            landings[unit.id] = _failed(unit, "delivery_blocked", "the target "
-                                                        "kept moving under the integrator")
-                        break
-                    continue
-                decided, pending = outcome
-                landings.update(decided)
-                if not self.batched:
-                    break  # the rest go back to the scheduler, which hands them again
+            for _race in range(MAX_LANDING_RACES):
+                decided = (self._integrate_prefix(list(items)) if self.batched
+                           else self._integrate_each(list(items)))
+                if decided is not None:  # None: the landing ref moved under us; again
+                    # The rest go back to the scheduler, which hands them again with the
+                    # units that became ready meanwhile (after a failure, one proof for
+                    # all of them).
+                    landings.update(decided)
+                    break
+            else:
+                for unit, _work in items:
+                    landings[unit.id] = _failed(unit, "delivery_blocked",
+                                                "the target kept moving under the integrator")
         return [landings[unit.id] for unit, _work in items if unit.id in landings]
 
     def _integrate_each(self, pending: list[tuple[Unit, UnitWork]]
-                        ) -> tuple[dict[str, Landing], list[tuple[Unit, UnitWork]]] | None:
+                        ) -> dict[str, Landing] | None:
         """One round one unit at a time: apply and prove each unit onto the tip so far
         while that is quick, then land every proven one in one step. Returns the units
-        decided and those left for later, or None when the landing lost a race."""
+        decided, or None when the landing lost a race."""
         head = self._landing_head()
         decided: dict[str, Landing] = {}
         proven: list[_Link] = []
@@ -283,12 +279,13 @@ class Integrator:
                 return None
             faults.point("land")
             decided.update(self._record_landings(proven, tip))
-        return decided, rest
+        return decided
 
     def _integrate_prefix(self, pending: list[tuple[Unit, UnitWork]]
-                          ) -> tuple[dict[str, Landing], list[tuple[Unit, UnitWork]]] | None:
+                          ) -> dict[str, Landing] | None:
         """One round: build the chain, find its longest passing prefix, land it. Returns
-        the units decided and those to apply again, or None when the landing lost a race."""
+        the units decided (later units were applied onto a chain holding the failure and
+        must go round again without it), or None when the landing lost a race."""
         head = self._landing_head()
         links = self._chain(pending, head)
         commits = [link for link in links if link.commit is not None]
@@ -308,7 +305,7 @@ class Integrator:
                 return None
             faults.point("land")
             decided.update(self._record_landings(landed, tip))
-        return decided, [(link.unit, link.work) for link in links[cut:]]
+        return decided
 
     def _chain(self, pending: list[tuple[Unit, UnitWork]], head: Sha) -> list[_Link]:
         """Apply each diff onto the tip so far, committing a candidate for each."""
