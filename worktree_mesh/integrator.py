@@ -230,8 +230,8 @@ class Integrator:
         landings: dict[str, Landing] = {}
         with self.locked():
             for _race in range(MAX_LANDING_RACES):
-                decided = (self._integrate_prefix(list(items)) if self.batched
-                           else self._integrate_each(list(items)))
+                decided = (self._integrate_prefix(items) if self.batched
+                           else self._integrate_each(items))
                 if decided is not None:  # None: the landing ref moved under us; again
                     # The rest go back to the scheduler, which hands them again with the
                     # units that became ready meanwhile (after a failure, one proof for
@@ -244,7 +244,7 @@ class Integrator:
                                                 "the target kept moving under the integrator")
         return [landings[unit.id] for unit, _work in items if unit.id in landings]
 
-    def _integrate_each(self, pending: list[tuple[Unit, UnitWork]]
+    def _integrate_each(self, pending: Sequence[tuple[Unit, UnitWork]]
                         ) -> dict[str, Landing] | None:
         """One round one unit at a time: apply and prove each unit onto the tip so far
         while that is quick, then land every proven one in one step. Returns the units
@@ -281,7 +281,7 @@ class Integrator:
             decided.update(self._record_landings(proven, tip))
         return decided
 
-    def _integrate_prefix(self, pending: list[tuple[Unit, UnitWork]]
+    def _integrate_prefix(self, pending: Sequence[tuple[Unit, UnitWork]]
                           ) -> dict[str, Landing] | None:
         """One round: build the chain, find its longest passing prefix, land it. Returns
         the units decided (later units were applied onto a chain holding the failure and
@@ -307,7 +307,7 @@ class Integrator:
             decided.update(self._record_landings(landed, tip))
         return decided
 
-    def _chain(self, pending: list[tuple[Unit, UnitWork]], head: Sha) -> list[_Link]:
+    def _chain(self, pending: Sequence[tuple[Unit, UnitWork]], head: Sha) -> list[_Link]:
         """Apply each diff onto the tip so far, committing a candidate for each."""
         links: list[_Link] = []
         tip, tip_tree = head, self.git.tree_of(head)

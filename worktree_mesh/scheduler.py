@@ -377,24 +377,18 @@ class Run:
                         running[lanes_pool.submit(self._run_unit, self._job(progress))] = progress
                 hold: list[Future[Any]] = []  # what a unit held back waits for
                 hold_s: float | None = None  # a batch gathering: look again after this
-                if integrating is None:
-                    batch = self._next_batch()
-                    if batch:
-                        go_ahead.set()
-                        # Until the integration worktree is made, the integrator could
-                        # not start on them anyway: units that come meanwhile join them.
-                        if not warming.done():
-                            hold = [warming]
-                        else:
-                            hold_s = self._gather_s(batch)
-                    if batch and not hold and hold_s is None:
-                        items = []
-                        for progress in batch:
-                            assert progress.work is not None
-                            self._set(progress, "running", "integrating")
-                            items.append((progress.unit, progress.work))
-                        integrating = (integration_pool.submit(self.integrator.integrate,
-                                                               items), batch)
+                batch = self._next_batch() if integrating is None else []
+                if batch:
+                    go_ahead.set()
+                    # Until the integration worktree is made, the integrator could not
+                    # start on them anyway: units that come meanwhile join them.
+                    if not warming.done():
+                        hold = [warming]
+                    else:
+                        hold_s = self._gather_s(batch)
+                if batch and not hold and hold_s is None:
+                    integrating = (integration_pool.submit(self.integrator.integrate,
+                                                           self._hand_over(batch)), batch)
                 if all(p.state in FINAL_STATES for p in self.units.values()):
                     return
                 waiting: list[Future[Any]] = [*running, *hold]
@@ -466,6 +460,14 @@ class Run:
                 break
             batch.append(progress)
         return batch
+
+    def _hand_over(self, batch: list[UnitProgress]) -> list[tuple[Unit, UnitWork]]:
+        items = []
+        for progress in batch:
+            assert progress.work is not None
+            self._set(progress, "running", "integrating")
+            items.append((progress.unit, progress.work))
+        return items
 
     def _gather_s(self, batch: list[UnitProgress]) -> float | None:
         """In batch mode, how much longer the ready units wait for the next unit in order,
