@@ -285,3 +285,16 @@ def test_after_a_failure_the_rest_go_round_with_the_units_ready_since(
                if '"proof_started"' in line]
     assert started == [["u00", "u01", "u02", "u03"], ["u00", "u01"], ["u00"],
                        ["u02", "u03", "u04"]]
+
+
+def test_auto_batch_does_not_wait_for_a_ready_unit_it_cannot_take(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    # u01 is ready with u00 but has a proof of its own, so it cannot join u00's batch;
+    # u02 is still in its lanes. Waiting for u01 would last the whole (long) window.
+    units = [unit_writing(i, [f"u{i:02d}.txt"], {2: 1.0}.get(i, 0)) for i in range(3)]
+    units[1]["proof_command"] = "test -e u01.txt"
+    plan = recording_plan(tmp_path, units)
+    res = wtmesh("run", plan, "--json", "--batch", "auto", cwd=repo,
+                 env={"WTMESH_LANDING_WINDOW_S": "600"}, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert [u["status"] for u in res.json()["units"]] == ["integrated"] * 3

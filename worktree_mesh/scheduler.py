@@ -482,8 +482,10 @@ class Run:
             return None
         after = next((p for p in self.units.values()
                       if p.state not in FINAL_STATES and p not in batch), None)
+        # Not one ready and left out of this batch (it has another proof command).
+        in_lanes = after is not None and after.state == "running" and after.phase != "waiting"
         since = batch[0].waiting_since
-        if after is None or after.state != "running" or since is None:
+        if not in_lanes or since is None:
             return None
         held_s = time.monotonic() - since
         left_s = self.integrator.landing_window_s - held_s - self.integrator.last_proof_s
