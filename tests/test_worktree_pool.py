@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -98,14 +99,15 @@ def test_a_failed_fill_reaches_the_unit_that_waits_and_leaves_nothing(repo: Path
     assert not root.exists()
 
 
-def test_the_first_unit_is_filled_before_the_integration_worktree(repo: Path,
-                                                                  tmp_path: Path) -> None:
-    """Both fills are the kernel writing every file; the first lane needs its worktree
-    before any landing needs the integration one, so its fill goes first."""
+def test_the_integration_worktree_fills_beside_the_first_unit(repo: Path,
+                                                            tmp_path: Path) -> None:
+    """No landing can begin before the integration worktree exists, and with quick lanes
+    the first unit is ready to land about as soon as its own worktree is: both fill from
+    the start."""
     calls = tmp_path / "git-calls"
-    # The first unit's fill takes a second, as on a large repository.
+    # The first unit's fill takes two seconds, as on a large repository.
     env = git_first_on_path(tmp_path, f"""echo "start $PWD $*" >> {calls}
-case "$PWD $*" in */w001' '*reset*) sleep 1;; esac
+case "$PWD $*" in */w001' '*reset*) sleep 2;; esac
 "$REAL_GIT" "$@"; code=$?
 echo "end $PWD $*" >> {calls}
 exit $code
@@ -122,4 +124,81 @@ exit $code
     integration_added = next(i for i, line in enumerate(lines)
                              if line.startswith("start ") and " worktree add " in line
                              and "/integration " in line)
-    assert unit_filled < integration_added
+    assert integration_added < unit_filled
+
+
+class SlowFillGit(GatedGit):
+    """Real git whose fills take ``fill_s`` seconds, as on a large repository."""
+
+    fill_s = 0.5
+
+    def worktree_add(self, path: Path, commit: str) -> None:
+        time.sleep(self.fill_s)
+        super().worktree_add(path, commit)
+
+
+def slow_pool(repo: Path, size: int) -> tuple[WorktreePool, SlowFillGit, str]:
+    info = discover(repo)
+    slow = SlowFillGit(info.common_dir)
+    root = info.common_dir / "wtmesh" / "worktrees" / "test-run"
+    return WorktreePool(slow, root, size=size), slow, git(repo, "rev-parse", "HEAD")
+
+
+def acquire_in_thread(pool: WorktreePool, head: str) -> tuple[threading.Thread, list[Path]]:
+    got: list[Path] = []
+    thread = threading.Thread(target=lambda: got.append(pool.acquire(head)))
+    thread.start()
+    return thread, got
+
+
+def test_a_worktree_coming_free_sooner_than_a_fill_is_waited_for(repo: Path) -> None:
+    """Quick lanes share the worktree there is rather than pay for another fill."""
+    pool, slow, head = slow_pool(repo, size=2)
+    try:
+        first = pool.acquire(head)  # a fill of 0.5 s: what a fill costs is known now
+        thread, got = acquire_in_thread(pool, head)
+        time.sleep(0.1)  # the first unit's quick lane
+        pool.release(first)
+        thread.join(30)
+        assert got == [first]
+        assert slow.fills_started.acquire(timeout=0)  # the first fill
+        assert not slow.fills_started.acquire(timeout=1), "a second worktree was filled"
+    finally:
+        pool.remove_all()
+
+
+def test_a_unit_whose_wait_outlasts_a_fill_gets_a_worktree_of_its_own(repo: Path) -> None:
+    pool, slow, head = slow_pool(repo, size=2)
+    try:
+        first = pool.acquire(head)
+        thread, got = acquire_in_thread(pool, head)  # the first unit never lets go
+        thread.join(30)
+        assert got and got[0] != first
+        assert git(got[0], "rev-parse", "HEAD") == head
+    finally:
+        pool.remove_all()
+
+
+def test_before_any_fill_ends_a_unit_fills_only_into_an_idle_slot(repo: Path) -> None:
+    pool, slow, head = slow_pool(repo, size=2)
+    pool._slots = 1  # noqa: SLF001 - a 2-CPU machine: one fill at a time
+    try:
+        slow.hold = True
+        one, got_one = acquire_in_thread(pool, head)
+        assert slow.fills_started.acquire(timeout=30)
+        two, got_two = acquire_in_thread(pool, head)
+        # With the one slot busy and no fill's cost known, the second unit waits for
+        # that fill instead of queueing a second one behind it.
+        assert not slow.fills_started.acquire(timeout=1)
+        slow.gate.set()
+        deadline = time.monotonic() + 30
+        while not (got_one or got_two) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        pool.release((got_one or got_two)[0])  # whoever got it: a quick lane, done
+        one.join(30)
+        two.join(30)
+        assert got_one == got_two
+        assert not slow.fills_started.acquire(timeout=1), "a second worktree was filled"
+    finally:
+        slow.gate.set()
+        pool.remove_all()

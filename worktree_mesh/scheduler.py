@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -356,12 +355,10 @@ class Run:
         integration_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="integrator")
         running: dict[Future[UnitWork], UnitProgress] = {}
         integrating: tuple[Future[list[Landing]], list[UnitProgress]] | None = None
-        # The one integration thread makes its worktree while the first lanes run: after
-        # the first unit's worktree, which is needed first (both are the kernel writing
-        # every file, and at once they share the CPU), or as soon as a unit is to land.
-        go_ahead, not_needed = threading.Event(), threading.Event()
-        self.pool.on_first_fill(go_ahead.set)
-        warming = integration_pool.submit(self._warm_up, go_ahead, not_needed)
+        # The one integration thread makes its worktree from the start, beside the first
+        # unit's: no landing can begin before it, and with quick lanes the first unit is
+        # ready to land about as soon as its own worktree is.
+        warming = integration_pool.submit(self.integrator.warm_up, self.head)
         try:
             while True:
                 self._skip_orphans()
@@ -379,7 +376,6 @@ class Run:
                 hold_s: float | None = None  # a batch gathering: look again after this
                 batch = self._next_batch() if integrating is None else []
                 if batch:
-                    go_ahead.set()
                     # Until the integration worktree is made, the integrator could not
                     # start on them anyway: units that come meanwhile join them.
                     if not warming.done():
@@ -415,15 +411,8 @@ class Run:
             proc.RUNNING_GROUPS.stop_all()
             raise
         finally:
-            not_needed.set()
-            go_ahead.set()
             lanes_pool.shutdown(wait=True, cancel_futures=True)
             integration_pool.shutdown(wait=True, cancel_futures=True)
-
-    def _warm_up(self, go_ahead: threading.Event, not_needed: threading.Event) -> None:
-        go_ahead.wait()
-        if not not_needed.is_set():  # the run ended without landing anything
-            self.integrator.warm_up(self.head)
 
     def _skip_orphans(self) -> None:
         """Dependants of a unit that did not integrate are skipped, transitively."""

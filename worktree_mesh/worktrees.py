@@ -10,16 +10,23 @@ takes whichever comes first: that one, or one another unit releases meanwhile. U
 integrate in plan order, so a unit stuck behind a slow fill would hold up every unit
 after it; this way the first worktree serves everyone until the others are ready.
 Fills are CPU-bound (the kernel creating every file) and run at most one fewer than the
-CPUs at a time, which leaves a CPU for the integration worktree's own fill; that one
-waits for the first fill here (``on_first_fill``), as a first lane comes before any
-landing.
+CPUs at a time, which leaves a CPU for the integration worktree's own fill.
+
+Rent before buying: once a fill has told what a fill costs, a unit that finds every
+worktree taken waits that long for one to come free before it has a new one filled
+(and before then, it only starts a fill while a fill slot is idle). Quick lanes (a
+codemod, a script) then share the worktrees there are instead of paying for more,
+whose filling would take the CPU from them and from the integrator; lanes slower than
+a fill wait for it once, and get their own worktree as before.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import threading
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -40,36 +47,27 @@ class WorktreePool:
         self._fill_errors: list[BaseException] = []
         self._counter = 0
         self._closed = False
-        self._fills = ThreadPoolExecutor(max_workers=fill_slots(),
-                                         thread_name_prefix="fill")
-        self._first_fill_done: list[Callable[[], None]] = []
-
-    def on_first_fill(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` once the first fill has ended (filled or failed), or now if
-        one has."""
-        with self._cond:
-            if not (self._made or self._fill_errors or self._closed):
-                self._first_fill_done.append(callback)
-                return
-        callback()
-
-    def _fill_ended(self) -> None:
-        """Under the condition's lock, after a fill."""
-        callbacks, self._first_fill_done = self._first_fill_done, []
-        for callback in callbacks:
-            callback()
+        self._slots = fill_slots()
+        self._fills = ThreadPoolExecutor(max_workers=self._slots, thread_name_prefix="fill")
+        self._fill_s: float | None = None  # how long the last fill took
+        self._filled_at = 0.0  # when it ended (time.monotonic())
 
     def acquire(self, commit: str) -> Path:
         """A clean worktree detached at ``commit``."""
         with self._cond:
+            since = time.monotonic()
             while not self._free:
                 if self._fill_errors:
                     raise self._fill_errors.pop(0)
                 if self._closed and not self._filling:
                     raise RuntimeError("the run's worktrees are being removed")
+                rent_s = math.inf  # until a worktree comes free, or a fill ends
                 if len(self._made) + self._filling < self.size and not self._closed:
-                    self._start_fill(commit)
-                self._cond.wait()
+                    rent_s = self._rent_left_s(since)
+                    if rent_s <= 0:
+                        self._start_fill(commit)
+                        rent_s = math.inf
+                self._cond.wait(None if rent_s == math.inf else rent_s)
             path = self._free.pop()
             filled_at = self._fresh.pop(path, None)
         if filled_at == commit:
@@ -82,6 +80,13 @@ class WorktreePool:
             return self.acquire(commit)
         return path
 
+    def _rent_left_s(self, since: float) -> float:
+        """Under the condition's lock: how much longer a unit waiting since ``since`` waits
+        for a worktree to come free before it has one filled; 0 or less: fill now."""
+        if self._fill_s is None:  # no fill has ended: what one costs is not known yet
+            return 0.0 if self._filling < self._slots else math.inf
+        return max(since, self._filled_at) + self._fill_s - time.monotonic()
+
     def _start_fill(self, commit: str) -> None:
         """Under the condition's lock: a new worktree, filled on a thread of the pool's."""
         self._counter += 1
@@ -90,6 +95,7 @@ class WorktreePool:
         self._fills.submit(self._fill, path, commit)
 
     def _fill(self, path: Path, commit: str) -> None:
+        started = time.monotonic()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             if path.exists():  # left by a killed run of the same id: start over
@@ -100,15 +106,15 @@ class WorktreePool:
             with self._cond:
                 self._filling -= 1
                 self._fill_errors.append(exc)
-                self._fill_ended()
                 self._cond.notify_all()
             return
         with self._cond:
+            self._filled_at = time.monotonic()
+            self._fill_s = self._filled_at - started
             self._filling -= 1
             self._made.append(path)
             self._free.append(path)
             self._fresh[path] = commit
-            self._fill_ended()
             self._cond.notify_all()
 
     def release(self, path: Path) -> None:
@@ -134,7 +140,7 @@ class WorktreePool:
         files is most of the cost, and the disk is faster with more than one at it."""
         with self._cond:
             self._closed = True
-            self._fill_ended()
+            self._cond.notify_all()
         self._fills.shutdown(wait=True)  # a fill under way finishes first, then goes too
         with self._cond:
             made, self._made, self._free = list(self._made), [], []
