@@ -24,18 +24,23 @@ class GatedGit(Git):
         super().__init__(common_dir)
         self.hold = False
         self.gate = threading.Event()
+        self.fill_s = 0.0
         self.fills_started = threading.Semaphore(0)
 
     def worktree_add(self, path: Path, commit: str) -> None:
         self.fills_started.release()
         if self.hold:
             assert self.gate.wait(30), "the test never opened the gate"
+        time.sleep(self.fill_s)
         super().worktree_add(path, commit)
 
 
-def make_pool(repo: Path, size: int) -> tuple[WorktreePool, GatedGit, str]:
+def make_pool(repo: Path, size: int, fill_s: float = 0.0
+              ) -> tuple[WorktreePool, GatedGit, str]:
+    """A pool whose fills take ``fill_s`` seconds more, as on a large repository."""
     info = discover(repo)
     gated = GatedGit(info.common_dir)
+    gated.fill_s = fill_s
     root = info.common_dir / "wtmesh" / "worktrees" / "test-run"
     return WorktreePool(gated, root, size=size), gated, git(repo, "rev-parse", "HEAD")
 
@@ -127,23 +132,6 @@ exit $code
     assert integration_added < unit_filled
 
 
-class SlowFillGit(GatedGit):
-    """Real git whose fills take ``fill_s`` seconds, as on a large repository."""
-
-    fill_s = 0.5
-
-    def worktree_add(self, path: Path, commit: str) -> None:
-        time.sleep(self.fill_s)
-        super().worktree_add(path, commit)
-
-
-def slow_pool(repo: Path, size: int) -> tuple[WorktreePool, SlowFillGit, str]:
-    info = discover(repo)
-    slow = SlowFillGit(info.common_dir)
-    root = info.common_dir / "wtmesh" / "worktrees" / "test-run"
-    return WorktreePool(slow, root, size=size), slow, git(repo, "rev-parse", "HEAD")
-
-
 def acquire_in_thread(pool: WorktreePool, head: str) -> tuple[threading.Thread, list[Path]]:
     got: list[Path] = []
     thread = threading.Thread(target=lambda: got.append(pool.acquire(head)))
@@ -153,7 +141,7 @@ def acquire_in_thread(pool: WorktreePool, head: str) -> tuple[threading.Thread, 
 
 def test_a_worktree_coming_free_sooner_than_a_fill_is_waited_for(repo: Path) -> None:
     """Quick lanes share the worktree there is rather than pay for another fill."""
-    pool, slow, head = slow_pool(repo, size=2)
+    pool, slow, head = make_pool(repo, size=2, fill_s=0.5)
     try:
         first = pool.acquire(head)  # a fill of 0.5 s: what a fill costs is known now
         thread, got = acquire_in_thread(pool, head)
@@ -168,7 +156,7 @@ def test_a_worktree_coming_free_sooner_than_a_fill_is_waited_for(repo: Path) -> 
 
 
 def test_a_unit_whose_wait_outlasts_a_fill_gets_a_worktree_of_its_own(repo: Path) -> None:
-    pool, slow, head = slow_pool(repo, size=2)
+    pool, slow, head = make_pool(repo, size=2, fill_s=0.5)
     try:
         first = pool.acquire(head)
         thread, got = acquire_in_thread(pool, head)  # the first unit never lets go
@@ -180,7 +168,7 @@ def test_a_unit_whose_wait_outlasts_a_fill_gets_a_worktree_of_its_own(repo: Path
 
 
 def test_before_any_fill_ends_a_unit_fills_only_into_an_idle_slot(repo: Path) -> None:
-    pool, slow, head = slow_pool(repo, size=2)
+    pool, slow, head = make_pool(repo, size=2, fill_s=0.5)
     pool._slots = 1  # noqa: SLF001 - a 2-CPU machine: one fill at a time
     try:
         slow.hold = True
