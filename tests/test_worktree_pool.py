@@ -190,3 +190,22 @@ def test_before_any_fill_ends_a_unit_fills_only_into_an_idle_slot(repo: Path) ->
     finally:
         slow.gate.set()
         pool.remove_all()
+
+
+def test_a_resume_with_nothing_left_to_land_makes_no_worktree(repo: Path,
+                                                               tmp_path: Path) -> None:
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"units": [{"id": "u1", "objective": "o", "lanes": {
+        "coder": {"command": "echo a > a.txt"}}}]}))
+    # Killed right after its one unit landed, before the run could say it had ended.
+    killed = wtmesh("run", plan, cwd=repo, env={"WTMESH_FAULT": "at:land"})
+    assert killed.returncode == -9
+    calls = tmp_path / "git-calls"
+    env = git_first_on_path(tmp_path, f"""echo "$*" >> {calls}
+exec "$REAL_GIT" "$@"
+""")
+    resumed = wtmesh("run", plan, "--resume", "--json", cwd=repo, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert [u["status"] for u in resumed.json()["units"]] == ["integrated"]
+    # The landed unit is recognised; no worktree is filled only to be removed again.
+    assert "worktree add" not in calls.read_text()

@@ -350,6 +350,9 @@ class Run:
         return {uid: p.state for uid, p in self.units.items()}
 
     def _loop(self) -> None:
+        self._skip_orphans()
+        if all(p.state in FINAL_STATES for p in self.units.values()):
+            return  # a resumed run with nothing left to do: no worktree to make
         lanes_pool = ThreadPoolExecutor(max_workers=self.options.max_active,
                                         thread_name_prefix="lane")
         integration_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="integrator")
