@@ -472,8 +472,9 @@ class Run:
         units gather while it runs, and needs no holding."""
         if self.options.batch == 1 or len(batch) == self.options.batch:
             return None
+        taken = {p.unit.id for p in batch}
         after = next((p for p in self.units.values()
-                      if p.state not in FINAL_STATES and p not in batch), None)
+                      if p.state not in FINAL_STATES and p.unit.id not in taken), None)
         # Not one ready and left out of this batch (it has another proof command).
         in_lanes = after is not None and after.state == "running" and after.phase != "waiting"
         since = batch[0].waiting_since
