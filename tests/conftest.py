@@ -125,11 +125,19 @@ def alive(pid: int) -> bool:
 
 def no_worktrees_left(repo: Path) -> bool:
     """Only the user's worktree is registered, and no run left a directory behind for
-    worktrees or temporary indexes."""
+    worktrees (where each run recorded them), their admin dirs or temporary indexes."""
     listing = git(repo, "worktree", "list", "--porcelain")
     state = state_dir(repo)
-    leftovers = [*state.glob("worktrees/*"), *state.glob("runs/*/tmp")]
+    leftovers = [*state.glob("worktrees/*"), *state.glob("admin/*"), *state.glob("runs/*/tmp")]
+    leftovers += [home for record in state.glob("runs/*/worktrees.path")
+                  if (home := Path(record.read_text().strip())).exists()]
     return listing.count("worktree ") == 1 and not leftovers
+
+
+def run_worktrees(repo: Path, run_id: str) -> Path:
+    """Where a run's worktrees are, as its run directory records."""
+    record = state_dir(repo) / "runs" / run_id / "worktrees.path"
+    return Path(record.read_text().strip())
 
 
 @pytest.fixture

@@ -252,7 +252,7 @@ def test_a_batch_gathers_while_the_integration_worktree_is_made(tmp_path: Path) 
     repo = make_repo(tmp_path / "repo")
     # Making the integration worktree takes 3 s, as on a large repository; the units are
     # all ready well before. With no landing window, only that wait gathers them.
-    env = git_first_on_path(tmp_path, """case "$*" in *'worktree add'*/integration*) sleep 3;; esac
+    env = git_first_on_path(tmp_path, """case "$*" in *'/integration reset'*) sleep 3;; esac
 exec "$REAL_GIT" "$@"
 """)
     plan = recording_plan(tmp_path, [unit_writing(i, [f"u{i:02d}.txt"], 0.3 * i)

@@ -136,8 +136,8 @@ def test_a_failed_proof_leaves_nothing_for_the_next_unit(repo: Path, write_plan:
     assert [p["status"] for p in proofs] == ["fail", "pass", "pass"]
 
 
-@pytest.mark.parametrize("breaker", ["rm -f .git", "rm -f .git; exit 1",
-                                     "rm -f \"$(git rev-parse --git-dir)/index\""])
+@pytest.mark.parametrize("breaker", ["rm -rf .git; exit 1", "rm -rf -- *",
+                                     "rm -f \"$(git rev-parse --git-dir)/index\"; exit 1"])
 def test_a_proof_that_breaks_the_worktree_fails_and_the_next_unit_lands(
         repo: Path, write_plan: Any, breaker: str) -> None:
     """A proof may damage the integration worktree itself; that unit fails its proof,

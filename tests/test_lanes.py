@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PY, alive, git, lane, state_dir, wtmesh
+from conftest import PY, alive, git, lane, run_worktrees, state_dir, wtmesh
 
 from worktree_mesh.lanes import render
 
@@ -49,8 +49,11 @@ def test_lane_environment_cwd_and_closed_stdin(repo: Path, write_plan: Any,
     assert env["WTMESH_REPO"] == str(repo)
     assert env["WTMESH_PLAN_DIR"] == str(plan.parent)
     assert coder["cwd"] == env["WTMESH_WORKTREE"]
-    # The worktree lives in the state directory, never in the user's working tree.
-    assert Path(env["WTMESH_WORKTREE"]).is_relative_to(state_dir(repo))
+    # The worktree lives outside the user's working tree and every .git directory, where
+    # the run's directory says.
+    worktree = Path(env["WTMESH_WORKTREE"])
+    assert worktree.is_relative_to(run_worktrees(repo, summary["run_id"]))
+    assert not worktree.is_relative_to(repo) and ".git" not in worktree.parts
     unit_json = json.loads(Path(env["WTMESH_UNIT_JSON"]).read_text())
     assert unit_json["id"] == "u1" and unit_json["objective"] == "o"
     assert unit_json["unit_scope"] == ["**"]
@@ -297,6 +300,6 @@ def test_lane_python_sees_its_worktree_not_the_users(repo: Path, write_plan: Any
               f"open({str(out)!r}, 'w').write(subprocess.check_output("
               "['git', 'rev-parse', '--show-toplevel'], text=True))")
     plan = write_plan(one_unit([PY, "-c", script]))
-    run_json(repo, plan)
+    summary = run_json(repo, plan)
     toplevel = Path(out.read_text().strip())
-    assert toplevel != repo and toplevel.is_relative_to(state_dir(repo))
+    assert toplevel != repo and toplevel.is_relative_to(run_worktrees(repo, summary["run_id"]))

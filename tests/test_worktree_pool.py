@@ -127,7 +127,7 @@ exit $code
                        if line.startswith("end ") and line.split()[1].endswith("/w001")
                        and " reset " in line)
     integration_added = next(i for i, line in enumerate(lines)
-                             if line.startswith("start ") and " worktree add " in line
+                             if line.startswith("start ") and " reset -q --hard " in line
                              and "/integration " in line)
     assert integration_added < unit_filled
 

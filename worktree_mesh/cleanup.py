@@ -61,8 +61,8 @@ def collect_garbage(git: Git, state: StateDir, *, dry_run: bool = False,
             report.kept.append(Kept(run_id, "running: nothing of a live run is touched"))
             continue
         try:
-            _collect_run(git, run_dir, refs_by_run.get(run_id, {}), report,
-                         unfinished=unfinished)
+            _collect_run(git, run_dir, state.legacy_worktrees(run_id),
+                         refs_by_run.get(run_id, {}), report, unfinished=unfinished)
         except LedgerDamaged as exc:
             # Whether it finished cannot be told: keep everything of it, say why.
             report.kept.append(Kept(run_id, f"{exc.message}; nothing of it was removed"))
@@ -72,21 +72,23 @@ def collect_garbage(git: Git, state: StateDir, *, dry_run: bool = False,
     return report
 
 
-def _collect_run(git: Git, run_dir: RunDir, refs: dict[str, str], report: GcReport, *,
-                 unfinished: bool) -> None:
+def _collect_run(git: Git, run_dir: RunDir, legacy: Path, refs: dict[str, str],
+                 report: GcReport, *, unfinished: bool) -> None:
     run_id = run_dir.run_id
     records = events(run_dir)
     finished = run_finished(records) is not None
     resumable = bool(records) and not finished
 
     removals: list[Removal] = []
-    for _admin, worktree in git.worktree_admin_entries():
-        if worktree.is_relative_to(run_dir.worktrees):
+    homes = (run_dir.worktrees, legacy)
+    for worktree in git.own_worktrees():
+        if any(worktree.is_relative_to(home) for home in homes):
             removals.append(Removal(run_id, "worktree", str(worktree)))
-    if run_dir.worktrees.is_dir():
-        listed = {r.what for r in removals}
-        removals += [Removal(run_id, "worktree", str(p))
-                     for p in sorted(run_dir.worktrees.iterdir()) if str(p) not in listed]
+    listed = {r.what for r in removals}
+    for home in homes:
+        if home.is_dir():
+            removals += [Removal(run_id, "worktree", str(p))
+                         for p in sorted(home.iterdir()) if str(p) not in listed]
     if run_dir.tmp.is_dir():
         removals += [Removal(run_id, "tmp", str(p)) for p in sorted(run_dir.tmp.iterdir())]
     if refs and resumable and not unfinished:
@@ -109,7 +111,7 @@ def _collect_run(git: Git, run_dir: RunDir, refs: dict[str, str], report: GcRepo
         elif removal.kind in ("tmp", "lock"):
             Path(removal.what).unlink(missing_ok=True)
     git.delete_refs({r.what: refs[r.what] for r in removals if r.kind == "ref"})
-    for directory in (run_dir.worktrees, run_dir.tmp):
+    for directory in (run_dir.worktrees, legacy, run_dir.tmp, run_dir.worktrees.parent):
         if directory.is_dir() and not any(directory.iterdir()):
             directory.rmdir()
 

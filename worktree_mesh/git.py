@@ -1,16 +1,37 @@
 """Typed git operations: the only module that speaks git.
 
 Every call runs hook-free (``core.hooksPath=/dev/null``: the proof is the gate, and a hook
-a lane planted must never run inside an integration) and with ``core.fsync`` on objects
-and refs, so a landing that was reported survives a power cut. Paths are bytes-safe:
-listings use ``-z`` and are decoded with ``surrogateescape``.
+a lane planted must never run inside an integration), without fsmonitor, and with
+``core.fsync`` on objects and refs, so a landing that was reported survives a power cut.
+Paths are bytes-safe: listings use ``-z`` and are decoded with ``surrogateescape``.
+
+Three kinds of call, so that nothing a lane can write is ever read by wtmesh's git:
+
+- on the repository (refs, the user's own worktrees): ``--git-dir`` is the user's
+  common dir, with the pins of ``_CONFIG``;
+- on objects alone (diffs, applies into a temporary index, commits, patches): a private
+  bare git dir of wtmesh's, ``<state>/shadow``, whose configuration wtmesh writes, with
+  system and global configuration off, reading and writing the user's object store
+  (``GIT_OBJECT_DIRECTORY``). No user or lane configuration (``apply.*``, ``diff.*``,
+  ``format.*``, ``core.autocrlf``, ``commit.gpgSign``, filter and merge drivers) can
+  change what lands or run a program there;
+- in one of wtmesh's worktrees: ``--git-dir`` is that worktree's private admin dir under
+  ``<state>/admin/`` (HEAD, index, configuration: wtmesh's alone), ``--work-tree`` the
+  worktree, the same hermetic configuration. The worktree's own ``.git`` (a directory
+  wtmesh seeds for the lanes: HEAD, a copy of the index, the user's objects borrowed
+  through alternates) belongs to the lanes; whatever they do to it (rewrite it, point it
+  at the user's repository, set ``core.worktree`` or skip-worktree bits, plant hooks)
+  reaches neither the user's repository nor wtmesh's calls, and it is seeded afresh for
+  every unit.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 import shutil
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +51,8 @@ ZERO_SHA = Sha("0" * 40)
 # creating every file) uses a worker per CPU; git stays sequential below 100 files.
 _CONFIG = (
     "-c", "core.hooksPath=/dev/null",
+    "-c", "core.fsmonitor=false",
+    "-c", "commit.gpgSign=false",
     "-c", "core.fsync=objects,reference",
     "-c", "checkout.workers=0",
     "-c", "gc.auto=0",
@@ -53,6 +76,10 @@ _DIFF_OPTIONS = (
     "-r", "-p", "--binary", "--full-index", "--no-ext-diff", "--no-textconv",
     "--src-prefix=a/", "--dst-prefix=b/", "-U3", "-M", "--no-color", "--submodule=short",
 )
+
+# System and global configuration off, for the calls on objects and in wtmesh's worktrees:
+# their configuration is the file wtmesh wrote, and nothing else.
+_HERMETIC_ENV = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null"}
 
 WTMESH_NAME = "wtmesh"
 WTMESH_EMAIL = "wtmesh@localhost"
@@ -150,10 +177,10 @@ class Git:
     def __init__(self, common_dir: Path, *, identity_env: Mapping[str, str] | None = None):
         self.common_dir = common_dir
         self.env = clean_env()
-        self._admin_dirs: dict[Path, Path] = {}  # worktree -> its admin dir, ours only
         self._identity = dict(identity_env) if identity_env is not None else None
         self._trees: dict[str, Sha] = {}  # commit id -> its tree (see tree_of)
         self._runner: proc.Runner = proc.run
+        self._private: PrivateGit | None = None
 
     def running_with(self, runner: proc.Runner) -> Git:
         """The same repository, its git commands started by ``runner`` (e.g. at a lower
@@ -172,15 +199,54 @@ class Git:
         input: bytes | None = None,
         check: bool = True,
     ) -> proc.Completed:
-        """Run git on the repository (``cwd`` None) or inside a worktree (``cwd`` given)."""
+        """Run git on the repository (``cwd`` None) or in a worktree (``cwd`` given): one of
+        wtmesh's, through its private admin dir, or one of the user's, through the git dir
+        git itself registered for it (never through a ``.git`` file found there)."""
         argv: list[str] = ["git", *_CONFIG]
+        full_env = dict(self.env)
         if cwd is None:
             argv.append(f"--git-dir={self.common_dir}")
+        else:
+            admin = self.private.admin_of(cwd)
+            if admin is not None:
+                argv += [f"--git-dir={admin}", f"--work-tree={cwd}", *self.private.config_args]
+                full_env.update(self.private.env)
+            else:
+                user_git_dir = self._user_git_dir(cwd)
+                if user_git_dir is not None:
+                    argv += [f"--git-dir={user_git_dir}", f"--work-tree={cwd}"]
         argv.extend(args)
-        full_env = dict(self.env)
         if env:
             full_env.update(env)
         return self._runner(argv, cwd=cwd, env=full_env, input=input, check=check)
+
+    def run_on_objects(self, *args: str, env: Mapping[str, str] | None = None,
+                       input: bytes | None = None, check: bool = True) -> proc.Completed:
+        """Run git on objects alone, in wtmesh's private bare git dir (see the module's
+        docstring): no user or lane configuration applies."""
+        private = self.private
+        argv = ["git", *_CONFIG, f"--git-dir={private.shadow()}", *args]
+        full_env = {**self.env, **private.env, **(env or {})}
+        return self._runner(argv, cwd=None, env=full_env, input=input, check=check)
+
+    @property
+    def private(self) -> PrivateGit:
+        if self._private is None:
+            self._private = PrivateGit(self)
+        return self._private
+
+    def _user_git_dir(self, worktree: Path) -> Path | None:
+        """The git dir of a worktree of the user's: the main one's ``.git`` directory, or
+        the admin entry git registered for a linked one. None: leave it to git (a
+        repository found some other way, e.g. ``GIT_DIR``)."""
+        dot_git = worktree / ".git"
+        if dot_git.is_dir() and not dot_git.is_symlink() \
+                and dot_git.resolve() == self.common_dir.resolve():
+            return dot_git
+        for admin, path in self.worktree_admin_entries():
+            if path == worktree:
+                return admin
+        return None
 
     # -- objects and refs ----------------------------------------------------------------
 
@@ -242,71 +308,84 @@ class Git:
         args = ["commit-tree", tree]
         for parent in parents:
             args += ["-p", parent]
-        res = self.run(*args, "-F", "-", input=message.encode("utf-8", "surrogateescape"),
-                       env=self.identity_env())
+        res = self.run_on_objects(*args, "-F", "-",
+                                  input=message.encode("utf-8", "surrogateescape"),
+                                  env=self.identity_env())
         commit = Sha(res.text.strip())
         if _is_full_id(tree):
             self._trees[commit] = Sha(tree)
         return commit
 
     def identity_env(self) -> dict[str, str]:
-        """The repository's identity where configured, else wtmesh's, so a run never fails
-        for want of ``user.email`` on a fresh machine or in CI."""
+        """Who wtmesh's commits are by: the environment's ``GIT_AUTHOR_*`` /
+        ``GIT_COMMITTER_*`` where set, else the repository's ``user.name`` /
+        ``user.email``, else wtmesh's own, so a run never fails for want of ``user.email``
+        on a fresh machine or in CI. Read once (the run asks before any lane starts) and
+        always passed whole: a ``user.email`` a lane plants later changes nobody's commits."""
         if self._identity is None:
-            ident: dict[str, str] = {}
             name = self.run("config", "user.name", check=False).text.strip()
-            email = self.run("config", "user.email", check=False).text.strip()
+            email = self.run("config", "user.email", check=False).text.strip() \
+                or os.environ.get("EMAIL", "")
+            ident: dict[str, str] = {}
             for role in ("AUTHOR", "COMMITTER"):
-                if not name and not os.environ.get(f"GIT_{role}_NAME"):
-                    ident[f"GIT_{role}_NAME"] = WTMESH_NAME
-                if not email and not os.environ.get(f"GIT_{role}_EMAIL") \
-                        and not os.environ.get("EMAIL"):
-                    ident[f"GIT_{role}_EMAIL"] = WTMESH_EMAIL
+                ident[f"GIT_{role}_NAME"] = os.environ.get(f"GIT_{role}_NAME") or name \
+                    or WTMESH_NAME
+                ident[f"GIT_{role}_EMAIL"] = os.environ.get(f"GIT_{role}_EMAIL") or email \
+                    or WTMESH_EMAIL
             self._identity = ident
         return dict(self._identity)
 
     def cat_blob(self, sha: str) -> bytes:
-        return self.run("cat-file", "blob", sha).stdout
+        return self.run_on_objects("cat-file", "blob", sha).stdout
 
     # -- diffs ---------------------------------------------------------------------------
 
+    def object_id(self, rev: str) -> str:
+        """A full object id for ``rev``: calls on objects alone know no refs."""
+        if _is_full_id(rev):
+            return rev
+        return self.run("rev-parse", "--verify", "--end-of-options", rev).text.strip()
+
     def diff(self, old: str, new: str) -> bytes:
         """A binary-safe, full-index unified diff, untouched by the user's diff settings."""
-        return self.run("diff-tree", *_DIFF_OPTIONS, old, new).stdout
+        return self.run_on_objects("diff-tree", *_DIFF_OPTIONS, self.object_id(old),
+                                   self.object_id(new)).stdout
 
     def changes(self, old: str, new: str) -> list[Change]:
-        res = self.run("diff-tree", "-r", "-z", "--raw", "-M", "--no-ext-diff", "--no-abbrev",
-                       old, new)
+        res = self.run_on_objects("diff-tree", "-r", "-z", "--raw", "-M", "--no-ext-diff",
+                                  "--no-abbrev", self.object_id(old), self.object_id(new))
         return _parse_raw(res.stdout.split(b"\0"))[0]
 
     def diff_and_changes(self, old: str, new: str) -> tuple[bytes, list[Change]]:
         """``diff`` and ``changes`` from one ``diff-tree``: with ``--raw -p -z`` git prints
         the NUL-separated records, one more NUL, then exactly the patch ``diff`` gives."""
-        out = self.run("diff-tree", "-z", "--raw", "--no-abbrev", *_DIFF_OPTIONS, old,
-                       new).stdout
+        out = self.run_on_objects("diff-tree", "-z", "--raw", "--no-abbrev", *_DIFF_OPTIONS,
+                                  self.object_id(old), self.object_id(new)).stdout
         changes, used = _parse_raw(out.split(b"\0"))
         return out[used + 1:] if changes else b"", changes
 
-    def apply_to_tree(self, base: str, patch: Path, index: Path, *, cwd: Path) -> Sha | None:
+    def apply_to_tree(self, base: str, patch: Path, index: Path) -> Sha | None:
         """Apply ``patch`` onto ``base`` in a temporary index; the resulting tree, or None
         when it conflicts. Plain apply first, then three-way. ``apply --3way`` exits 0 even
-        when the merge conflicts, so conflicts are read from unmerged entries instead."""
+        when the merge conflicts, so conflicts are read from unmerged entries instead.
+        On objects alone: no attributes file or merge driver of anyone's applies."""
         env = {"GIT_INDEX_FILE": str(index)}
-        self.run("read-tree", base, env=env, cwd=cwd)
-        plain = self.run("apply", "--cached", "--binary", "--whitespace=nowarn", str(patch),
-                         env=env, cwd=cwd, check=False)
+        self.run_on_objects("read-tree", base, env=env)
+        plain = self.run_on_objects("apply", "--cached", "--binary", "--whitespace=nowarn",
+                                    str(patch), env=env, check=False)
         if plain.returncode != 0:
-            self.run("read-tree", base, env=env, cwd=cwd)
-            merged = self.run("apply", "--cached", "--binary", "--3way",
-                              "--whitespace=nowarn", str(patch), env=env, cwd=cwd, check=False)
-            unmerged = self.run("ls-files", "-u", "-z", env=env, cwd=cwd).stdout
+            self.run_on_objects("read-tree", base, env=env)
+            merged = self.run_on_objects("apply", "--cached", "--binary", "--3way",
+                                         "--whitespace=nowarn", str(patch), env=env,
+                                         check=False)
+            unmerged = self.run_on_objects("ls-files", "-u", "-z", env=env).stdout
             if merged.returncode != 0 or unmerged:
                 return None
-        written = self.run("write-tree", env=env, cwd=cwd, check=False)
+        written = self.run_on_objects("write-tree", env=env, check=False)
         return Sha(written.text.strip()) if written.returncode == 0 else None
 
     def format_patch(self, commit: str) -> bytes:
-        return self.run("format-patch", "-1", "--stdout", "--binary", "--full-index",
+        return self.run_on_objects("format-patch", "-1", "--stdout", "--binary", "--full-index",
                         "--no-signature", "--no-numbered", "--no-thread", "--no-cover-letter",
                         "--no-ext-diff", "--src-prefix=a/", "--dst-prefix=b/", commit).stdout
 
@@ -328,18 +407,14 @@ class Git:
             yield
 
     def worktree_add(self, path: Path, commit: str) -> None:
-        """A worktree detached at ``commit``. Only registering it holds the admin lock;
-        writing its files (seconds on a large repository) happens outside it, so
-        worktrees of one run, or of two runs, are filled in parallel."""
-        with self._worktree_admin():
-            self.run("worktree", "add", "--no-checkout", "--detach", "--force", str(path),
-                     commit)
-            # Its admin dir, known from ours rather than from the .git file in the
-            # worktree, which a lane can rewrite.
-            for admin, worktree in self.worktree_admin_entries():
-                if worktree == path:
-                    self._admin_dirs[path] = admin
+        """A worktree of wtmesh's detached at ``commit``: its files, its private admin dir
+        (not registered with the user's repository: ``git worktree list`` never shows
+        it, and nothing in ``.git/worktrees/`` is ours), and the lanes' own ``.git``.
+        Worktrees of one run, or of two runs, are filled in parallel."""
+        path.mkdir(parents=True, exist_ok=True)
+        self.private.make_admin(path, commit)
         self.run("reset", "-q", "--hard", commit, cwd=path)
+        self.private.seed_lane_repo(path, commit)
 
     def worktree_remove(self, path: Path) -> None:
         """Remove one worktree of ours, by path (never a bare ``worktree prune``, which
@@ -347,13 +422,18 @@ class Git:
         ``git worktree remove --force`` does, deleting the files outside the admin lock.
         This also copes with a directory already gone or an entry a crash left half
         written, where ``git worktree remove`` refuses."""
-        if path.exists():
+        if path.is_symlink():
+            path.unlink()
+        elif path.exists():
             shutil.rmtree(path, ignore_errors=True)
-        with self._worktree_admin():
-            for admin, worktree in self.worktree_admin_entries():
-                if worktree == path:
+        self.private.forget_admin(path)
+        # A worktree an earlier version registered with ``git worktree add``.
+        registered = [admin for admin, worktree in self.worktree_admin_entries()
+                      if worktree == path]
+        if registered:
+            with self._worktree_admin():
+                for admin in registered:
                     shutil.rmtree(admin, ignore_errors=True)
-            self._admin_dirs.pop(path, None)
 
     def worktree_admin_entries(self) -> list[tuple[Path, Path]]:
         """``(admin dir, worktree path)`` for every registered worktree, read from the
@@ -371,10 +451,18 @@ class Git:
             entries.append((admin, Path(os.fsdecode(gitdir)).parent))
         return entries
 
+    def own_worktrees(self) -> list[Path]:
+        """Every worktree of wtmesh's on this repository, found through the state
+        directory (and, for runs of earlier versions, git's registrations)."""
+        found = [worktree for _admin, worktree in self.private.entries()]
+        found += [worktree for _admin, worktree in self.worktree_admin_entries()
+                  if worktree not in found]
+        return found
+
     def remove_worktrees_under(self, root: Path) -> list[Path]:
-        """Remove every worktree registered below ``root`` (a directory of wtmesh's)."""
+        """Remove every worktree of ours below ``root`` (a directory of wtmesh's)."""
         removed = []
-        for _admin, worktree in self.worktree_admin_entries():
+        for worktree in self.own_worktrees():
             if worktree.is_relative_to(root):
                 self.worktree_remove(worktree)
                 removed.append(worktree)
@@ -400,18 +488,32 @@ class Git:
 
     def checkout_clean(self, worktree: Path, commit: str) -> None:
         """Move a worktree to ``commit`` and make it indistinguishable from a fresh checkout:
-        no tracked change, no untracked or ignored file, nothing staged."""
+        no tracked change, no untracked or ignored file, nothing staged, no index flag
+        (``checkout --force`` keeps skip-worktree and assume-unchanged bits: an index
+        that has any is read afresh from the commit), and a new ``.git`` for the lanes."""
         self.remove_stale_index_lock(worktree)
+        if self._index_has_flags(worktree):
+            self.run("read-tree", commit, cwd=worktree)
         self.run("checkout", "-q", "--detach", "--force", commit, cwd=worktree)
         self.run("clean", "-q", "-ffdx", cwd=worktree)
+        self.private.seed_lane_repo(worktree, commit)
+
+    def _index_has_flags(self, worktree: Path) -> bool:
+        """Any skip-worktree (``S``), assume-unchanged (lower case) or intent-to-add
+        entry in the worktree's index. wtmesh's index is its own, but it is a file, and
+        a lane running unsandboxed can reach any file."""
+        listing = self.run("ls-files", "-v", "-z", cwd=worktree).stdout
+        for entry in listing.split(b"\0"):
+            if entry and (entry[:1] == b"S" or entry[:1].islower()):
+                return True
+        return False
 
     def remove_stale_index_lock(self, worktree: Path) -> None:
         """A killed git inside a lane can leave index.lock behind; the lane's process group
         is gone by the time we get here, so the lock is stale."""
-        admin = self._admin_dirs.get(worktree)
-        if admin is None:  # not made by this process (or gone): ask git
-            admin = Path(self.run("rev-parse", "--path-format=absolute", "--git-dir",
-                                  cwd=worktree).text.strip())
+        admin = self.private.admin_of(worktree)
+        if admin is None:  # not one of ours: never touch a lock of the user's
+            return
         lock = admin / "index.lock"
         if lock.exists():
             lock.unlink()
@@ -471,3 +573,123 @@ class Git:
             return moved
         self.run("update-index", "-q", "--refresh", cwd=worktree, check=False)
         return self.run("read-tree", "-m", "-u", old, new, cwd=worktree, check=False)
+
+
+class PrivateGit:
+    """wtmesh's own git dirs for one repository, under ``<state>/``: the bare ``shadow``
+    for calls on objects, and an admin dir per worktree of wtmesh's (``admin/<key>``,
+    the key a hash of the worktree's path). Each holds a configuration wtmesh wrote and
+    reads and writes the user's objects through ``GIT_OBJECT_DIRECTORY``."""
+
+    def __init__(self, git: Git) -> None:
+        self.common_dir = git.common_dir
+        self.state = git.common_dir / "wtmesh"
+        self.admin_root = self.state / "admin"
+        self.objects = git.common_dir / "objects"
+        self.env = {**_HERMETIC_ENV, "GIT_OBJECT_DIRECTORY": str(self.objects)}
+        # Asked once, of the user's configuration, before any lane ran: the object format
+        # (sha256 repositories) and where the user keeps ignore rules, so that what counts
+        # as ignored in a worktree is what the user sees as ignored.
+        fmt = git.run("rev-parse", "--show-object-format", check=False).text.strip() or "sha1"
+        self._format_config = ("" if fmt == "sha1" else
+                               f"[extensions]\n\tobjectFormat = {fmt}\n")
+        self._version = "0" if fmt == "sha1" else "1"
+        excludes = git.run("config", "--path", "core.excludesFile", check=False).text.strip()
+        self.config_args: tuple[str, ...] = (("-c", f"core.excludesFile={excludes}")
+                                             if excludes else ())
+        self._known: dict[Path, Path] = {}
+        self._shadow_ready = False
+
+    def _config(self, bare: bool) -> bytes:
+        return (f"[core]\n\trepositoryformatversion = {self._version}\n"
+                f"\tbare = {'true' if bare else 'false'}\n\tfilemode = true\n"
+                "\tlogAllRefUpdates = false\n\tsymlinks = true\n"
+                + self._format_config).encode()
+
+    def _make_git_dir(self, path: Path, head: str, *, bare: bool) -> None:
+        (path / "refs" / "heads").mkdir(parents=True, exist_ok=True)
+        (path / "refs" / "tags").mkdir(exist_ok=True)
+        (path / "info").mkdir(exist_ok=True)
+        (path / "config").write_bytes(self._config(bare))
+        (path / "HEAD").write_text(head + "\n")
+        user_excludes = self.common_dir / "info" / "exclude"
+        if not bare and user_excludes.is_file():
+            shutil.copyfile(user_excludes, path / "info" / "exclude")
+
+    def shadow(self) -> Path:
+        path = self.state / "shadow"
+        if not self._shadow_ready:
+            if not (path / "HEAD").is_file():
+                tmp = self.state / f".shadow.{os.getpid()}.{threading.get_ident()}"
+                shutil.rmtree(tmp, ignore_errors=True)
+                self._make_git_dir(tmp, "ref: refs/heads/none", bare=True)
+                try:
+                    os.rename(tmp, path)
+                except OSError:  # another process made it first
+                    shutil.rmtree(tmp, ignore_errors=True)
+            self._shadow_ready = True
+        return path
+
+    def key(self, worktree: Path) -> Path:
+        digest = hashlib.sha256(os.fsencode(worktree)).hexdigest()[:20]
+        return self.admin_root / digest
+
+    def admin_of(self, worktree: Path) -> Path | None:
+        """The admin dir of one of wtmesh's worktrees; None for any other directory."""
+        known = self._known.get(worktree)
+        if known is not None:
+            return known
+        admin = self.key(worktree)
+        try:
+            recorded = (admin / "worktree").read_bytes()
+        except OSError:
+            return None
+        if os.fsdecode(recorded.strip()) != str(worktree):
+            return None
+        self._known[worktree] = admin
+        return admin
+
+    def make_admin(self, worktree: Path, commit: str) -> Path:
+        admin = self.key(worktree)
+        shutil.rmtree(admin, ignore_errors=True)  # a killed run's, for this very path
+        self._make_git_dir(admin, commit, bare=False)
+        # Written last: until it is, the dir is not taken for an admin dir (a crash
+        # before this leaves a dir that gc removes as unclaimed).
+        (admin / "worktree").write_bytes(os.fsencode(worktree) + b"\n")
+        self._known[worktree] = admin
+        return admin
+
+    def forget_admin(self, worktree: Path) -> None:
+        admin = self._known.pop(worktree, None) or self.key(worktree)
+        shutil.rmtree(admin, ignore_errors=True)
+
+    def entries(self) -> list[tuple[Path, Path]]:
+        """``(admin dir, worktree)`` for every worktree of wtmesh's on this repository."""
+        out: list[tuple[Path, Path]] = []
+        if not self.admin_root.is_dir():
+            return out
+        for admin in self.admin_root.iterdir():
+            try:
+                out.append((admin, Path(os.fsdecode((admin / "worktree").read_bytes().strip()))))
+            except OSError:
+                continue
+        return out
+
+    def seed_lane_repo(self, worktree: Path, commit: str) -> None:
+        """A fresh ``.git`` directory in the worktree, for the lanes' own git: HEAD at
+        ``commit``, the index wtmesh just wrote (so ``git status`` there is clean), the
+        user's objects borrowed read-only through alternates, the user's ignore rules.
+        Whatever the last lane left there (a ``.git`` file pointing elsewhere, a symlink,
+        planted config or hooks, index flags, its own commits) goes."""
+        dot_git = worktree / ".git"
+        if dot_git.is_symlink() or dot_git.is_file():
+            dot_git.unlink()
+        elif dot_git.exists():
+            shutil.rmtree(dot_git)
+        self._make_git_dir(dot_git, commit, bare=False)
+        (dot_git / "objects" / "info").mkdir(parents=True)
+        (dot_git / "objects" / "info" / "alternates").write_bytes(
+            os.fsencode(self.objects) + b"\n")
+        admin = self.admin_of(worktree)
+        if admin is not None and (admin / "index").is_file():
+            shutil.copyfile(admin / "index", dot_git / "index")

@@ -54,17 +54,20 @@ class IntegrationWorktree:
 
     def place(self, commit: Sha, tree: Sha) -> None:
         """HEAD at ``commit``, and the index and files exactly its tree ``tree``, with no
-        untracked file. Usually the files are there already and only HEAD moves."""
+        untracked file. Usually the files are there already and only HEAD moves. The
+        proof's own ``.git`` is seeded afresh each time at ``commit``: what an earlier
+        proof's git did there (or planted for the next one) is gone."""
         if self._tree != tree:
             self._checkout(commit, tree)
-            return
-        if self._untracked_possible:
-            self.git.run("clean", "-q", "-ffd", cwd=self.path)
-            self._untracked_possible = False
-        if self._head != commit:
-            # HEAD is the worktree's own ref; --no-deref keeps it detached.
-            self.git.run("update-ref", "--no-deref", "HEAD", commit, cwd=self.path)
-            self._head = commit
+        else:
+            if self._untracked_possible:
+                self.git.run("clean", "-q", "-ffd", cwd=self.path)
+                self._untracked_possible = False
+            if self._head != commit:
+                # HEAD of wtmesh's admin dir; --no-deref keeps it detached.
+                self.git.run("update-ref", "--no-deref", "HEAD", commit, cwd=self.path)
+                self._head = commit
+        self.git.private.seed_lane_repo(self.path, commit)
 
     def _checkout(self, commit: Sha, tree: Sha) -> None:
         self.forget()

@@ -347,7 +347,7 @@ class Integrator:
         index = self.run_dir.tmp / f"index-{os.getpid()}"
         index.parent.mkdir(parents=True, exist_ok=True)  # removed when a run ends
         try:
-            return self.git.apply_to_tree(onto, work.diff_path, index, cwd=self.worktree.path)
+            return self.git.apply_to_tree(onto, work.diff_path, index)
         finally:
             index.unlink(missing_ok=True)
 

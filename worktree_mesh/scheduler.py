@@ -121,6 +121,10 @@ class Run:
         # when the CPU is short it goes first. The lane commands keep normal priority.
         # One worker per lane and per fill, so that a fill (seconds) never holds up a
         # lane's snapshot.
+        # Asked of the user's configuration now, before any lane could have changed it:
+        # who commits, and what wtmesh's private git dirs need to know.
+        git.identity_env()
+        git.private  # noqa: B018 - created once, shared with the lanes' runner below
         self.lane_git_runner = proc.LowPriorityRunner(
             workers=options.max_active + fill_slots())
         lane_git = git.running_with(self.lane_git_runner)
@@ -301,7 +305,8 @@ class Run:
             try:
                 if not self.options.keep_worktrees:
                     self.pool.remove_all(also=[self.integrator.worktree.path])
-                    _remove_if_empty(self.run_dir.worktrees, self.run_dir.tmp)
+                    _remove_if_empty(self.run_dir.worktrees, self.run_dir.tmp,
+                                     self.run_dir.worktrees.parent)
             finally:
                 self.lane_git_runner.close()
         if self.interrupted:

@@ -1,12 +1,19 @@
 """Where a repository's wtmesh state lives: ``$(git rev-parse --git-common-dir)/wtmesh/``.
 
-The common dir is the same from every linked worktree, so the lock, the ledgers and the
-worktrees are shared by every run on the repository, whichever worktree started it.
+The common dir is the same from every linked worktree, so the lock, the ledgers and
+wtmesh's private git dirs are shared by every run on the repository, whichever worktree
+started it. The worktrees themselves live outside every ``.git`` directory (agent CLIs
+refuse to edit files there: Claude Code calls them sensitive) and outside the user's
+working tree: ``$WTMESH_WORKTREES``, else ``$XDG_DATA_HOME/wtmesh/worktrees``, else
+``~/.local/share/wtmesh/worktrees``, one folder per repository. Each run records where
+its worktrees are in its run directory, so ``gc`` and ``--resume`` find them through the
+state directory whatever the environment says later.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import re
 import secrets
@@ -50,6 +57,25 @@ def stranded_ref(run_id: str) -> str:
     return f"refs/heads/wtmesh/{run_id}/integrated"
 
 
+def worktrees_home() -> Path:
+    """Where every repository's wtmesh worktrees live (SPEC 3.2)."""
+    override = os.environ.get("WTMESH_WORKTREES")
+    if override:
+        return Path(override).expanduser().absolute()
+    data = os.environ.get("XDG_DATA_HOME")
+    base = Path(data) if data and Path(data).is_absolute() else Path.home() / ".local/share"
+    return base / "wtmesh" / "worktrees"
+
+
+def repo_key(common_dir: Path) -> str:
+    """One folder name per repository: readable, and unique by the git dir's path."""
+    resolved = common_dir.resolve()
+    name = resolved.parent.name if resolved.name == ".git" else resolved.name
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", name.removesuffix(".git")).strip(".") or "repo"
+    digest = hashlib.sha256(os.fsencode(resolved)).hexdigest()[:8]
+    return f"{name}-{digest}"
+
+
 @dataclass(frozen=True)
 class StateDir:
     root: Path
@@ -67,7 +93,18 @@ class StateDir:
         return self.root / "integrator.lock"
 
     def run(self, run_id: str) -> RunDir:
-        return RunDir(self.runs / run_id, self.root / "worktrees" / run_id, run_id)
+        path = self.runs / run_id
+        try:
+            recorded = Path(os.fsdecode((path / WORKTREES_RECORD).read_bytes().strip()))
+        except OSError:
+            recorded = None
+        if recorded is None or recorded.name != run_id or not recorded.is_absolute():
+            recorded = worktrees_home() / repo_key(self.root.parent) / run_id
+        return RunDir(path, recorded, run_id)
+
+    def legacy_worktrees(self, run_id: str) -> Path:
+        """Where runs of earlier versions kept their worktrees (registered with git)."""
+        return self.root / "worktrees" / run_id
 
     def existing_run(self, run_id: str) -> RunDir:
         """A run named on the command line: a plain name (never a path that climbs out
@@ -83,10 +120,14 @@ class StateDir:
         return sorted(p.name for p in self.runs.iterdir() if (p / "ledger.jsonl").exists())
 
 
+# The file in a run's directory that says where its worktrees are.
+WORKTREES_RECORD = "worktrees.path"
+
+
 @dataclass(frozen=True)
 class RunDir:
     path: Path
-    worktrees: Path
+    worktrees: Path  # outside the state directory (see the module's docstring)
     run_id: str
 
     @property
@@ -111,6 +152,7 @@ class RunDir:
     def create(self) -> None:
         for path in (self.path, self.worktrees, self.tmp):
             path.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.path / WORKTREES_RECORD, os.fsencode(self.worktrees) + b"\n")
 
 
 def write_atomic(path: Path, data: bytes) -> None:

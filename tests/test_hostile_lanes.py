@@ -1,0 +1,272 @@
+"""Lanes that attack through git: each test is a lane doing what a hostile agent would do
+with the git it finds in its worktree, and what it must not achieve.
+
+A lane's worktree lies outside every ``.git`` directory and carries a ``.git`` of its own
+(HEAD, an index, the user's objects borrowed read-only); wtmesh's own git calls go
+through a private admin dir and never read anything the lane can write. So whatever the
+lane does to its ``.git`` — repoint it, plant configuration, hooks, attributes, index
+flags, branches, commits — stays there, and is gone when the worktree is reused.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import PROOF, git, lane, make_repo, repo_snapshot, state_dir, wtmesh
+
+
+def shell(script: str, **extra: Any) -> dict[str, Any]:
+    return {"command": script, "timeout_s": 60, **extra}
+
+
+def run_plan(repo: Path, tmp_path: Path, plan: dict[str, Any], *args: str,
+             env: dict[str, str] | None = None, expect: int | None = 0) -> dict[str, Any]:
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(plan))
+    res = wtmesh("run", path, "--json", *args, cwd=repo, env=env)
+    if expect is not None:
+        assert res.returncode == expect, (res.returncode, res.stderr)
+    summary: dict[str, Any] = res.json()
+    return summary
+
+
+def states(summary: dict[str, Any]) -> dict[str, tuple[str, str | None]]:
+    return {u["id"]: (u["status"], u["failure_code"]) for u in summary["units"]}
+
+
+def user_work(repo: Path) -> dict[str, Any]:
+    """The user's files, index and HEAD, byte for byte."""
+    files = {str(p.relative_to(repo)): p.read_bytes() for p in sorted(repo.rglob("*"))
+             if p.is_file() and ".git" not in p.relative_to(repo).parts}
+    snapshot = repo_snapshot(repo)
+    del snapshot["state_dir"]
+    snapshot["refs"] = git(repo, "for-each-ref", "--format=%(objectname) %(refname)",
+                           "refs/heads/", "refs/tags/", "refs/stash")
+    return {"files": files, "index": (repo / ".git" / "index").read_bytes(),
+            "head": (repo / ".git" / "HEAD").read_bytes(), **snapshot}
+
+
+def dirty_user_tree(repo: Path) -> None:
+    """Uncommitted work a careless runner would lose: a tracked edit (patch_first allows
+    it), a staged new file, an untracked note and an ignored file."""
+    (repo / "calc" / "ops.py").write_text((repo / "calc" / "ops.py").read_text() + "# mine\n")
+    (repo / "staged.txt").write_text("staged\n")
+    git(repo, "add", "staged.txt")
+    (repo / "notes.txt").write_text("my notes\n")
+    git(repo, "config", "core.excludesFile", str(repo.parent / "user-ignore"))
+    (repo.parent / "user-ignore").write_text("local.cfg\n")
+    (repo / "local.cfg").write_text("secret=1\n")
+
+
+# -- where worktrees live -----------------------------------------------------------------
+
+
+def test_worktrees_lie_outside_every_git_directory_and_the_users_tree(
+        tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    seen = tmp_path / "seen.txt"
+    plan = {"lanes": {"coder": shell(f'echo "$WTMESH_WORKTREE" >> {seen}; '
+                                     f'git rev-parse --git-dir >> {seen}; echo x > {{id}}.txt')},
+            "units": [{"id": "u1", "objective": "one"}, {"id": "u2", "objective": "two"}]}
+    summary = run_plan(repo, tmp_path, plan)
+    assert [u["status"] for u in summary["units"]] == ["integrated"] * 2
+    lines = seen.read_text().split()
+    worktrees = [Path(p) for p in lines[0::2]]
+    home = tmp_path / "home" / ".local" / "share" / "wtmesh" / "worktrees"
+    for worktree, git_dir in zip(worktrees, lines[1::2], strict=True):
+        assert ".git" not in worktree.parts
+        assert not worktree.is_relative_to(repo)
+        assert worktree.is_relative_to(home)
+        assert worktree.parent.name == summary["run_id"]
+        assert git_dir == ".git"  # the lane's git finds its own repository
+    # Nothing registered with the user's repository, nothing left behind.
+    assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
+    assert not any(home.rglob("w*"))
+
+
+def test_wtmesh_worktrees_and_xdg_data_home_choose_the_home(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    seen = tmp_path / "seen.txt"
+    plan = {"lanes": {"coder": shell(f'echo "$WTMESH_WORKTREE" >> {seen}; echo x > a.txt')},
+            "units": [{"id": "u1", "objective": "one"}]}
+    run_plan(repo, tmp_path, plan, env={"XDG_DATA_HOME": str(tmp_path / "xdg")})
+    assert Path(seen.read_text().split()[-1]).is_relative_to(
+        tmp_path / "xdg" / "wtmesh" / "worktrees")
+    plan["units"][0]["id"] = "u2"
+    run_plan(repo, tmp_path, plan, env={"WTMESH_WORKTREES": str(tmp_path / "elsewhere"),
+                                        "XDG_DATA_HOME": str(tmp_path / "xdg")})
+    assert Path(seen.read_text().split()[-1]).is_relative_to(tmp_path / "elsewhere")
+
+
+def test_gc_finds_kept_worktrees_through_the_state_directory(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    seen = tmp_path / "seen.txt"
+    plan = {"lanes": {"coder": shell(f'echo "$WTMESH_WORKTREE" >> {seen}; echo x > a.txt')},
+            "units": [{"id": "u1", "objective": "one"}]}
+    run_plan(repo, tmp_path, plan, "--keep-worktrees",
+             env={"WTMESH_WORKTREES": str(tmp_path / "kept")})
+    worktree = Path(seen.read_text().split()[-1])
+    assert worktree.is_dir()
+    # gc runs without the variable: the run's directory says where its worktrees are.
+    res = wtmesh("gc", cwd=repo)
+    assert res.returncode == 0, res.stderr
+    assert not worktree.exists()
+    assert not any((state_dir(repo) / "admin").iterdir())
+
+
+# -- reproduced case 1: a lane repoints its worktree's git ----------------------------------
+
+
+def test_a_lane_repointing_its_git_at_the_users_repository_reaches_nothing(
+        tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    dirty_user_tree(repo)
+    before = user_work(repo)
+    # Attempt 1 of u1 makes the worktree's .git a file naming the user's git dir; attempt 1
+    # of u2 a git dir of its own whose core.worktree is the user's working tree. Both then
+    # fail, so wtmesh resets the worktree for the retry, and the next unit reuses it.
+    repoint = {
+        "u1": 'rm -rf .git; printf "gitdir: %s/.git\\n" "$WTMESH_REPO" > .git',
+        "u2": 'rm -rf .git; d=$PWD/evil-git; git init -q --bare "$d"; '
+              'git --git-dir="$d" config core.bare false; '
+              'git --git-dir="$d" config core.worktree "$WTMESH_REPO"; '
+              'printf "gitdir: %s\\n" "$d" > .git',
+    }
+    units = [{"id": uid, "objective": f"hostile {uid}", "unit_scope": f"{uid}.txt",
+              "lanes": {"coder": shell(
+                  f'if [ "$WTMESH_ATTEMPT" = 1 ]; then {script}; exit 1; fi; '
+                  f'echo done > {uid}.txt', retries=1)}}
+             for uid, script in repoint.items()]
+    units.append({"id": "u3", "objective": "honest", "unit_scope": "u3.txt",
+                  "lanes": {"coder": shell("echo three > u3.txt")}})
+    summary = run_plan(repo, tmp_path, {"delivery_mode": "patch_first", "max_active": 1,
+                                        "units": units})
+    assert states(summary) == {u: ("integrated", None) for u in ("u1", "u2", "u3")}
+    assert user_work(repo) == before
+
+
+# -- reproduced case 8: index flags survive into the next unit ------------------------------
+
+
+def test_index_flags_a_lane_sets_never_reach_the_next_unit(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    # u1 marks calc/ops.py skip-worktree and assume-unchanged in its own index, and, by
+    # absolute path, in every admin index of wtmesh's it can find; u2 reuses the
+    # worktree and edits that file: its edit must land.
+    flag = ("git update-index --skip-worktree calc/ops.py; "
+            "git update-index --assume-unchanged calc/parse.py; "
+            'for d in "$WTMESH_REPO"/.git/wtmesh/admin/*/; do '
+            'git --git-dir="$d" --work-tree="$PWD" update-index --skip-worktree calc/ops.py; '
+            "done; echo one > one.txt")
+    plan = {"max_active": 1, "proof_command": PROOF, "units": [
+        {"id": "u1", "objective": "flags", "lanes": {"coder": shell(flag)}},
+        {"id": "u2", "objective": "edit ops", "lanes": {"coder": {"command": lane(
+            "act.py", "append:calc/ops.py=\\n\\ndef twice(a):\\n    return 2 * a\\n",
+            "append:calc/parse.py=\\n# parsed\\n")}}},
+    ]}
+    summary = run_plan(repo, tmp_path, plan)
+    assert states(summary) == {"u1": ("integrated", None), "u2": ("integrated", None)}
+    assert "def twice" in git(repo, "show", "main:calc/ops.py")
+    assert "# parsed" in git(repo, "show", "main:calc/parse.py")
+    assert set(summary["units"][1]["files"]) == {"calc/ops.py", "calc/parse.py"}
+
+
+# -- reproduced case 4: configuration and refs a lane plants through its git ----------------
+
+
+def test_config_hooks_and_refs_a_lane_plants_stay_in_its_own_repository(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = make_repo(tmp_path / "repo")
+    marker = tmp_path / "ran"
+    program = tmp_path / "evil.sh"
+    program.write_text(f"#!/bin/sh\necho \"$0 $*\" >> {marker}\ncat\n")
+    program.chmod(0o755)
+    git(repo, "config", "user.name", "The User")
+    git(repo, "config", "user.email", "user@example.com")
+    config_before = (repo / ".git" / "config").read_bytes()
+    refs_before = git(repo, "for-each-ref", "--format=%(refname)", "refs/heads/", "refs/tags/",
+                      "refs/stash")
+    # Refs and commits first, then the configuration (so that the lane's own git never
+    # runs the planted programs: any mark they leave comes from wtmesh's calls).
+    plant = "; ".join([
+        "git branch evil-branch", "git tag evil-tag",
+        "echo stash > calc/ops.py && git stash -q",
+        "echo one > one.txt", "git add one.txt", "git commit -qm mine",
+        f"git config filter.evil.clean {program}",
+        f"git config filter.evil.smudge {program}",
+        "echo '* filter=evil' > .git/info/attributes",
+        f"git config core.fsmonitor {program}",
+        f"git config diff.external {program}",
+        "git config core.autocrlf true",
+        "git config user.email evil@example.com",
+        "mkdir -p .git/hooks && cp " + str(program) + " .git/hooks/post-checkout",
+        "git config core.hooksPath .git/hooks",
+    ])
+    plan = {"max_active": 1, "units": [
+        {"id": "u1", "objective": "plant", "lanes": {"coder": shell(plant)}},
+        {"id": "u2", "objective": "write crlf",
+         "lanes": {"coder": shell(r"printf 'line one\r\nx marks\r\n' > two.txt")}},
+    ]}
+    for var in ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME",
+                "GIT_COMMITTER_EMAIL"):
+        monkeypatch.delenv(var)
+    summary = run_plan(repo, tmp_path, plan)
+    assert states(summary) == {"u1": ("integrated", None), "u2": ("integrated", None)}
+    # The lane's commit is not on the target; its change is, as a unit's commit.
+    assert git(repo, "show", "main~1:one.txt") == "one"
+    assert git(repo, "log", "-1", "--format=%s", "main~1") == "u1: plant"
+    # No filter rewrote u2's file, no line ending was converted, no program ran.
+    blob = subprocess.run(["git", "cat-file", "blob", "main:two.txt"], cwd=repo,
+                          capture_output=True, check=True).stdout
+    assert blob == b"line one\r\nx marks\r\n"
+    assert not marker.exists()
+    for rev in ("main", "main~1"):
+        assert git(repo, "log", "-1", "--format=%ae %ce", rev) == \
+            "user@example.com user@example.com"
+    assert (repo / ".git" / "config").read_bytes() == config_before
+    assert git(repo, "for-each-ref", "--format=%(refname)", "refs/heads/", "refs/tags/",
+               "refs/stash") == refs_before
+    assert not (repo / ".git" / "info" / "attributes").exists()
+
+
+# -- reproduced case 5: git in the proof ------------------------------------------------------
+
+
+def test_a_proof_moving_branches_with_its_git_moves_nothing_of_the_users(
+        tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    base = git(repo, "rev-parse", "HEAD")
+    # The proof points main back at the base and stages a reversal, with the git it finds
+    # in the integration worktree.
+    proof = (f"git update-ref refs/heads/main {base} && git read-tree {base} && "
+             "git branch -f planted HEAD && exit 0")
+    plan = {"proof_command": proof, "units": [
+        {"id": "u1", "objective": "one", "lanes": {"coder": shell("echo one > one.txt")}},
+        {"id": "u2", "objective": "two", "lanes": {"coder": shell("echo two > two.txt")}},
+    ]}
+    summary = run_plan(repo, tmp_path, plan)
+    assert states(summary) == {"u1": ("integrated", None), "u2": ("integrated", None)}
+    assert git(repo, "log", "--format=%s", f"{base}..main").splitlines() == \
+        ["u2: two", "u1: one"]
+    assert git(repo, "status", "--porcelain") == ""
+    assert git(repo, "for-each-ref", "--format=%(refname)", "refs/heads/") == \
+        "refs/heads/main"
+
+
+def test_a_lane_committing_in_its_worktree_lands_only_as_its_diff(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    base = git(repo, "rev-parse", "HEAD")
+    plan = {"units": [{"id": "u1", "objective": "commits", "unit_scope": "a.txt",
+                       "lanes": {"coder": shell(
+                           "echo a > a.txt && echo b > b.txt && git add -A && "
+                           "git -c user.name=x -c user.email=y commit -qm sneaky && "
+                           "rm b.txt")}}]}
+    summary = run_plan(repo, tmp_path, plan)
+    assert states(summary) == {"u1": ("integrated", None)}
+    assert summary["units"][0]["files"] == ["a.txt"]
+    assert git(repo, "rev-list", "--count", f"{base}..main") == "1"
+    assert git(repo, "status", "--porcelain") == ""
