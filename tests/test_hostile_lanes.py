@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PROOF, git, lane, make_repo, repo_snapshot, state_dir, wtmesh
+from conftest import PROOF, alive, git, lane, make_repo, repo_snapshot, state_dir, wtmesh
 
 
 def shell(script: str, **extra: Any) -> dict[str, Any]:
@@ -270,3 +270,22 @@ def test_a_lane_committing_in_its_worktree_lands_only_as_its_diff(tmp_path: Path
     assert summary["units"][0]["files"] == ["a.txt"]
     assert git(repo, "rev-list", "--count", f"{base}..main") == "1"
     assert git(repo, "status", "--porcelain") == ""
+
+
+# -- reproduced cases 2 and 3: daemons that outlive their lane or proof ----------------------
+
+
+def test_daemons_a_lane_or_a_proof_starts_end_with_it(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    pids = tmp_path / "pids"
+    daemon = ("setsid sh -c 'while true; do echo x >> \"$WTMESH_WORKTREE/../spray\"; "
+              f"sleep 0.05; done' & echo $! >> {pids}")
+    plan = {"proof_command": f"{daemon}; exit 0", "units": [
+        {"id": "u1", "objective": "one", "lanes": {"coder": shell(f"{daemon}; echo 1 > a.txt"),
+                                                   "fixer": shell(f"{daemon}; echo 2 > b.txt")}},
+    ]}
+    summary = run_plan(repo, tmp_path, plan)
+    assert states(summary) == {"u1": ("integrated", None)}
+    started = [int(pid) for pid in pids.read_text().split()]
+    assert len(started) == 3  # the coder's, the fixer's, the proof's
+    assert not any(alive(pid) for pid in started)

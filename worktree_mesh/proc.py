@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -169,6 +170,33 @@ def to_argv(command: Command) -> list[str]:
     return list(command)
 
 
+REAPER = Path(__file__).with_name("reaper.py")
+
+
+def reaped(argv: Sequence[str]) -> list[str]:
+    """``argv`` run by the reaper, which ends everything it starts with it. ``-I -S``:
+    the reaper needs nothing of the environment or of site-packages."""
+    return [sys.executable, "-I", "-S", str(REAPER), *argv]
+
+
+def _unstartable(program: str, cwd: str | Path, env: Mapping[str, str]) -> str | None:
+    """Why ``program`` could not be started, as ``execvp`` would say; None if it can.
+    Asked before the reaper runs it, so a missing program is still told apart from a
+    command that fails."""
+    if os.sep in program:
+        path: str | None = os.path.join(cwd, program)
+    else:
+        path = shutil.which(program, path=env.get("PATH", os.defpath))
+        if path is None:
+            return "No such file or directory"
+    assert path is not None
+    if not os.path.exists(path):
+        return "No such file or directory"
+    if os.path.isdir(path) or not os.access(path, os.X_OK):
+        return "Permission denied"
+    return None
+
+
 def _wait_exit_unreaped(proc: subprocess.Popen[bytes], timeout: float | None) -> bool:
     """Wait until ``proc`` exits without reaping it, so its pid (the group id) stays ours
     while we kill what it left behind. Returns False on timeout."""
@@ -200,8 +228,10 @@ def run_logged(
     """Run ``command`` in its own process group, stdin closed, output to log files.
 
     On timeout the whole group gets SIGTERM, then SIGKILL after a grace period. When the
-    command ends by itself, anything it left running in its group is killed too, so no
-    stray process keeps writing to a worktree after its lane is over.
+    command ends by itself, anything it left running in its group is killed too, and it
+    runs under the reaper (``reaper.py``), which kills what it left running in other
+    groups and sessions (a ``setsid`` daemon): no stray process keeps writing to a
+    worktree after its lane is over.
     """
     argv = to_argv(command)
     started = time.monotonic()
@@ -209,9 +239,14 @@ def run_logged(
         return LoggedResult(None, False, "interrupted", 0.0, None)
     stdout_path.parent.mkdir(parents=True, exist_ok=True)
     with open(stdout_path, "ab") as out, open(stderr_path, "ab") as err:
+        missing = _unstartable(argv[0], cwd, env)
+        if missing is not None:
+            err.write(f"wtmesh: cannot start {argv[0]!r}: {missing}\n".encode())
+            return LoggedResult(None, False, f"cannot start {argv[0]!r}: {missing}",
+                                time.monotonic() - started, None)
         try:
             proc = subprocess.Popen(
-                argv,
+                reaped(argv),
                 cwd=cwd,
                 env=dict(env),
                 stdin=subprocess.DEVNULL,
