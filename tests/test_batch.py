@@ -4,11 +4,12 @@ the outcome of integrating one unit at a time."""
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import git, git_first_on_path, make_repo, no_worktrees_left, wtmesh
+from conftest import LANES, PY, git, git_first_on_path, make_repo, no_worktrees_left, wtmesh
 
 
 def unit_writing(i: int, files: list[str], lane_s: float) -> dict[str, Any]:
@@ -250,13 +251,24 @@ def test_auto_batch_never_waits_for_a_unit_that_waits_for_it(tmp_path: Path) -> 
 
 def test_a_batch_gathers_while_the_integration_worktree_is_made(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo")
-    # Making the integration worktree takes 3 s, as on a large repository; the units are
-    # all ready well before. With no landing window, only that wait gathers them.
-    env = git_first_on_path(tmp_path, """case "$*" in *'/integration reset'*) sleep 3;; esac
+    state = repo / ".git" / "wtmesh"
+    wait = [PY, str(LANES / "wait_for_events.py"), str(state)]
+    # Filling the integration worktree lasts, as on a large repository, until every unit
+    # is waiting to land: each git call in it waits for that.
+    waiting_for_all = " ".join(shlex.quote(a) for a in [
+        *wait, "3", "event=unit_state", "phase=waiting"])
+    env = git_first_on_path(tmp_path, f"""case "$(pwd) $*" in */integration*) {waiting_for_all} || exit 1;; esac
 exec "$REAL_GIT" "$@"
 """)
-    plan = recording_plan(tmp_path, [unit_writing(i, [f"u{i:02d}.txt"], 0.3 * i)
-                                     for i in range(3)])
+    # Units become ready one after another: each lane ends once the unit before it waits
+    # to land. With no landing window, only the integrator's wait for its worktree holds
+    # the first ones back for the later ones; without it u00 would be proven alone.
+    units = [unit_writing(i, [f"u{i:02d}.txt"], 0) for i in range(3)]
+    for i in (1, 2):
+        units[i]["lanes"]["coder"]["command"] = shlex.join(
+            [*wait, "1", "event=unit_state", f"unit=u{i - 1:02d}", "phase=waiting"]
+        ) + " && " + units[i]["lanes"]["coder"]["command"]
+    plan = recording_plan(tmp_path, units)
     res = wtmesh("run", plan, "--json", "--batch", "auto", cwd=repo,
                  env={**env, "WTMESH_LANDING_WINDOW_S": "0"})
     assert res.returncode == 0, res.stderr
