@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PROOF, git, no_worktrees_left, run_worktrees, wtmesh
+from conftest import (
+    PROOF,
+    PY,
+    Result,
+    git,
+    no_worktrees_left,
+    one_error_line,
+    run_worktrees,
+    wtmesh,
+)
 
 
 def run(repo: Path, plan: Path, *args: str, expect: int | None = None) -> dict[str, Any]:
@@ -274,6 +286,64 @@ def test_second_run_waits_for_the_lock_then_times_out(repo: Path, write_plan: An
     assert "waiting for the integrator lock" in res.stdout
     assert "timed out" in res.stderr and "Traceback" not in res.stderr
     assert not (repo / "a.txt").exists()
+
+
+def test_a_start_that_times_out_on_the_lock_offers_no_resume(repo: Path,
+                                                             write_plan: Any) -> None:
+    """Refused while waiting to start, the run was never made: naming a --resume for it
+    would send the user after a run that does not exist."""
+    import filelock
+    lock_path = repo / ".git/wtmesh/integrator.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    plan = write_plan({"units": [
+        {"id": "u1", "objective": "o", "lanes": {"coder": {"command": "echo a > a.txt"}}}]})
+    with filelock.FileLock(str(lock_path)):
+        res = wtmesh("run", plan, "--lock-timeout", "1", cwd=repo)
+    line = one_error_line(res, 3)
+    assert "timed out" in line and "--resume" not in line, line
+    assert not list((repo / ".git/wtmesh").glob("runs/*/ledger.jsonl"))
+    again = wtmesh("run", plan, "--resume", cwd=repo)
+    assert again.returncode == 2 and "no run of" in again.stderr
+
+
+def test_a_run_that_times_out_on_the_lock_later_is_resumed_as_it_says(
+        repo: Path, write_plan: Any, tmp_path: Path) -> None:
+    """Once the run exists, a lock timeout at its first landing names the run to resume,
+    and resuming it with that id lands the unit."""
+    import filelock
+    lock_path = repo / ".git/wtmesh/integrator.lock"
+    started, locked = tmp_path / "lane-started", tmp_path / "locked"
+    plan = write_plan({"units": [{"id": "u1", "objective": "o", "lanes": {"coder": {
+        "command": f"touch {started}; until [ -e {locked} ]; do sleep 0.02; done; "
+                   "echo a > a.txt"}}}]})
+    run_proc = subprocess.Popen([PY, "-m", "worktree_mesh", "run", str(plan),
+                                 "--lock-timeout", "1"], cwd=repo, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for_file(started, run_proc)
+        with filelock.FileLock(str(lock_path)):
+            locked.touch()
+            _out, err = run_proc.communicate(timeout=120)
+    finally:
+        if run_proc.poll() is None:
+            run_proc.kill()
+    line = one_error_line(Result(run_proc.returncode, "", err.decode()), 3)
+    match = re.search(r"--resume (\S+)$", line)
+    assert match, line
+    resumed = wtmesh("run", plan, "--resume", match.group(1), "--json", cwd=repo)
+    assert resumed.returncode == 0, resumed.stderr
+    assert [u["status"] for u in resumed.json()["units"]] == ["integrated"]
+    assert git(repo, "show", "main:a.txt") == "a"
+
+
+def wait_for_file(path: Path, process: subprocess.Popen[bytes]) -> None:
+    """Until ``path`` exists; fails at once if ``process`` ends first (and after a
+    bound far beyond any wait, rather than hang)."""
+    give_up = time.monotonic() + 120
+    while not path.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < give_up, f"{path} never appeared"
+        time.sleep(0.02)
 
 
 def test_worktrees_removed_unless_kept(repo: Path, write_plan: Any) -> None:

@@ -166,10 +166,15 @@ class Integrator:
             try:
                 lock.acquire(timeout=self.lock_timeout_s)
             except filelock.Timeout:
-                raise EnvironmentRefused(
-                    f"timed out after {self.lock_timeout_s:g}s waiting for the integrator "
-                    f"lock held by {_describe_owner(holder)}; this run can be resumed "
-                    f"with --resume {self.run_id}") from None
+                message = (f"timed out after {self.lock_timeout_s:g}s waiting for the "
+                           f"integrator lock held by {_describe_owner(holder)}")
+                # Before its ledger is written (a start waiting for the lock) there is
+                # no run to resume: nothing of it was made.
+                if self.run_dir.ledger.is_file():
+                    message += f"; this run can be resumed with --resume {self.run_id}"
+                else:
+                    message += "; nothing was started"
+                raise EnvironmentRefused(message) from None
         try:
             write_atomic(owner_file, json.dumps({"run_id": self.run_id,
                                                  "pid": os.getpid()}).encode())
