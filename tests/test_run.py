@@ -270,6 +270,36 @@ def test_unit_ids_that_are_not_valid_ref_names_still_run(repo: Path, tmp_path: P
     assert "plain" in result_refs
 
 
+def test_units_dot_dot_and_underscore_dot_dot_keep_apart(repo: Path, tmp_path: Path) -> None:
+    """``..`` and ``_..`` are two valid ids; their lanes run at once and neither reads
+    the other's result or logs. ``..`` writes its verdict while ``_..`` runs, and ``_..``
+    writes none (an accept)."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    verdict = json.dumps({"id": "..", "decision": "reject", "notes": "dotdot says no"})
+    dotdot = (f"echo I am $WTMESH_UNIT_ID; until [ -e {marks}/other-started ]; do sleep 0.02; "
+              f"done; echo '{verdict}' > \"$WTMESH_RESULT_JSON\"; touch {marks}/dotdot-done")
+    other = (f"echo I am $WTMESH_UNIT_ID; touch {marks}/other-started; "
+             f"until [ -e {marks}/dotdot-done ]; do sleep 0.02; done; echo b > b.txt")
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"max_active": 2, "units": [
+        {"id": "..", "objective": "o", "unit_scope": "a.txt",
+         "lanes": {"coder": {"command": dotdot, "retries": 0}}},
+        {"id": "_..", "objective": "o", "unit_scope": "b.txt",
+         "lanes": {"coder": {"command": other, "retries": 0}}}]}))
+    res = wtmesh("run", plan, "--json", cwd=repo)
+    assert res.returncode == 1, res.stderr
+    summary = res.json()
+    states = {u["id"]: (u["status"], u["failure_code"]) for u in summary["units"]}
+    assert states == {"..": ("rejected", None), "_..": ("integrated", None)}
+    assert git(repo, "show", "main:b.txt") == "b"
+    status = wtmesh("status", summary["run_id"], "--json", cwd=repo).json()
+    assert {u["id"]: u["evidence"] for u in status["units"]}[".."] == "dotdot says no"
+    for uid in ("..", "_.."):
+        log = wtmesh("log", summary["run_id"], uid, "--lane", "coder", cwd=repo).stdout
+        assert [line for line in log.splitlines() if line.startswith("I am")] == [f"I am {uid}"]
+
+
 def test_an_integrated_unit_keeps_its_fixers_notes(repo: Path, tmp_path: Path) -> None:
     accept = '{"id": "u1", "decision": "accept", "notes": "added a docstring"}'
     plan = tmp_path / "plan.json"

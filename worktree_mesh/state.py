@@ -29,8 +29,11 @@ def new_run_id(now: dt.datetime | None = None) -> str:
 
 
 def safe_name(unit_id: str) -> str:
-    """Unit ids are ``[A-Za-z0-9._-]+`` but may still be ``.`` or ``..``: never a path."""
-    return unit_id if unit_id.strip(".") else "_" + unit_id
+    """A unit's directory name, one per id. Unit ids are ``[A-Za-z0-9._-]+`` but may be
+    ``.`` or ``..``, which name no directory of their own; those are spelled ``+`` and
+    their hex bytes, as in ``unit_ref_prefix``. ``+`` never occurs in an id, so the
+    spelling is no other id's (prefixing ``_`` made ``..`` and ``_..`` share one)."""
+    return unit_id if unit_id.strip(".") else "+" + unit_id.encode().hex()
 
 
 def unit_ref_prefix(run_id: str, unit_id: str) -> str:
