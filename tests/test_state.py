@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
+import pytest
+from conftest import git, one_error_line, wtmesh
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -36,3 +44,100 @@ def test_dot_ids_and_their_underscored_twins_are_apart() -> None:
 @given(st.lists(any_id, unique=True, max_size=30))
 def test_unit_ref_prefixes_are_one_per_id(ids: list[str]) -> None:
     assert len({unit_ref_prefix("r", uid) for uid in ids}) == len(ids)
+
+
+# -- the state directory itself ----------------------------------------------------------
+
+@pytest.fixture
+def plan(write_plan: Callable[..., Path]) -> Path:
+    return write_plan({"units": [
+        {"id": "u1", "objective": "o", "lanes": {"coder": {"command": "echo a > a.txt"}}}]})
+
+
+def refused_untouched(repo: Path, plan: Path, fragment: str) -> None:
+    """``wtmesh run`` refuses in one line, exit 3, and neither the target nor the
+    worktrees changed."""
+    head = git(repo, "rev-parse", "main")
+    line = one_error_line(wtmesh("run", plan, cwd=repo), 3)
+    assert fragment in line, line
+    assert git(repo, "rev-parse", "main") == head
+    assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
+
+
+def test_a_state_dir_that_is_a_file_is_refused(repo: Path, plan: Path) -> None:
+    (repo / ".git/wtmesh").write_text("not a directory\n")
+    refused_untouched(repo, plan, "is not a directory")
+    assert (repo / ".git/wtmesh").read_text() == "not a directory\n"
+
+
+def test_a_symlinked_state_dir_is_refused(repo: Path, plan: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (repo / ".git/wtmesh").symlink_to(elsewhere)
+    refused_untouched(repo, plan, "is a symbolic link")
+    assert not list(elsewhere.iterdir())  # nothing made through the link
+
+
+def test_a_dangling_state_dir_link_is_refused_and_makes_nothing(
+        repo: Path, plan: Path, tmp_path: Path) -> None:
+    target = tmp_path / "gone" / "state"
+    (repo / ".git/wtmesh").symlink_to(target)
+    refused_untouched(repo, plan, "is a symbolic link")
+    assert not (tmp_path / "gone").exists()
+
+
+def test_resuming_through_a_symlinked_state_dir_is_refused(
+        repo: Path, plan: Path, tmp_path: Path) -> None:
+    killed = wtmesh("run", plan, cwd=repo, env={"WTMESH_FAULT": "at:lane"})
+    assert killed.returncode == -9
+    moved = tmp_path / "moved-state"
+    (repo / ".git/wtmesh").rename(moved)
+    (repo / ".git/wtmesh").symlink_to(moved)
+    line = one_error_line(wtmesh("run", plan, "--resume", cwd=repo), 3)
+    assert "is a symbolic link" in line
+
+
+@contextmanager
+def read_only(path: Path) -> Iterator[None]:
+    """``path`` read-only for everyone, root included: a read-only bind mount, else an
+    immutable directory, else (not root) its write bits off; skips where none works."""
+    undo: list[list[str]] = []
+    if os.geteuid() == 0:
+        if subprocess.run(["mount", "--bind", str(path), str(path)],
+                          capture_output=True).returncode == 0:
+            undo.append(["umount", str(path)])
+            if subprocess.run(["mount", "-o", "remount,ro,bind", str(path)],
+                              capture_output=True).returncode != 0:
+                subprocess.run(undo.pop(), check=True)
+        if not undo and shutil.which("chattr") and subprocess.run(
+                ["chattr", "+i", str(path)], capture_output=True).returncode == 0:
+            undo.append(["chattr", "-i", str(path)])
+    else:
+        path.chmod(0o555)
+        undo.append(["chmod", "755", str(path)])
+    try:
+        probe = path / "probe"
+        try:
+            probe.touch()
+        except OSError:
+            pass
+        else:
+            probe.unlink()
+            pytest.skip("cannot make a directory read-only here: no read-only bind mount "
+                        "(needs CAP_SYS_ADMIN) nor immutable flag (needs CAP_LINUX_IMMUTABLE "
+                        "and a file system that has it)")
+        yield
+    finally:
+        for command in reversed(undo):
+            subprocess.run(command, check=True)
+
+
+@pytest.mark.parametrize("where", ["state dir", "git dir"])
+def test_a_read_only_state_dir_is_refused(repo: Path, plan: Path, where: str) -> None:
+    """Where the state directory, or the git directory it would be made in, cannot be
+    written (a read-only mount, an immutable directory)."""
+    state = repo / ".git/wtmesh"
+    if where == "state dir":
+        state.mkdir()
+    with read_only(state if where == "state dir" else repo / ".git"):
+        refused_untouched(repo, plan, "cannot write wtmesh's state in")

@@ -189,7 +189,9 @@ class Run:
     # -- the run -----------------------------------------------------------------------
 
     def prepare(self) -> None:
-        """Refuse early (dirty target) before anything is written."""
+        """Refuse early (an unusable state directory, a dirty target) before anything is
+        written."""
+        self.state.check_usable()
         # First without the lock, so a refused start leaves no trace (not even a lock
         # file); then under it, as another run may be moving the worktree right now.
         self.integrator.check_start()
@@ -216,6 +218,7 @@ class Run:
     def resume(self, recovery: Recovery) -> None:
         """Continue an interrupted run: stop what it left running, undo a half-done move of
         the user's worktree, then take each unit's state from git and the ledger."""
+        self.state.check_usable()
         if not self.run_lock.try_acquire():
             raise EnvironmentRefused(f"run {self.run_id} is still running; it cannot be "
                                      "resumed from a second process")

@@ -20,7 +20,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UsageError
+from .errors import EnvironmentRefused, UsageError
 
 
 def new_run_id(now: dt.datetime | None = None) -> str:
@@ -86,6 +86,25 @@ class StateDir:
     @classmethod
     def for_common_dir(cls, common_dir: Path) -> StateDir:
         return cls(common_dir / "wtmesh")
+
+    def check_usable(self) -> None:
+        """Refuse, in one line, a state directory no run can keep its state in, before
+        anything is written there (or, when it does not exist yet, anything is made).
+
+        A symbolic link is refused, dangling or not: a run would make the directory it
+        names, and its worktrees registered through the link are ones ``gc``, which
+        finds them by their path under this directory, never removes."""
+        root = self.root
+        if root.is_symlink():
+            raise EnvironmentRefused(f"{root} is a symbolic link; wtmesh keeps its state "
+                                     "only in a directory of its own (remove the link)")
+        if root.exists() and not root.is_dir():
+            raise EnvironmentRefused(f"{root} is not a directory; wtmesh keeps its state "
+                                     "there (move it away)")
+        where = root if root.exists() else root.parent
+        why = _not_writable(where)
+        if why is not None:
+            raise EnvironmentRefused(f"cannot write wtmesh's state in {where}: {why}")
 
     @property
     def runs(self) -> Path:
@@ -156,6 +175,19 @@ class RunDir:
         for path in (self.path, self.worktrees, self.tmp):
             path.mkdir(parents=True, exist_ok=True)
         write_atomic(self.path / WORKTREES_RECORD, os.fsencode(self.worktrees) + b"\n")
+
+
+def _not_writable(directory: Path) -> str | None:
+    """Why files cannot be made in ``directory``, or None. access(2) answers for root
+    too where it matters: a read-only mount (EROFS) or an immutable directory (EPERM)."""
+    if os.access(directory, os.W_OK | os.X_OK):
+        return None
+    try:
+        if os.statvfs(directory).f_flag & os.ST_RDONLY:
+            return "read-only file system"
+    except OSError:
+        pass
+    return "permission denied"
 
 
 def write_atomic(path: Path, data: bytes) -> None:
