@@ -16,6 +16,7 @@ from unidiff.patch import PatchSet
 
 from .git import Git, Sha
 from .scope import Scope
+from .text import quote_path
 
 SYMLINK_MODE = "120000"
 
@@ -68,15 +69,16 @@ def collect(git: Git, start: Sha, final: Sha, scope: Scope) -> UnitDiff:
     violations: list[str] = []
     outside = scope.outside(files)
     if outside:
-        violations.append("outside unit_scope: " + ", ".join(outside))
+        violations.append("outside unit_scope: " + ", ".join(map(quote_path, outside)))
     in_git = [p for p in files if _enters_git_dir(p)]
     if in_git:
-        violations.append("under .git/: " + ", ".join(in_git))
+        violations.append("under .git/: " + ", ".join(map(quote_path, in_git)))
     escaping = [c.paths[-1] for c in changes
                 if c.new_mode == SYMLINK_MODE
                 and _symlink_leaves_repo(c.paths[-1], git.cat_blob(c.new_sha))]
     if escaping:
-        violations.append("symlink pointing outside the repository: " + ", ".join(escaping))
+        violations.append("symlink pointing outside the repository: "
+                          + ", ".join(map(quote_path, escaping)))
     added, removed = _line_stats(raw)
     return UnitDiff(raw, hashlib.sha256(raw).hexdigest(), tuple(files), added, removed,
                     tuple(violations))

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from .cleanup import GcReport
 from .integrator import wait_message
+from .text import printable, printable_data
 
 if TYPE_CHECKING:  # rich is imported where something is drawn: --json never needs it
     from rich.console import Group
@@ -37,6 +38,12 @@ class LineRenderer:
 
 
 def describe(record: dict[str, Any]) -> str | None:
+    """One line for a person, or None; nothing in it that cannot be written as UTF-8."""
+    line = _describe(record)
+    return None if line is None else printable(line)
+
+
+def _describe(record: dict[str, Any]) -> str | None:
     event = record["event"]
     if event == "run_started":
         return (f"run {record['run_id']}: {len(record['units'])} units, "
@@ -90,6 +97,7 @@ def print_summary_table(summary: dict[str, Any], stream: TextIO | None = None) -
     from rich.text import Text
 
     stream = stream or sys.stdout
+    summary = printable_data(summary)
     console = Console(file=stream, highlight=False, soft_wrap=False,
                       width=None if stream.isatty() else 120)
     table = Table()
@@ -128,7 +136,7 @@ def landing_note(summary: dict[str, Any]) -> str:
 
 def print_json(data: Any, stream: TextIO | None = None) -> None:
     stream = stream or sys.stdout
-    stream.write(json.dumps(data, sort_keys=False) + "\n")
+    stream.write(json.dumps(printable_data(data), sort_keys=False) + "\n")
     stream.flush()
 
 
@@ -150,6 +158,7 @@ def status_view(status: dict[str, Any]) -> Group:
     def say(text: str) -> Text:
         return Text(text)
 
+    status = printable_data(status)
     condition = {
         "running": f"running (pid {status['pid']})",
         "finished": f"finished, exit code {status['exit_code']}",

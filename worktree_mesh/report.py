@@ -11,6 +11,7 @@ from typing import Any
 
 from .state import RunDir
 from .status import evidence
+from .text import printable
 
 
 def render_report(summary: dict[str, Any], records: list[dict[str, Any]],
@@ -50,7 +51,7 @@ def render_report(summary: dict[str, Any], records: list[dict[str, Any]],
                    f"`{summary['base'][:12]}` with:"), "",
                   "```sh", f"git am {summary['patch_dir']}/*.patch", "```", ""]
         lines += [f"{n}. `{u['patch']}` ({u['id']})" for n, u in enumerate(patches, 1)]
-    return "\n".join(lines) + "\n"
+    return printable("\n".join(lines) + "\n")
 
 
 def _cell(text: str) -> str:

@@ -43,6 +43,7 @@ from .resume import (
 )
 from .run_options import RunOptions
 from .state import RunDir, StateDir, new_run_id, unit_ref_prefix, write_atomic
+from .text import printable, printable_data, quote_path
 from .toolkit import learnings
 from .toolkit.backpressure import Backpressure
 from .unit_runner import LocalExecutor, UnitJob, UnitWork
@@ -64,7 +65,7 @@ class UnitProgress:
     attempts: int = 0
     started: float | None = None
     finished: float | None = None
-    files: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)  # as written out (text.quote_path)
     earlier_s: float = 0.0  # time spent before a resume
     waiting_since: float | None = None  # when its lanes were done
 
@@ -169,8 +170,8 @@ class Run:
             if change is not None:
                 self.emit("backpressure", **change.as_record())
         if self.options.learnings is not None:
-            learning = learnings.capture(unit.id, state, code, unit.objective, evidence=notes,
-                                         run_id=self.run_id)
+            learning = learnings.capture(unit.id, state, code, unit.objective,
+                                         evidence=printable(notes), run_id=self.run_id)
             if learning is not None:
                 try:
                     learnings.append_new(self.options.learnings, [learning])
@@ -268,7 +269,8 @@ class Run:
             progress.landing = Landing(uid, "integrated", None, "", commit, None, None, 0.0)
             if record is None:  # landed, but the crash came before the ledger said so
                 parent = self.git.resolve_commit(f"{commit}^") or self.options.base
-                progress.files = [p for c in self.git.changes(parent, commit) for p in c.paths]
+                progress.files = [quote_path(p) for c in self.git.changes(parent, commit)
+                                  for p in c.paths]
                 self._finish(progress, "integrated", None, "landed before the interruption")
             else:
                 progress.state = "integrated"
@@ -495,7 +497,7 @@ class Run:
     def _lanes_done(self, progress: UnitProgress, work: UnitWork) -> None:
         progress.work = work
         progress.attempts = max(progress.attempts, work.attempts)
-        progress.files = list(work.diff.files) if work.diff else []
+        progress.files = [quote_path(p) for p in work.diff.files] if work.diff else []
         self.emit("lanes_done", unit=work.unit_id, status=work.status,
                   failure_code=work.failure_code, notes=work.notes, result=work.result,
                   diff_sha256=work.diff.sha256 if work.diff else None,
@@ -524,7 +526,7 @@ class Run:
         summary = self._summary(exit_code)
         # The summary file first: once run_finished is in the ledger, resume points here.
         write_atomic(self.run_dir.path / "summary.json",
-                     json.dumps(summary, indent=2).encode() + b"\n")
+                     json.dumps(printable_data(summary), indent=2).encode() + b"\n")
         self.emit("run_finished", counts=summary["counts"], exit_code=exit_code,
                   head=summary["head"], stranded=self.integrator.stranded)
         self._write_report(summary)
