@@ -2,13 +2,16 @@
 
 ``run`` is for short commands whose output we read (git). ``run_logged`` is for the
 long ones whose output goes to log files (lanes, setup, proofs): each runs in its own
-process group with stdin closed, and a timeout kills the whole group.
+process group with stdin closed, and a timeout kills the whole group. Their output
+reaches the logs through pipes, so that a log keeps only its first and last part
+(``LOG_HEAD_BYTES``, ``LOG_TAIL_BYTES``) however much a command prints.
 """
 
 from __future__ import annotations
 
 import os
 import select
+import selectors
 import shutil
 import signal
 import subprocess
@@ -27,6 +30,13 @@ KILL_GRACE_S = 2.0
 
 # How much nicer than wtmesh itself the commands of a LowPriorityRunner run.
 LOW_PRIORITY_NICE = 10
+
+# What a log keeps of one command's output: its start (what it was asked, how it began)
+# and its end (where the error usually is). An agent in a loop printed a 200 MB log;
+# what lies between these is dropped, and a line in the log says how much.
+LOG_HEAD_BYTES = 4 * 1024 * 1024
+LOG_TAIL_BYTES = 4 * 1024 * 1024
+_PIPE_READ_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -215,6 +225,132 @@ def _wait_exit_unreaped(proc: subprocess.Popen[bytes], timeout: float | None) ->
         os.close(pidfd)
 
 
+class CappedLog:
+    """A log file that keeps the first ``head`` and the last ``tail`` bytes written to it
+    (after what it already held), and between them one line saying how many bytes were
+    dropped. The file is always readable as it is: past the head, output is appended,
+    and once more than twice ``tail`` has gathered there the file is cut back to the head,
+    the line and the last ``tail`` bytes, so it never holds more than about
+    ``head + 2 * tail``; closing it cuts the rest down to ``tail``."""
+
+    def __init__(self, path: Path, head: int = LOG_HEAD_BYTES,
+                 tail: int = LOG_TAIL_BYTES) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        self._head_left = head
+        self._head, self._tail = head, tail
+        self._cut = os.fstat(self._fd).st_size + head  # where the head ends
+        self._kept_from = self._cut  # where the kept tail starts (after the line)
+        self._tail_bytes = 0  # bytes from there to the end
+        self.dropped = 0
+
+    def write(self, data: bytes) -> None:
+        if self._head_left:
+            part = data[:self._head_left]
+            os.write(self._fd, part)
+            self._head_left -= len(part)
+            data = data[len(part):]
+        if not data:
+            return
+        os.write(self._fd, data)
+        self._tail_bytes += len(data)
+        if self._tail_bytes > 2 * self._tail:
+            self._drop_middle()
+
+    def _drop_middle(self) -> None:
+        keep = os.pread(self._fd, self._tail, self._kept_from + self._tail_bytes - self._tail)
+        self.dropped += self._tail_bytes - len(keep)
+        line = (f"\n[wtmesh: {self.dropped} bytes of output dropped here; a log keeps the "
+                f"first {self._head} and the last {self._tail} bytes]\n").encode()
+        os.ftruncate(self._fd, self._cut)
+        os.write(self._fd, line + keep)  # O_APPEND: at the cut
+        self._kept_from, self._tail_bytes = self._cut + len(line), len(keep)
+
+    def close(self) -> None:
+        if self._fd < 0:
+            return
+        try:
+            if self._tail_bytes > self._tail:
+                self._drop_middle()
+        finally:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class _LogPump:
+    """Copies a command's output from its pipes into capped logs, on a thread of its own,
+    so a command never blocks on a full pipe, whatever is dropped of what it prints."""
+
+    def __init__(self, sources: dict[int, CappedLog]) -> None:
+        self._sources = sources
+        self._wake_r, self._wake_w = os.pipe()
+        self._thread = threading.Thread(target=self._copy, name="log-pump", daemon=True)
+        self._thread.start()
+
+    def _copy(self) -> None:
+        selector = selectors.DefaultSelector()
+        for fd in (*self._sources, self._wake_r):
+            selector.register(fd, selectors.EVENT_READ)
+        open_fds = set(self._sources)
+        try:
+            while open_fds:
+                ready = [key.fd for key, _ in selector.select()]
+                for fd in ready:
+                    if fd == self._wake_r:
+                        continue
+                    data = os.read(fd, _PIPE_READ_BYTES)
+                    if data:
+                        self._sources[fd].write(data)
+                    else:  # every writer has closed it
+                        selector.unregister(fd)
+                        open_fds.discard(fd)
+                if self._wake_r in ready:
+                    self._drain(open_fds)
+                    break
+        finally:
+            selector.close()
+            for fd in self._sources:
+                os.close(fd)
+            for log in set(self._sources.values()):
+                log.close()
+
+    def _drain(self, open_fds: set[int]) -> None:
+        """The command's group is gone: take what its processes wrote, and no more. A
+        process that left the group (``setsid``) may still hold a pipe open; what it
+        writes after this finds the pipe closed (EPIPE), and is not waited for."""
+        for fd in open_fds:
+            os.set_blocking(fd, False)
+            try:
+                while data := os.read(fd, _PIPE_READ_BYTES):
+                    self._sources[fd].write(data)
+            except BlockingIOError:
+                pass
+
+    def finish(self) -> None:
+        os.write(self._wake_w, b"\0")
+        self._thread.join()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+
+def _log_pipes(stdout_path: Path, stderr_path: Path) -> tuple[int, int, dict[int, CappedLog]]:
+    """Write ends for a command's stdout and stderr, and the read ends with the capped
+    log each feeds. One log named for both streams gets one pipe, so their lines stay in
+    the order they were written."""
+    out_log = CappedLog(stdout_path)
+    out_r, out_w = os.pipe()
+    if stderr_path == stdout_path:
+        return out_w, out_w, {out_r: out_log}
+    err_r, err_w = os.pipe()
+    return out_w, err_w, {out_r: out_log, err_r: CappedLog(stderr_path)}
+
+
+def _close_pipes(logs: dict[int, CappedLog]) -> None:
+    for fd, log in logs.items():
+        os.close(fd)
+        log.close()
+
+
 def run_logged(
     command: Command,
     *,
@@ -231,40 +367,54 @@ def run_logged(
     command ends by itself, anything it left running in its group is killed too, and it
     runs under the reaper (``reaper.py``), which kills what it left running in other
     groups and sessions (a ``setsid`` daemon): no stray process keeps writing to a
-    worktree after its lane is over.
+    worktree after its lane is over. Its output goes through pipes into ``CappedLog``
+    files; once the group is gone the pipes are closed, so no process that escaped it
+    keeps writing to the logs either.
     """
     argv = to_argv(command)
     started = time.monotonic()
     if RUNNING_GROUPS.stopping.is_set():
         return LoggedResult(None, False, "interrupted", 0.0, None)
     stdout_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(stdout_path, "ab") as out, open(stderr_path, "ab") as err:
-        missing = _unstartable(argv[0], cwd, env)
-        if missing is not None:
-            err.write(f"wtmesh: cannot start {argv[0]!r}: {missing}\n".encode())
-            return LoggedResult(None, False, f"cannot start {argv[0]!r}: {missing}",
-                                time.monotonic() - started, None)
-        try:
-            proc = subprocess.Popen(
-                reaped(argv),
-                cwd=cwd,
-                env=dict(env),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            err.write(f"wtmesh: cannot start {argv[0]!r}: {exc.strerror or exc}\n".encode())
-            return LoggedResult(None, False, f"cannot start {argv[0]!r}: {exc.strerror or exc}",
-                                time.monotonic() - started, None)
+    missing = _unstartable(argv[0], cwd, env)
+    if missing is not None:
+        start_error: str | None = f"cannot start {argv[0]!r}: {missing}"
+        with open(stderr_path, "ab") as err:
+            err.write(f"wtmesh: {start_error}\n".encode())
+        return LoggedResult(None, False, start_error, time.monotonic() - started, None)
+    out_w, err_w, logs = _log_pipes(stdout_path, stderr_path)
+    start_error = None
+    try:
+        proc = subprocess.Popen(
+            reaped(argv),
+            cwd=cwd,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=out_w,
+            stderr=err_w,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        start_error = f"cannot start {argv[0]!r}: {exc.strerror or exc}"
+        os.write(err_w, f"wtmesh: {start_error}\n".encode())
+    except BaseException:
+        _close_pipes(logs)
+        raise
+    finally:
+        # With ours closed, a pipe ends once the command's processes have closed theirs.
+        for fd in {out_w, err_w}:
+            os.close(fd)
+    pump = _LogPump(logs)
+    if start_error is not None:
+        pump.finish()
+        return LoggedResult(None, False, start_error, time.monotonic() - started, None)
     RUNNING_GROUPS.add(proc.pid)
     if RUNNING_GROUPS.stopping.is_set():  # stopped between our check and the spawn
         kill_group(proc.pid, signal.SIGKILL)
-    if on_spawn is not None:
-        on_spawn(proc.pid)
     timed_out = False
     try:
+        if on_spawn is not None:
+            on_spawn(proc.pid)
         if not _wait_exit_unreaped(proc, timeout_s):
             timed_out = True
             kill_group(proc.pid, signal.SIGTERM)
@@ -275,6 +425,7 @@ def run_logged(
         returncode = proc.wait()
     finally:
         RUNNING_GROUPS.discard(proc.pid)
+        pump.finish()
     duration = time.monotonic() - started
     if timed_out:
         return LoggedResult(None, True, None, duration, proc.pid)
