@@ -144,7 +144,8 @@ def run(plan_file: Path, repo: Path | None, max_active: int | None, delivery: st
                               report=report.resolve() if report else None,
                               learnings=learnings.resolve() if learnings else None)
         the_run, recovery = Run(options, git, renderer), None
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    stop = _Stop()
+    previous = {signum: signal.signal(signum, stop) for signum in _Stop.SIGNALS}
     try:
         with drawing:
             if recovery is None:
@@ -153,7 +154,8 @@ def run(plan_file: Path, repo: Path | None, max_active: int | None, delivery: st
                 the_run.resume(recovery)
             summary = the_run.execute()
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         the_run.close()
     _print_summary(summary, as_json)
     if summary["exit_code"] == EXIT_INTERRUPTED:
@@ -184,9 +186,41 @@ def _budget(five_hour: float | None, weekly: float | None) -> BudgetDecision | N
         raise UsageError(f"budget: {exc}") from None
 
 
-def _terminate(_signum: int, _frame: object) -> None:
-    """SIGTERM (a CI cancel, a kill) stops a run like Ctrl-C: lanes stopped, resumable."""
-    raise KeyboardInterrupt
+class _Stop:
+    """SIGTERM (a CI cancel, a kill) and SIGHUP (the terminal or ssh session closed) stop
+    a run like Ctrl-C: lanes and proofs stopped, the interruption recorded, resumable.
+    Their default is to die on the spot, leaving the lanes (each in a session of its own,
+    so the hang-up never reaches them) running on, orphaned.
+
+    Only the first one interrupts: a closed session often sends more than one (the
+    kernel's hang-up, then the shell passing it on), and a second interrupt would cut
+    short the recording of the first."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self._terminals = [fd for fd in (1, 2) if os.isatty(fd)]
+
+    def __call__(self, signum: int, _frame: object) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        if signum == signal.SIGHUP:
+            self._leave_a_hung_up_terminal()
+        raise KeyboardInterrupt
+
+    def _leave_a_hung_up_terminal(self) -> None:
+        """Writing to a terminal that hung up fails (EIO), which would turn the orderly
+        stop into a crash: what was shown there goes nowhere now, as with nohup. A
+        terminal that is still there (a SIGHUP sent by hand) keeps its output."""
+        gone = [fd for fd in self._terminals if not os.isatty(fd)]
+        if not gone:
+            return
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for fd in gone:
+            os.dup2(devnull, fd)
+        os.close(devnull)
 
 
 def _print_summary(summary: dict[str, Any], as_json: bool) -> None:

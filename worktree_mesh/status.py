@@ -143,7 +143,7 @@ def _interruption(records: list[dict[str, Any]]) -> str:
     """How the run ended without finishing: stopped by the user, or killed."""
     last = records[-1]
     if last["event"] == "run_interrupted":
-        return "interrupted (Ctrl-C or SIGTERM); its lanes were stopped"
+        return "interrupted (Ctrl-C, SIGTERM or SIGHUP); its lanes were stopped"
     return (f"its process stopped without finishing (killed, or the machine went down) "
             f"after {last['event']} at {last['ts']}")
 
