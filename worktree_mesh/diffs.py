@@ -8,13 +8,13 @@ through it). Paths come from ``diff-tree -z`` so odd and non-UTF-8 names stay ex
 from __future__ import annotations
 
 import hashlib
-import posixpath
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from unidiff.errors import UnidiffParseError
 from unidiff.patch import PatchSet
 
-from .git import Git, Sha
+from .git import Change, Git, Sha
 from .scope import Scope
 from .text import quote_path
 
@@ -29,6 +29,7 @@ class UnitDiff:
     added: int
     removed: int
     violations: tuple[str, ...]  # why it breaks its scope, one line each
+    touches_links: bool = False  # adds, changes or removes a symlink (see link_violations)
 
     @property
     def empty(self) -> bool:
@@ -46,17 +47,140 @@ def _line_stats(raw: bytes) -> tuple[int, int]:
     return sum(f.added for f in patch), sum(f.removed for f in patch)
 
 
+# Code points HFS+ ignores in names, so ".g\u200cit" is ".git" on a Mac (git's
+# is_hfs_dotgit refuses such paths for the same reason).
+_HFS_IGNORABLE = frozenset(map(chr, [0x200C, 0x200D, 0x200E, 0x200F, *range(0x202A, 0x202F),
+                                     *range(0x206A, 0x2070), 0xFEFF]))
+
+
+def _as_read(name: str) -> str:
+    """``name`` as a case-insensitive HFS+ or NTFS file system reads it: ignorable code
+    points dropped, any case, an alternate data stream (``x::$DATA``) and trailing dots
+    and spaces cut off."""
+    folded = "".join(ch for ch in name if ch not in _HFS_IGNORABLE).lower()
+    return folded.split(":", 1)[0].rstrip(". ")
+
+
+def is_dotgit(name: str) -> bool:
+    """Is ``name`` one a file system may take for ``.git`` (also as its NTFS short name
+    ``git~1``)? These are the names git itself refuses in a path (core.protectNTFS,
+    protectHFS)."""
+    return _as_read(name) in (".git", "git~1")
+
+
 def _enters_git_dir(path: str) -> bool:
-    return any(part.lower() == ".git" for part in path.split("/"))
+    return any(is_dotgit(part) for part in path.split("/"))
 
 
-def _symlink_leaves_repo(link_path: str, target: bytes) -> bool:
-    """Does a symlink at ``link_path`` (repo-relative) point outside the repository?"""
-    text = target.decode("utf-8", "surrogateescape")
-    if text.startswith("/"):
-        return True
-    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(link_path), text))
-    return resolved == ".." or resolved.startswith("../") or _enters_git_dir(resolved)
+# -- where a symlink points, in the tree it lands in --------------------------------------
+
+# Linux's MAXSYMLINKS: one path lookup follows at most this many links, then fails ELOOP.
+MAX_LINK_FOLLOWS = 40
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """Where a path leads in a checkout of a tree: ``path`` repo-relative ("" the top),
+    or ``problem`` ("outside", ".git", "loop") and no path; ``via``, the links followed."""
+
+    path: str | None
+    problem: str | None
+    via: tuple[str, ...]
+
+
+def resolve(path: str, links: Mapping[str, bytes]) -> Resolution:
+    """``path`` resolved as the kernel would in a checkout of a tree whose symlinks are
+    ``links`` (repo-relative path -> target): every link met on the way is followed, in
+    the path's own directories and in each target, at most MAX_LINK_FOLLOWS times. A name
+    that is not a link is taken as a directory whether or not the tree has it, as
+    ``os.path.realpath`` does: a missing directory may appear (another unit, the user)
+    and must not turn a harmless-looking link into an escape later. Going above the top,
+    or an absolute target, leaves the repository; passing through a ``.git`` enters it."""
+    pending = path.split("/")
+    pending.reverse()  # a stack: the next name last
+    resolved: list[str] = []
+    via: list[str] = []
+    while pending:
+        name = pending.pop()
+        if name in ("", "."):
+            continue
+        if name == "..":
+            if not resolved:
+                return Resolution(None, "outside", tuple(via))
+            resolved.pop()
+            continue
+        here = "/".join([*resolved, name])
+        target = links.get(here)
+        if target is None:
+            if is_dotgit(name):
+                return Resolution(None, ".git", tuple(via))
+            resolved.append(name)
+            continue
+        via.append(here)
+        if len(via) > MAX_LINK_FOLLOWS:
+            return Resolution(None, "loop", tuple(via))
+        # symlink(2) takes a C string: a checkout cuts a target at its first NUL.
+        text = target.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+        if text.startswith("/"):
+            return Resolution(None, "outside", tuple(via))
+        names = text.split("/")
+        names.reverse()
+        pending.extend(names)
+    return Resolution("/".join(resolved), None, tuple(via))
+
+
+_LINK_PROBLEMS = {
+    "outside": "symlink pointing outside the repository",
+    ".git": "symlink pointing into .git",
+    "loop": f"symlink loop (more than {MAX_LINK_FOLLOWS} links to follow)",
+}
+
+
+def _bad_links(links: Mapping[str, bytes]) -> dict[str, Resolution]:
+    out = {}
+    for link in links:
+        resolution = resolve(link, links)
+        if resolution.problem is not None:
+            out[link] = resolution
+    return out
+
+
+def _touches_links(changes: Sequence[Change]) -> bool:
+    return any(SYMLINK_MODE in (c.old_mode, c.new_mode) for c in changes)
+
+
+def link_violations(git: Git, old: str, new: str, changes: Sequence[Change]) -> list[str]:
+    """Why the symlinks of tree ``new`` (``old`` plus ``changes``) break SPEC 10, one line
+    per kind: each link that leaves the repository, enters ``.git`` or loops there, resolved
+    through every link of ``new``, and that the change made so (a link it changed, or
+    one that was fine in ``old``: ``src/esc -> up/../x`` escapes once ``src/up -> ..``
+    is added). Where the resolution only depends on which symlinks a tree has (see
+    ``resolve``), a change that touches no symlink makes no new escape."""
+    if not _touches_links(changes):
+        return []
+    new_links = git.symlinks_in(new)
+    bad = _bad_links(new_links)
+    if not bad:
+        return []
+    already_bad = _bad_links(git.symlinks_in(old))
+    changed = {path for change in changes for path in change.paths}
+    lines = []
+    for problem, label in _LINK_PROBLEMS.items():
+        named = [_name_link(link, resolution) for link, resolution in bad.items()
+                 if resolution.problem == problem
+                 and (link in changed or link not in already_bad)]
+        if named:
+            lines.append(f"{label}: " + ", ".join(named))
+    return lines
+
+
+def _name_link(link: str, resolution: Resolution, shown: int = 3) -> str:
+    """The link, and the first few other links its resolution went through."""
+    others = [quote_path(p) for p in dict.fromkeys(resolution.via) if p != link]
+    if not others:
+        return quote_path(link)
+    more = ", ..." if len(others) > shown else ""
+    return f"{quote_path(link)} (via {', '.join(others[:shown])}{more})"
 
 
 def collect(git: Git, start: Sha, final: Sha, scope: Scope) -> UnitDiff:
@@ -73,12 +197,7 @@ def collect(git: Git, start: Sha, final: Sha, scope: Scope) -> UnitDiff:
     in_git = [p for p in files if _enters_git_dir(p)]
     if in_git:
         violations.append("under .git/: " + ", ".join(map(quote_path, in_git)))
-    escaping = [c.paths[-1] for c in changes
-                if c.new_mode == SYMLINK_MODE
-                and _symlink_leaves_repo(c.paths[-1], git.cat_blob(c.new_sha))]
-    if escaping:
-        violations.append("symlink pointing outside the repository: "
-                          + ", ".join(map(quote_path, escaping)))
+    violations.extend(link_violations(git, start, final, changes))
     added, removed = _line_stats(raw)
     return UnitDiff(raw, hashlib.sha256(raw).hexdigest(), tuple(files), added, removed,
-                    tuple(violations))
+                    tuple(violations), _touches_links(changes))

@@ -104,11 +104,11 @@ def _parse_raw(fields: list[bytes]) -> tuple[list[Change], int]:
     out: list[Change] = []
     i = used = 0
     while i < len(fields) and fields[i].startswith(b":"):
-        _old_mode, new_mode, _old_sha, new_sha, status = fields[i][1:].decode().split(" ")
+        old_mode, new_mode, _old_sha, new_sha, status = fields[i][1:].decode().split(" ")
         count = 2 if status[0] in "RC" else 1
         paths = fields[i + 1:i + 1 + count]
         out.append(Change(status[0], tuple(decode_path(p) for p in paths), new_mode,
-                          Sha(new_sha)))
+                          Sha(new_sha), old_mode))
         used += sum(len(f) + 1 for f in fields[i:i + 1 + count])
         i += 1 + count
     return out, used
@@ -155,12 +155,14 @@ def discover(cwd: Path) -> RepoInfo:
 @dataclass(frozen=True)
 class Change:
     """One entry of ``diff-tree --raw``: ``paths`` has two entries for a rename; the mode
-    and blob of the new side (``000000`` and the zero id for a deletion)."""
+    and blob of the new side (``000000`` and the zero id for a deletion), and the mode of
+    the old side (``000000`` for an addition)."""
 
     status: str
     paths: tuple[str, ...]
     new_mode: str
     new_sha: Sha
+    old_mode: str = "000000"
 
 
 @dataclass(frozen=True)
@@ -337,6 +339,29 @@ class Git:
 
     def cat_blob(self, sha: str) -> bytes:
         return self.run_on_objects("cat-file", "blob", sha).stdout
+
+    def symlinks_in(self, tree: str) -> dict[str, bytes]:
+        """Every symlink in ``tree`` (a commit or tree), path -> target, from one
+        ``ls-tree`` and one ``cat-file --batch``: a link's target is its blob's bytes.
+        ``ls-tree -r`` does not descend into gitlinks, whose files are not in the tree."""
+        listing = self.run("ls-tree", "-r", "-z", tree).stdout
+        blobs: dict[str, str] = {}
+        for record in listing.split(b"\0"):
+            meta, _, raw_path = record.partition(b"\t")
+            if meta.startswith(b"120000 "):
+                blobs[decode_path(raw_path)] = meta.split(b" ")[2].decode()
+        if not blobs:
+            return {}
+        out = self.run("cat-file", "--batch",
+                       input="".join(f"{sha}\n" for sha in blobs.values()).encode()).stdout
+        links: dict[str, bytes] = {}
+        at = 0
+        for path in blobs:  # --batch answers in input order: "<id> blob <size>\n<bytes>\n"
+            header_end = out.index(b"\n", at)
+            size = int(out[at:header_end].split(b" ")[2])
+            links[path] = out[header_end + 1:header_end + 1 + size]
+            at = header_end + 1 + size + 1
+        return links
 
     # -- diffs ---------------------------------------------------------------------------
 
