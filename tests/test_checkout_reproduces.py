@@ -1,6 +1,7 @@
 """SPEC 10: a unit's change holds only what a checkout of it reproduces. Hostile lanes
-plant symlinks that escape only once resolved through other links (in the unit's tree or
-in the start tree); each fails ``scope_violation``, naming it, and nothing of it lands."""
+plant symlinks that escape only once resolved through other links (in the unit's tree, in
+the start tree, or in another unit's landed change); each fails ``scope_violation``,
+naming it, and nothing of it lands."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from conftest import git, wtmesh
+from conftest import PY, git, wtmesh
 
 
 def run_plan(repo: Path, write_plan: Any, data: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -130,3 +131,43 @@ def test_links_of_the_start_tree_count(repo: Path, write_plan: Any) -> None:
     assert units["u-unlink"]["notes"] == "symlink pointing outside the repository: w/l"
     assert tree_paths(repo) >= {"w/c", "calc/alias.py"}
     assert not {"src/esc", "docs/py"} & tree_paths(repo)
+
+
+BARRIER = ("import os, pathlib, sys, time\n"
+           "d = pathlib.Path(sys.argv[1])\n"
+           "(d / os.environ['WTMESH_UNIT_ID']).touch()\n"
+           "while len(list(d.iterdir())) < int(sys.argv[2]):\n"
+           "    time.sleep(0.02)\n"
+           "for pair in sys.argv[3:]:\n"
+           "    link, target = pair.split('=')\n"
+           "    os.makedirs(os.path.dirname(link), exist_ok=True)\n"
+           "    os.symlink(target, link)\n")
+
+
+def test_a_link_that_escapes_only_with_another_units_link_does_not_land(
+        repo: Path, write_plan: Any, tmp_path: Path) -> None:
+    """Four units start together from the same commit (each lane waits until all four
+    run), so no unit's own tree shows the escape: it appears only in the candidate tree,
+    where one unit's link meets another's. Either order, the later unit fails, naming the
+    link that escapes; the earlier one lands."""
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+
+    def lane(*links: str) -> list[str]:
+        return [PY, "-c", BARRIER, str(barrier), "4", *links]
+
+    units = run_units(repo, write_plan, {
+        "a1-up": ("s1/up", lane("s1/up=..")),
+        "b1-esc": ("s1/esc", lane("s1/esc=up/../outside.txt")),
+        "a2-esc": ("s2/esc", lane("s2/esc=up/../outside.txt")),
+        "b2-up": ("s2/up", lane("s2/up=..")),
+    }, max_active=4)
+    assert {uid: outcome(u) for uid, u in units.items()} == {
+        "a1-up": ("integrated", None), "b1-esc": ("failed", "scope_violation"),
+        "a2-esc": ("integrated", None), "b2-up": ("failed", "scope_violation")}
+    assert units["b1-esc"]["notes"] == \
+        "symlink pointing outside the repository: s1/esc (via s1/up)"
+    assert units["b2-up"]["notes"] == \
+        "symlink pointing outside the repository: s2/esc (via s2/up)"
+    landed = tree_paths(repo)
+    assert {"s1/up", "s2/esc"} <= landed and not {"s1/esc", "s2/up"} & landed

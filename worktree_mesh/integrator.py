@@ -24,7 +24,7 @@ from typing import Any
 
 import filelock
 
-from . import faults, proc
+from . import diffs, faults, proc
 from .errors import EnvironmentRefused, UsageError
 from .git import Git, Sha
 from .integration_worktree import IntegrationWorktree
@@ -337,6 +337,15 @@ class Integrator:
             return _Link(unit, work, None, Landing(
                 unit.id, "no_diff", None, "the change is already on the target",
                 None, None, None, 0.0))
+        if work.diff is not None and work.diff.touches_links:
+            # A link fine in the unit's own tree can escape through another unit's link
+            # landed since (src/esc -> up/../x, then src/up -> ..): what counts is the
+            # tree that would land.
+            escapes = diffs.link_violations(self.git, tip_tree, tree,
+                                            self.git.changes(tip_tree, tree))
+            if escapes:
+                return _Link(unit, work, None, _failed(unit, "scope_violation",
+                                                       "; ".join(escapes)))
         commit = self.git.commit_tree(tree, [tip], commit_message(unit, self.run_id))
         faults.point("apply")
         return _Link(unit, work, commit, None, tree)
