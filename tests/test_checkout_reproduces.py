@@ -1,15 +1,22 @@
 """SPEC 10: a unit's change holds only what a checkout of it reproduces. Hostile lanes
 plant symlinks that escape only once resolved through other links (in the unit's tree, in
-the start tree, or in another unit's landed change); each fails ``scope_violation``,
-naming it, and nothing of it lands."""
+the start tree, or in another unit's landed change), embedded repositories, and gitlinks
+to commits that exist nowhere; each fails ``scope_violation``, naming it, and nothing of
+it lands."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
 from conftest import PY, git, wtmesh
+
+from worktree_mesh import diffs
+from worktree_mesh.git import Git, Sha, discover
+from worktree_mesh.scope import Scope
 
 
 def run_plan(repo: Path, write_plan: Any, data: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -25,7 +32,8 @@ def run_plan(repo: Path, write_plan: Any, data: dict[str, Any]) -> dict[str, dic
     return {unit["id"]: {**unit, "notes": notes[unit["id"]]} for unit in summary["units"]}
 
 
-def run_units(repo: Path, write_plan: Any, units: dict[str, tuple[str, str | list[str]]],
+def run_units(repo: Path, write_plan: Any,
+              units: dict[str, tuple[str | list[str], str | list[str]]],
               **plan: Any) -> dict[str, dict[str, Any]]:
     """Run ``{id: (unit_scope, coder command)}`` in plan order."""
     return run_plan(repo, write_plan, {
@@ -66,7 +74,8 @@ def test_case_9_a_link_through_a_directory_link_does_not_land(repo: Path,
 
 def test_hostile_link_shapes_each_fail_naming_the_link(repo: Path, write_plan: Any) -> None:
     """Each harmless-looking link by link; in a checkout each leaves the repository,
-    enters ``.git`` (as an NTFS or HFS+ file system reads a name) or cannot resolve."""
+    enters ``.git`` (as an NTFS or HFS+ file system reads a name) or cannot resolve; or
+    git refuses to record it (that was an internal error)."""
     chain = " && ".join(f"ln -s l{i + 1} v5/l{i}" for i in range(41))
     units = run_units(repo, write_plan, {
         # A link to a link to outside: v1/d/up is v1/d, so three '..' leave from there.
@@ -82,6 +91,9 @@ def test_hostile_link_shapes_each_fail_naming_the_link(repo: Path, write_plan: A
                          "v6/zwnj")),
         "u-loops": ("v4/", "mkdir v4 && ln -s loop v4/loop && ln -s b v4/a && ln -s a v4/b"),
         "u-41": ("v5/", f"mkdir v5 && {chain} && echo end > v5/l41"),
+        # git refuses a symlinked .gitmodules, however spelt ("invalid path").
+        "u-modules": (["v7/", ".gitmodules"], ("mkdir v7 && ln -s calc/ops.py .gitmodules && "
+                                              "ln -s x v7/.GITMODULES")),
     }, max_active=3)
     assert {uid: outcome(u) for uid, u in units.items()} == {
         uid: ("failed", "scope_violation") for uid in units}
@@ -97,6 +109,7 @@ def test_hostile_link_shapes_each_fail_naming_the_link(repo: Path, write_plan: A
     assert notes["u-loops"] == loop + "v4/a (via v4/b), v4/b (via v4/a), v4/loop"
     # From v5/l1 on, 40 links or fewer lead to the file: only v5/l0 cannot resolve.
     assert notes["u-41"] == loop + "v5/l0 (via v5/l1, v5/l2, v5/l3, ...)"
+    assert notes["u-modules"] == "symlink git refuses to record: .gitmodules, v7/.GITMODULES"
     assert git(repo, "log", "--format=%s", "main") == "initial"
 
 
@@ -171,3 +184,139 @@ def test_a_link_that_escapes_only_with_another_units_link_does_not_land(
         "symlink pointing outside the repository: s2/esc (via s2/up)"
     landed = tree_paths(repo)
     assert {"s1/up", "s2/esc"} <= landed and not {"s1/esc", "s2/up"} & landed
+
+
+# -- embedded repositories and gitlinks --------------------------------------------------
+
+COMMIT = "git add -A && git commit -q -m inner"
+
+
+def test_case_10_an_embedded_repository_does_not_land_as_a_gitlink(
+        repo: Path, write_plan: Any) -> None:
+    """Issue 12, case 10: ``git init`` + a commit in ``vendor/lib``: ``git add -A`` makes
+    it a gitlink to a commit that exists only in the worktree."""
+    base = git(repo, "rev-parse", "main")
+    units = run_units(repo, write_plan, {
+        "u10": ("vendor/", (f"git init -q vendor/lib && cd vendor/lib && echo code > lib.py "
+                           f"&& {COMMIT}"))})
+    assert outcome(units["u10"]) == ("failed", "scope_violation")
+    assert units["u10"]["notes"] == \
+        "embedded git repository (its files cannot land): vendor/lib"
+    assert git(repo, "rev-parse", "main") == base
+
+
+def test_every_kind_of_embedded_repository_fails_the_unit(repo: Path,
+                                                          write_plan: Any) -> None:
+    """Without a commit (``git add -A`` fails: it was an internal error), a ``.git``
+    file or link borrowing the user's repository (a gitlink to a commit that does
+    exist), ``git init`` in a tracked directory, one deep in a new directory, and names
+    git refuses because a file system may read them as ``.git``."""
+    units = run_units(repo, write_plan, {
+        "u-nocommit": ("e1/", "git init -q e1/lib && echo x > e1/lib/f"),
+        "u-gitfile": ("e2/", ('mkdir -p e2/lib && echo "gitdir: $WTMESH_REPO/.git" > '
+                             'e2/lib/.git && echo x > e2/lib/f')),
+        "u-gitlink": ("e3/", 'mkdir -p e3/lib && ln -s "$WTMESH_REPO/.git" e3/lib/.git'),
+        "u-tracked": ("calc/", "git init -q calc && echo '# more' >> calc/ops.py"),
+        "u-deep": ("e4/", (f"mkdir -p e4/new && echo t > e4/new/top && "
+                          f"git init -q e4/new/deep/lib && cd e4/new/deep/lib && "
+                          f"echo y > y && {COMMIT}")),
+        "u-case": ("e5/", "mkdir -p e5/.GIT && echo '[core]' > e5/.GIT/config"),
+        "u-short": ("e6/", "mkdir -p 'e6/git~1' && echo x > 'e6/git~1/config'"),
+    }, max_active=3)
+    assert {uid: outcome(u) for uid, u in units.items()} == {
+        uid: ("failed", "scope_violation") for uid in units}
+    named = {uid: u["notes"].rsplit(": ", 1)[1] for uid, u in units.items()}
+    assert named == {"u-nocommit": "e1/lib", "u-gitfile": "e2/lib", "u-gitlink": "e3/lib",
+                     "u-tracked": "calc", "u-deep": "e4/new/deep/lib",
+                     "u-case": "e5/.GIT", "u-short": "e6/git~1"}
+    assert git(repo, "log", "--format=%s", "main") == "initial"
+
+
+def test_an_embedded_repository_from_the_fixer_fails_the_unit(repo: Path,
+                                                              write_plan: Any) -> None:
+    """The fixer makes a repository of a directory the coder added: no path is pending
+    any more (the coder's snapshot took them up), but the change still lies in it."""
+    plan = {"units": [{
+        "id": "u1", "objective": "o", "unit_scope": "lib/",
+        "lanes": {"coder": {"command": "mkdir lib && echo a > lib/a.py"},
+                  "fixer": {"command": f"cd lib && git init -q && {COMMIT}"}}}]}
+    unit = run_plan(repo, write_plan, plan)["u1"]
+    assert outcome(unit) == ("failed", "scope_violation")
+    assert unit["notes"].endswith(": lib")
+    assert git(repo, "log", "--format=%s", "main") == "initial"
+
+
+def test_a_gitlink_staged_by_hand_to_a_missing_commit_does_not_land(
+        repo: Path, write_plan: Any) -> None:
+    """No repository in the worktree at all: the lane stages a gitlink to a made-up
+    commit straight into the index, over an empty directory ``git add -A`` leaves be."""
+    ghost = "1234567890abcdef1234567890abcdef12345678"
+    units = run_units(repo, write_plan, {
+        "u-ghost": ("vendor/", (f"mkdir -p vendor/ghost && git update-index --add "
+                               f"--cacheinfo 160000,{ghost},vendor/ghost"))})
+    # With the shared index the snapshot takes the staged link and the scope check
+    # refuses it; a snapshot made from a fresh index would not see it at all.
+    assert outcome(units["u-ghost"]) in {("failed", "scope_violation"), ("no_diff", None)}
+    if units["u-ghost"]["status"] == "failed":
+        assert units["u-ghost"]["notes"] == \
+            "gitlink to a commit that is not in the repository: vendor/ghost"
+    assert git(repo, "log", "--format=%s", "main") == "initial"
+
+
+def test_the_scope_check_refuses_gitlinks_to_commits_it_lacks(repo: Path) -> None:
+    """Whatever makes the snapshot: a result commit whose tree has a gitlink to a missing
+    commit, or to an object that is not a commit, fails; one to a commit here passes."""
+    g = Git(discover(repo).common_dir)
+    start = Sha(git(repo, "rev-parse", "HEAD"))
+    blob = git(repo, "rev-parse", "HEAD:README.md")
+    env = {**os.environ, "GIT_INDEX_FILE": str(repo / ".git" / "scratch-index")}
+    verdicts = {}
+    for name, sha in [("missing", "1234567890abcdef1234567890abcdef12345678"),
+                      ("blob", blob), ("here", start)]:
+        for args in (["read-tree", start],
+                     ["update-index", "--add", "--cacheinfo", f"160000,{sha},vendor/{name}"]):
+            subprocess.run(["git", *args], cwd=repo, check=True, env=env)
+        tree = subprocess.run(["git", "write-tree"], cwd=repo, check=True, capture_output=True,
+                              text=True, env=env).stdout.strip()
+        result = g.commit_tree(tree, [start], "result")
+        verdicts[name] = diffs.collect(g, start, result, Scope.parse("**")).violations
+    assert verdicts == {
+        "missing": ("gitlink to a commit that is not in the repository: vendor/missing",),
+        "blob": ("gitlink to a commit that is not in the repository: vendor/blob",),
+        "here": ()}
+
+
+def make_repo_with_submodule(tmp_path: Path) -> Path:
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    git(sub, "init", "-q", "-b", "main")
+    (sub / "s.txt").write_text("s\n")
+    commit_file(sub, "sub")
+    repo = tmp_path / "super"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    (repo / "a.txt").write_text("a\n")
+    git(repo, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(sub),
+        "vendor/sub")
+    commit_file(repo, "initial")
+    return repo
+
+
+def test_a_submodule_moved_to_a_commit_only_its_worktree_has_does_not_land(
+        tmp_path: Path, write_plan: Any) -> None:
+    """A lane populates the repository's submodule and commits in it: the gitlink would
+    move to a commit this repository lacks. Deleting the submodule lands as a deletion."""
+    repo = make_repo_with_submodule(tmp_path)
+    before = git(repo, "rev-parse", "HEAD:vendor/sub")
+    units = run_units(repo, write_plan, {
+        "u-bump": ("vendor/", ("git -c protocol.file.allow=always submodule -q update --init "
+                              "&& cd vendor/sub && echo more >> s.txt && "
+                              "git commit -q -am bump")),
+    })
+    assert outcome(units["u-bump"]) == ("failed", "scope_violation")
+    assert units["u-bump"]["notes"].endswith(": vendor/sub")
+    assert git(repo, "rev-parse", "main:vendor/sub") == before
+    units = run_units(repo, write_plan, {
+        "u-drop": ("**", "git rm -q vendor/sub")})
+    assert outcome(units["u-drop"]) == ("integrated", None)
+    assert "vendor/sub" not in tree_paths(repo)

@@ -8,8 +8,11 @@ through it). Paths come from ``diff-tree -z`` so odd and non-UTF-8 names stay ex
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+import os
+import stat
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from unidiff.errors import UnidiffParseError
 from unidiff.patch import PatchSet
@@ -19,6 +22,7 @@ from .scope import Scope
 from .text import quote_path
 
 SYMLINK_MODE = "120000"
+GITLINK_MODE = "160000"
 
 
 @dataclass(frozen=True)
@@ -183,6 +187,61 @@ def _name_link(link: str, resolution: Resolution, shown: int = 3) -> str:
     return f"{quote_path(link)} (via {', '.join(others[:shown])}{more})"
 
 
+def links_git_refuses(worktree: Path, paths: Iterable[str]) -> list[str]:
+    """Those of ``paths`` that are symlinks named ``.gitmodules`` (as a file system may
+    read the name): ``git add`` refuses them ("invalid path"), as git reads that file
+    when it writes submodules into a checkout."""
+    return [path for path in dict.fromkeys(paths)
+            if _as_read(path.rstrip("/").rsplit("/", 1)[-1]) in (".gitmodules", "gitmod~1")
+            and os.path.islink(worktree / path)]
+
+
+# -- gitlinks and embedded repositories ------------------------------------------------
+
+
+def _lost_gitlinks(git: Git, changes: Sequence[Change]) -> list[str]:
+    """Gitlinks the change adds or moves to a commit this repository lacks: a checkout
+    gets an empty directory, and what the lane committed there is lost with its
+    worktree (``git add -A`` records a lane's ``git init`` + commit as such a link)."""
+    gitlinks = {c.paths[-1]: c.new_sha for c in changes if c.new_mode == GITLINK_MODE}
+    missing = set(git.not_commits(sorted(set(gitlinks.values()))))
+    return [path for path, sha in gitlinks.items() if sha in missing]
+
+
+def embedded_repositories(worktree: Path, paths: Iterable[str]) -> list[str]:
+    """Repositories inside ``worktree`` (not its top) that ``paths`` (relative to it; a
+    directory may end in ``/``) lie in or are: a directory holding a ``.git`` of any
+    kind (directory, file, link), named by that directory; or a name a file system may
+    take for ``.git`` (``.GIT``, ``git~1``), named itself. ``git add -A`` records the
+    first as a gitlink (its files never land) or, before its first commit, fails
+    ("does not have a commit checked out"); it refuses the second ("invalid path").
+    Only real directories are entered, as git's own walk does: never a symlink."""
+    found: dict[str, None] = {}
+    plain: set[str] = set()  # real directories without a .git
+    for path in paths:
+        names = path.rstrip("/").split("/")
+        for depth in range(1, len(names) + 1):
+            here = "/".join(names[:depth])
+            if here in plain:
+                continue
+            if here in found:
+                break
+            if is_dotgit(names[depth - 1]):
+                found[here] = None
+                break
+            try:
+                is_dir = stat.S_ISDIR(os.lstat(worktree / here).st_mode)
+            except OSError:
+                break
+            if not is_dir:
+                break
+            if os.path.lexists(worktree / here / ".git"):
+                found[here] = None
+                break
+            plain.add(here)
+    return list(found)
+
+
 def collect(git: Git, start: Sha, final: Sha, scope: Scope) -> UnitDiff:
     raw, changes = git.diff_and_changes(start, final)
     files: list[str] = []
@@ -198,6 +257,10 @@ def collect(git: Git, start: Sha, final: Sha, scope: Scope) -> UnitDiff:
     if in_git:
         violations.append("under .git/: " + ", ".join(map(quote_path, in_git)))
     violations.extend(link_violations(git, start, final, changes))
+    lost = _lost_gitlinks(git, changes)
+    if lost:
+        violations.append("gitlink to a commit that is not in the repository: "
+                          + ", ".join(lost))
     added, removed = _line_stats(raw)
     return UnitDiff(raw, hashlib.sha256(raw).hexdigest(), tuple(files), added, removed,
                     tuple(violations), _touches_links(changes))

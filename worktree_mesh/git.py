@@ -363,6 +363,16 @@ class Git:
             at = header_end + 1 + size + 1
         return links
 
+    def not_commits(self, shas: Sequence[str]) -> list[str]:
+        """Those of ``shas`` that name no commit in this repository (missing, or another
+        kind of object), from one ``cat-file --batch-check``."""
+        if not shas:
+            return []
+        out = self.run("cat-file", "--batch-check=%(objecttype)", input="".join(
+            f"{sha}\n" for sha in shas).encode()).text.splitlines()
+        # A missing object answers "<id> missing" instead of its type.
+        return [sha for sha, kind in zip(shas, out, strict=True) if kind != "commit"]
+
     # -- diffs ---------------------------------------------------------------------------
 
     def object_id(self, rev: str) -> str:
@@ -550,6 +560,14 @@ class Git:
         self.run("add", "-A", "--", ".", cwd=worktree)
         tree = self.run("write-tree", cwd=worktree).text.strip()
         return self.commit_tree(tree, [parent], message)
+
+    def pending_paths(self, worktree: Path) -> list[str]:
+        """What a snapshot of the worktree would take up: untracked files that are not
+        ignored, and tracked ones modified or deleted. A directory git will not descend
+        into because it holds a repository comes as one entry, ``dir/``."""
+        listing = self.run("ls-files", "-z", "--others", "--modified", "--exclude-standard",
+                           cwd=worktree).stdout
+        return [decode_path(p) for p in listing.split(b"\0") if p]
 
     def tracked_changes(self, worktree: Path) -> bytes:
         """Uncommitted changes to tracked files (staged or not); empty when clean.

@@ -111,7 +111,7 @@ class LocalExecutor:
         if coder.decision == "no_diff":
             raise _Ended("no_diff", None, coder.notes or "the coder reported no change")
         self._apply_result_patch(coder, worktree)
-        after_coder = self.git.snapshot(worktree, job.start, f"wtmesh {job.unit.id}: coder")
+        after_coder = self._snapshot(job, worktree, "coder")
         fixer_spec = job.unit.fixer
         if fixer_spec is None:  # the coder's work is the result: both refs at once
             self.git.set_refs({f"{job.ref_prefix}/coder": after_coder,
@@ -132,10 +132,30 @@ class LocalExecutor:
             # The fixer's word is final; its "no_diff" means it had nothing to add, so the
             # coder's change stands.
             self._apply_result_patch(fixer, worktree)
-            final = self.git.snapshot(worktree, job.start, f"wtmesh {job.unit.id}: result")
+            coder_paths = [p for c in self.git.changes(job.start, after_coder) for p in c.paths]
+            final = self._snapshot(job, worktree, "result", coder_paths)
             self.git.set_ref(f"{job.ref_prefix}/result", final)
         faults.point("lanes-done")
         return final
+
+    def _snapshot(self, job: UnitJob, worktree: Path, what: str,
+                  earlier: list[str] | None = None) -> Sha:
+        """The worktree committed onto the unit's start. What a checkout could not
+        reproduce fails the unit first (SPEC 10): a path the change touches in a
+        repository embedded in the worktree (its files would not land, or not with its
+        history), or a link git refuses to record. ``earlier``: paths an earlier snapshot
+        already took up (the worktree's index has them, so they are not pending)."""
+        paths = self.git.pending_paths(worktree) + (earlier or [])
+        embedded = diffs.embedded_repositories(worktree, paths)
+        if embedded:
+            raise _Ended("failed", "scope_violation",
+                         "embedded git repository (its files cannot land): "
+                         + ", ".join(embedded))
+        refused = diffs.links_git_refuses(worktree, paths)
+        if refused:
+            raise _Ended("failed", "scope_violation",
+                         "symlink git refuses to record: " + ", ".join(refused))
+        return self.git.snapshot(worktree, job.start, f"wtmesh {job.unit.id}: {what}")
 
     @staticmethod
     def _check_decision(lane: LaneResult) -> None:
