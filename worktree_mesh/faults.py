@@ -18,8 +18,8 @@ POINTS = (
     "lanes-done",    # the unit's result ref is written, its ledger event not yet
     "apply",         # the candidate commit exists, its proof has not started
     "proof",         # the proof process is running
-    "bring-along",   # the user's worktree moved to the candidate, the target not yet
-    "land",          # the landing ref moved, its ledger event not yet
+    "bring-along",   # the target moved to the candidate, the user's worktree not yet
+    "land",          # the landing ref moved (and the worktree), its ledger event not yet
     "patch",         # patch_first: landed, the patch file not yet written
 )
 

@@ -31,8 +31,10 @@ import copy
 import hashlib
 import os
 import shutil
+import stat
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +82,12 @@ _DIFF_OPTIONS = (
 # System and global configuration off, for the calls on objects and in wtmesh's worktrees:
 # their configuration is the file wtmesh wrote, and nothing else.
 _HERMETIC_ENV = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null"}
+
+# An index.lock another git command holds (an editor's or IDE's `git status`) is waited
+# out this long before moving a worktree counts as refused: such a command holds it for
+# milliseconds to a second, while one a killed git left behind stays until removed.
+INDEX_LOCK_WAIT_S = 5.0
+_INDEX_LOCK_POLL_S = 0.02
 
 WTMESH_NAME = "wtmesh"
 WTMESH_EMAIL = "wtmesh@localhost"
@@ -606,16 +614,119 @@ class Git:
         res = self.run("rev-parse", "-q", "--verify", "HEAD", cwd=worktree, check=False)
         return Sha(res.text.strip()) if res.returncode == 0 else None
 
-    def bring_along(self, worktree: Path, old: str, new: str) -> proc.Completed:
-        """Move a worktree's index and files from ``old`` to ``new``; refuses (non-zero)
-        when a dirty or untracked file of the user's would be overwritten. The index's
-        stat information may be stale (files touched but unchanged), which makes
-        read-tree refuse a clean file: only then is it refreshed and tried again."""
-        moved = self.run("read-tree", "-m", "-u", old, new, cwd=worktree, check=False)
+    def bring_along(self, worktree: Path, old: str, new: str, *, dry_run: bool = False,
+                    on_wait: Callable[[Path], None] | None = None) -> str | None:
+        """Move a worktree's index and files from ``old`` to ``new`` (``dry_run``: only
+        check that git would); None when done, else why not, in one line.
+
+        ``read-tree -m -u`` refuses when a tracked file it would change is dirty or an
+        untracked file is in the way, but overwrites *ignored* files in the way: callers
+        check ``untracked_in_the_way`` first. An index.lock held by another git command
+        is waited out (``on_wait`` is told, with the lock's path) for up to
+        INDEX_LOCK_WAIT_S in all. The index's stat information may be stale (files
+        touched but unchanged), which makes read-tree refuse a clean file: only then is
+        it refreshed and tried again."""
+        args = ("read-tree", "-m", "-u", *(("-n",) if dry_run else ()), old, new)
+        deadline = time.monotonic() + INDEX_LOCK_WAIT_S
+        moved = self._waiting_out_index_lock(worktree, args, deadline, on_wait)
+        if moved.returncode != 0 and not _names_index_lock(moved):
+            self._waiting_out_index_lock(worktree, ("update-index", "-q", "--refresh"),
+                                         deadline, on_wait)
+            moved = self._waiting_out_index_lock(worktree, args, deadline, on_wait)
         if moved.returncode == 0:
-            return moved
-        self.run("update-index", "-q", "--refresh", cwd=worktree, check=False)
-        return self.run("read-tree", "-m", "-u", old, new, cwd=worktree, check=False)
+            return None
+        if _names_index_lock(moved):
+            return (f"{self.index_lock(worktree)} was held by another git command for more "
+                    f"than {INDEX_LOCK_WAIT_S:g}s")
+        why = moved.stderr.decode("utf-8", "surrogateescape").strip().splitlines()
+        return why[0] if why else "git read-tree refused"
+
+    def _waiting_out_index_lock(self, worktree: Path, args: Sequence[str], deadline: float,
+                                on_wait: Callable[[Path], None] | None) -> proc.Completed:
+        """Run git in ``worktree``; while it fails on an index.lock (another git command
+        is using the index), wait for the lock to go and run it again, until
+        ``deadline``. Git names the lock file in its message in every language."""
+        lock: Path | None = None
+        while True:
+            res = self.run(*args, cwd=worktree, check=False)
+            if res.returncode == 0 or not _names_index_lock(res) \
+                    or time.monotonic() >= deadline:
+                return res
+            if lock is None:
+                lock = self.index_lock(worktree)
+                if on_wait is not None:
+                    on_wait(lock)
+            time.sleep(_INDEX_LOCK_POLL_S)
+            while lock.exists() and time.monotonic() < deadline:
+                time.sleep(_INDEX_LOCK_POLL_S)
+
+    def index_lock(self, worktree: Path) -> Path:
+        """The lock file git creates beside a worktree's index while it writes it."""
+        index = self.run("rev-parse", "--path-format=absolute", "--git-path", "index",
+                         cwd=worktree).text.strip()
+        return Path(index + ".lock")
+
+    def untracked_in_the_way(self, worktree: Path, old: str, new: str) -> list[str]:
+        """Files git does not track, untracked or ignored (a ``.env``, a local config, a
+        symlink), that moving ``worktree`` from ``old`` to ``new`` would overwrite or
+        delete: at a path the range adds or changes, inside it (a directory where a file
+        lands) or at a leading directory of it (a file or symlink where a directory
+        lands). Tracked paths are left to read-tree's own checks."""
+        landing = [change.paths[-1] for change in self.changes(old, new)
+                   if change.status != "D"]
+        if not landing:
+            return []
+        listing = self.run("ls-files", "-z", cwd=worktree).stdout
+        tracked = {decode_path(path) for path in listing.split(b"\0") if path}
+        found: set[str] = set()
+        for path in landing:
+            found.update(_untracked_at(worktree, path, tracked))
+        return sorted(found)
+
+    def changes_in_the_way(self, worktree: Path, old: str, new: str) -> list[str]:
+        """Paths the range ``old..new`` touches whose index entry or file in ``worktree``
+        differs from ``old``: the tracked changes a move would overwrite."""
+        touched = {path for change in self.changes(old, new) for path in change.paths}
+        staged = self.run("diff-index", "--cached", "--name-only", "-z", "--no-renames",
+                          old, "--", cwd=worktree, check=False).stdout
+        unstaged = self.run("diff-files", "--name-only", "-z", cwd=worktree,
+                            check=False).stdout
+        differing = {decode_path(path) for path in (staged + unstaged).split(b"\0") if path}
+        return sorted(touched & differing)
+
+
+def _names_index_lock(res: proc.Completed) -> bool:
+    return res.returncode != 0 and b"index.lock" in res.stderr
+
+
+def _untracked_at(root: Path, path: str, tracked: set[str]) -> list[str]:
+    """What git does not track at ``path`` under ``root``, or in its way (see
+    ``Git.untracked_in_the_way``). Never follows a symlink: git does not either."""
+    parts = path.split("/")
+    for depth in range(1, len(parts)):
+        lead = "/".join(parts[:depth])
+        try:
+            mode = os.lstat(root / lead).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            return []  # nothing there, nor below it
+        if not stat.S_ISDIR(mode):  # a file or symlink where the range needs a directory
+            return [] if lead in tracked else [lead]
+    if path in tracked:
+        return []
+    try:
+        mode = os.lstat(root / path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    if not stat.S_ISDIR(mode):
+        return [path]
+    # A directory where a file lands: everything in it that git does not track would go.
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root / path):
+        here = Path(dirpath).relative_to(root).as_posix()
+        links = [name for name in dirnames if os.path.islink(os.path.join(dirpath, name))]
+        found += [f"{here}/{name}" for name in [*filenames, *links]
+                  if f"{here}/{name}" not in tracked]
+    return found
 
 
 class PrivateGit:

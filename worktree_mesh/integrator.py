@@ -4,10 +4,38 @@ For each accepted unit, in plan order and under the repository's integrator lock
 its diff onto the current head in the run's integration worktree (three-way, in a
 temporary index, where the plain apply fails), commit that tree as a candidate, run the
 proof on exactly that commit there, and only then land it — ``commit_first`` by moving the
-target with a compare-and-swap (bringing the user's checked-out worktree along first),
+target with a compare-and-swap (then bringing the user's checked-out worktree along),
 ``patch_first`` by moving a scratch ref and writing a ``git format-patch`` file. Units
 proven one after another while the integrator was catching up land in one such step. The
 head never points at a tree whose proof failed, and what lands is the tree the proof ran on.
+
+Bringing the user's worktree along (SPEC 11), when the target is checked out:
+
+1. Someone else moved the target since the candidate was built (a commit of the user's):
+   nothing is touched; the candidate is applied again onto the new tip and proven again.
+2. Check, without writing anything, that the worktree can follow from the target's
+   commit to the candidate: no file git does not track, untracked *or ignored*, where the
+   range lands a file or a directory (``read-tree -m -u`` silently overwrites ignored
+   ones), and ``read-tree -m -u -n`` agrees (no dirty tracked file in the way). If not,
+   the target is left alone: this and later units land on ``wtmesh/<run-id>/integrated``
+   (*stranded*), and the run ends saying which files are in the way and how to bring the
+   worktree along (exit 3).
+3. Record the move (``bring_along``), then move the target by compare-and-swap; losing the
+   race is case 1, with nothing touched.
+4. Move the worktree. The user may have changed something since step 2: then the
+   worktree is left where it was (its files and index at the old commit, its branch at
+   the new one, so ``git status`` shows the landed change staged in reverse — nothing of
+   the user's is lost), the run records ``left_behind`` with the files in the way and
+   ends with the one command that brings it along (exit 3); the worktree is not moved
+   again during the run.
+
+An ``index.lock`` held by another git command (an editor's ``git status``) is waited out
+for up to ``INDEX_LOCK_WAIT_S`` before a move counts as refused.
+
+Every ledger event of a landing is written before the git write it records, and resume
+reads each back against git, so a kill between the two is safe in either order: a
+``bring_along`` whose target did move is finished (a no-op if the worktree had moved), one
+whose target did not never touched the worktree.
 """
 
 from __future__ import annotations
@@ -15,6 +43,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -26,7 +55,7 @@ import filelock
 
 from . import diffs, faults, proc
 from .errors import EnvironmentRefused, UsageError
-from .git import Git, Sha
+from .git import INDEX_LOCK_WAIT_S, Git, Sha
 from .integration_worktree import IntegrationWorktree
 from .plan import Plan, Unit
 from .proof import Prover
@@ -117,6 +146,17 @@ def target_worktree(git: Git, target_ref: str) -> Path | None:
     return None
 
 
+@dataclass(frozen=True)
+class _Blocked:
+    """Why the user's worktree cannot follow the target, and the files in the way."""
+
+    reason: str
+    files: list[str]
+
+    def says(self) -> str:
+        return f"{self.reason}: {', '.join(self.files)}" if self.files else self.reason
+
+
 class Integrator:
     def __init__(self, *, git: Git, plan: Plan, run_id: str, state: StateDir, run_dir: RunDir,
                  delivery_mode: str, target: str, base: Sha, repo: Path,
@@ -146,6 +186,10 @@ class Integrator:
         self.stranded_ref = stranded_ref(run_id)
         self.landing_ref = self.target_ref if delivery_mode == "commit_first" else self.scratch_ref
         self.stranded = False
+        # The user's worktree that did not follow: stranded (the target stayed, landings
+        # go to stranded_ref) or left behind (the target moved, the worktree did not).
+        self.strand_record: dict[str, Any] | None = None  # worktree, at, files
+        self.left_behind: dict[str, Any] | None = None  # worktree, at, reason, files
 
     @property
     def last_proof_s(self) -> float:
@@ -191,7 +235,7 @@ class Integrator:
             return
         if self.git.read_ref(self.target_ref) is None:
             raise EnvironmentRefused(f"target branch {self.target_ref[11:]!r} does not exist")
-        worktree = target_worktree(self.git, self.target_ref)
+        worktree = self._worktree_to_bring_along()
         if worktree is not None and self.git.tracked_changes(worktree):
             raise EnvironmentRefused(
                 f"the target branch {self.target_ref[11:]!r} is checked out in {worktree} "
@@ -445,37 +489,123 @@ class Integrator:
     # -- landing -----------------------------------------------------------------------
 
     def _land(self, head: Sha, candidate: Sha) -> bool:
-        """Move the landing ref from ``head`` to ``candidate``; False when it moved first."""
+        """Move the landing ref from ``head`` to ``candidate``, then bring the user's
+        worktree along (see the module's docstring); False when the ref moved first."""
         if self.landing_ref != self.target_ref:
             return self.git.update_ref(self.landing_ref, candidate, head, f"wtmesh {self.run_id}")
-        worktree = target_worktree(self.git, self.target_ref)
+        worktree = self._worktree_to_bring_along()
         if worktree is not None:
-            # Recorded first: a crash between here and the swap is undone on resume.
+            if self.git.read_ref(self.target_ref) != head:
+                return False  # a commit of the user's: built upon, never a reason to strand
+            blocked = self._move(worktree, head, candidate, dry_run=True)
+            if blocked is not None:
+                return self._strand(head, candidate, worktree, blocked)
+            # Recorded before the swap: resume finishes a move the swap was not followed by.
             self.report("bring_along", worktree=str(worktree), old=head, new=candidate)
-            moved = self.git.bring_along(worktree, head, candidate)
-            if moved.returncode != 0:
-                return self._strand(head, candidate, worktree, moved)
-            faults.point("bring-along")
-        if self.git.update_ref(self.target_ref, candidate, head, f"wtmesh {self.run_id}"):
-            return True
+        if not self.git.update_ref(self.target_ref, candidate, head, f"wtmesh {self.run_id}"):
+            return False  # the user's worktree was not touched
         if worktree is not None:
-            # Someone moved the target between our read and our swap: put their worktree
-            # back where it was before integrating again onto the new target.
-            self.git.bring_along(worktree, candidate, head)
-        return False
+            faults.point("bring-along")
+            self.follow(worktree, head, candidate)
+        return True
 
-    def _strand(self, head: Sha, candidate: Sha, worktree: Path,
-                moved: proc.Completed) -> bool:
-        """The user's worktree cannot follow the target (they changed files it would
-        overwrite): leave the target alone and land on wtmesh/<run-id>/integrated."""
-        why = moved.stderr.decode("utf-8", "replace").strip().splitlines()
+    def _worktree_to_bring_along(self) -> Path | None:
+        worktree = target_worktree(self.git, self.target_ref)
+        if worktree is not None and self.left_behind is not None \
+                and str(worktree) == self.left_behind["worktree"]:
+            return None  # its index is at an older commit: moving it on would mix the two
+        return worktree
+
+    def _move(self, worktree: Path, old: Sha, new: Sha, *, dry_run: bool) -> _Blocked | None:
+        """Move the user's worktree from ``old`` to ``new`` (``dry_run``: only check that
+        it can); None when it did (could), else why not."""
+        in_the_way = self.git.untracked_in_the_way(worktree, old, new)
+        if in_the_way:
+            return _Blocked("files git does not track are in the way", in_the_way)
+
+        def waiting(lock: Path) -> None:
+            self.report("index_lock_wait", worktree=str(worktree), lock=str(lock),
+                        timeout_s=INDEX_LOCK_WAIT_S)
+
+        why = self.git.bring_along(worktree, old, new, dry_run=dry_run, on_wait=waiting)
+        if why is None:
+            return None
+        return _Blocked(why, self.git.changes_in_the_way(worktree, old, new))
+
+    def follow(self, worktree: Path, old: Sha, new: Sha) -> None:
+        """The target moved from ``old`` to ``new``: bring its worktree along, or, when
+        that cannot be done now, leave it where it was and record why and what is in
+        the way."""
+        blocked = self._move(worktree, old, new, dry_run=False)
+        if blocked is None:
+            return
+        self.left_behind = {"worktree": str(worktree), "at": old, "reason": blocked.reason,
+                            "files": blocked.files}
+        self.report("left_behind", **self.left_behind, target=new)
+
+    def _strand(self, head: Sha, candidate: Sha, worktree: Path, blocked: _Blocked) -> bool:
+        """The user's worktree cannot follow the target (files in the way): leave the
+        target alone and land on wtmesh/<run-id>/integrated, from ``head`` on."""
         self.stranded = True
         self.landing_ref = self.stranded_ref
-        self.report("stranded", ref=self.stranded_ref, worktree=str(worktree),
-                    reason=why[0] if why else "read-tree refused")
+        self.strand_record = {"worktree": str(worktree), "at": head, "files": blocked.files}
+        self.report("stranded", ref=self.stranded_ref, worktree=str(worktree), at=head,
+                    reason=blocked.says(), files=blocked.files)
         if self.git.read_ref(self.stranded_ref) is None:
             self.git.update_ref(self.stranded_ref, head, None, f"wtmesh {self.run_id}")
         return self.git.update_ref(self.stranded_ref, candidate, head, f"wtmesh {self.run_id}")
+
+    def resume_landing(self, *, stranded: Mapping[str, Any] | None,
+                       left_behind: Mapping[str, Any] | None,
+                       bring_along: Mapping[str, Any] | None) -> None:
+        """Take up an interrupted run's landing where the ledger and git say it stopped
+        (under the lock; see the module's docstring): the stranded branch, a worktree
+        left behind, or a recorded move of the worktree the kill cut short."""
+        if self.mode != "commit_first":
+            return
+        if stranded is not None:
+            self.stranded = True
+            self.landing_ref = self.stranded_ref
+            self.strand_record = {"worktree": stranded["worktree"], "at": stranded["at"],
+                                  "files": stranded.get("files", [])}
+        if left_behind is not None:
+            self.left_behind = {key: left_behind[key]
+                                for key in ("worktree", "at", "reason", "files")}
+            return
+        if bring_along is None or self.git.read_ref(self.target_ref) != bring_along["new"]:
+            return  # the swap never happened: the worktree was not touched
+        worktree = self._worktree_to_bring_along()
+        if worktree is not None and str(worktree) == bring_along["worktree"]:
+            self.follow(worktree, Sha(bring_along["old"]), Sha(bring_along["new"]))
+
+    def not_brought_along(self, head: Sha | None) -> dict[str, Any] | None:
+        """For the summary: the user's worktree that did not follow, what is in its way
+        and the command that brings it along once those files are moved aside; None
+        when it followed (or there was none)."""
+        if self.left_behind is not None:
+            worktree, at = self.left_behind["worktree"], self.left_behind["at"]
+            target = self.git.read_ref(self.target_ref) or head or at
+            files = self._in_the_way(Path(worktree), at, target, self.left_behind["files"])
+            command = f"git -C {shlex.quote(worktree)} read-tree -m -u {at} {target}"
+        elif self.stranded and self.strand_record is not None and head is not None:
+            worktree, at = self.strand_record["worktree"], self.strand_record["at"]
+            files = self._in_the_way(Path(worktree), at, head, self.strand_record["files"])
+            command = (f"git -C {shlex.quote(worktree)} merge --ff-only "
+                       f"{self.stranded_ref[len('refs/heads/'):]}")
+        else:
+            return None
+        return {"worktree": worktree, "files": files, "command": command}
+
+    def _in_the_way(self, worktree: Path, old: str, new: str, known: list[str]) -> list[str]:
+        """Everything in the way of moving ``worktree`` from ``old`` to ``new``, as of
+        now (later landings may have added some); ``known`` when it cannot be read."""
+        if not worktree.is_dir():
+            return known
+        try:
+            return sorted({*self.git.untracked_in_the_way(worktree, old, new),
+                           *self.git.changes_in_the_way(worktree, old, new)})
+        except proc.CommandError:
+            return known
 
     def rewrite_series(self, landed: list[tuple[str, Sha]]) -> dict[str, str]:
         """Write the whole patch series again from the landed commits (after a crash the

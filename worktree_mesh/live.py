@@ -123,7 +123,8 @@ class LiveView:
                                 else f"proving {len(units)} units, {units[0]}..{units[-1]}")
         elif event == "landed":
             model.integrator = f"landed {record['unit']}"
-        elif event in ("lock_wait", "backpressure", "stranded", "warning"):
+        elif event in ("lock_wait", "backpressure", "stranded", "left_behind",
+                       "index_lock_wait", "warning"):
             line = describe(record)
             if line:
                 model.notes = [*model.notes[-2:], line]

@@ -83,7 +83,19 @@ def _describe(record: dict[str, Any]) -> str | None:
     if event == "stranded":
         return (f"wtmesh: the worktree {record['worktree']} cannot follow the target "
                 f"({record['reason']}); further units land on {record['ref'][11:]}")
+    if event == "left_behind":
+        return (f"wtmesh: the target moved to {record['target'][:12]} but the worktree "
+                f"{record['worktree']} could not follow ({_reason(record)}); it stays at "
+                f"{record['at'][:12]}, nothing lost")
+    if event == "index_lock_wait":
+        return (f"wtmesh: waiting for another git command in {record['worktree']} to "
+                f"release {record['lock']} (up to {record['timeout_s']:g}s)")
     return None
+
+
+def _reason(record: dict[str, Any]) -> str:
+    files = record.get("files") or []
+    return f"{record['reason']}: {', '.join(files)}" if files else record["reason"]
 
 
 def first_line(text: str) -> str:
@@ -124,7 +136,12 @@ def landing_note(summary: dict[str, Any]) -> str:
     integrated = summary["counts"].get("integrated", 0)
     if summary.get("stranded_ref"):
         return (f"the target's worktree could not be brought along: the integrated commits "
-                f"are on branch {summary['stranded_ref']} ({summary['head'][:12]})")
+                f"are on branch {summary['stranded_ref']} ({summary['head'][:12]})"
+                + _how_to_bring_along(summary))
+    if summary.get("not_brought_along"):
+        return (f"{integrated} commits on {summary['target']}, now at {summary['head'][:12]}, "
+                f"but its worktree {summary['not_brought_along']['worktree']} was left where "
+                "it was" + _how_to_bring_along(summary))
     if summary["delivery_mode"] == "patch_first":
         return (f"{integrated} patches in {summary['patch_dir']} (listed in its series file; "
                 f"apply on {summary['base'][:12]} with: git am {summary['patch_dir']}/*.patch); "
@@ -132,6 +149,14 @@ def landing_note(summary: dict[str, Any]) -> str:
     if integrated:
         return f"{integrated} commits on {summary['target']}, now at {summary['head'][:12]}"
     return f"{summary['target']} unchanged"
+
+
+def _how_to_bring_along(summary: dict[str, Any]) -> str:
+    left = summary.get("not_brought_along")
+    if not left:
+        return ""
+    aside = (f"move aside {', '.join(left['files'])}, then " if left["files"] else "")
+    return f"; to bring it along, {aside}run: {left['command']}"
 
 
 def print_json(data: Any, stream: TextIO | None = None) -> None:

@@ -144,17 +144,6 @@ def stop_leftover_processes(run_id: str) -> list[int]:
     return sorted(groups)
 
 
-def undo_bring_along(git: Git, worktree: Path, old: str, new: str) -> None:
-    """A crash came between moving the user's worktree to ``new`` and moving the target:
-    put the worktree back on ``old`` (the target's commit). Only files that still hold
-    what ``new`` put there are touched; anything the user changed since stays."""
-    if not worktree.is_dir():
-        return
-    index_tree = git.run("write-tree", cwd=worktree, check=False).text.strip()
-    if index_tree == git.tree_of(new):
-        git.run("read-tree", "-m", "-u", new, old, cwd=worktree, check=False)
-
-
 @dataclass
 class Recovery:
     run_id: str
@@ -162,8 +151,9 @@ class Recovery:
     finished: dict[str, dict[str, Any]] = field(default_factory=dict)  # unit_finished
     lanes_done: dict[str, dict[str, Any]] = field(default_factory=dict)
     attempts: dict[str, int] = field(default_factory=dict)
-    stranded: bool = False
-    pending_bring_along: dict[str, Any] | None = None
+    stranded: dict[str, Any] | None = None  # the stranded event: where the branch starts
+    left_behind: dict[str, Any] | None = None  # the user's worktree did not follow
+    pending_bring_along: dict[str, Any] | None = None  # recorded, not known to be done
 
 
 def recover(run_dir: RunDir) -> Recovery:
@@ -179,9 +169,12 @@ def recover(run_dir: RunDir) -> Recovery:
         elif event == "lane_started":
             recovery.attempts[unit] = max(recovery.attempts.get(unit, 0), record["attempt"])
         elif event == "stranded":
-            recovery.stranded = True
+            recovery.stranded = record
         elif event == "bring_along":
             recovery.pending_bring_along = record
+        elif event == "left_behind":
+            recovery.left_behind = record
+            recovery.pending_bring_along = None
         elif event == "landed":
             recovery.pending_bring_along = None
     return recovery

@@ -39,7 +39,6 @@ from .resume import (
     landed_in_git,
     resume_steps,
     stop_leftover_processes,
-    undo_bring_along,
 )
 from .run_options import RunOptions
 from .state import RunDir, StateDir, new_run_id, unit_ref_prefix, write_atomic
@@ -229,14 +228,12 @@ class Run:
         self.git.remove_worktrees_under(self.run_dir.worktrees)
         for leftover in self.run_dir.tmp.glob("index-*"):  # the dead process's indexes
             leftover.unlink(missing_ok=True)
-        pending = recovery.pending_bring_along
-        if pending and self.git.read_ref(self.integrator.target_ref) != pending["new"]:
-            undo_bring_along(self.git, Path(pending["worktree"]), pending["old"],
-                             pending["new"])
-        if recovery.stranded:
-            self.integrator.landing_ref = self.integrator.stranded_ref
-            self.integrator.stranded = True
         with self.integrator.locked():
+            # Before the start check: a move of the user's worktree the kill cut short
+            # looks like uncommitted changes until it is finished.
+            self.integrator.resume_landing(stranded=recovery.stranded,
+                                           left_behind=recovery.left_behind,
+                                           bring_along=recovery.pending_bring_along)
             self.integrator.check_start()
         landed = landed_in_git(self.git, recovery)
         steps = resume_steps(self.git, recovery, (u.id for u in self.order), landed)
@@ -521,7 +518,8 @@ class Run:
 
     def _finish_run(self) -> dict[str, Any]:
         failed = any(p.state not in ("integrated", "no_diff") for p in self.units.values())
-        exit_code = EXIT_ENVIRONMENT if self.integrator.stranded else (
+        not_followed = self.integrator.stranded or self.integrator.left_behind is not None
+        exit_code = EXIT_ENVIRONMENT if not_followed else (
             EXIT_UNITS_FAILED if failed else EXIT_OK)
         summary = self._summary(exit_code)
         # The summary file first: once run_finished is in the ledger, resume points here.
@@ -560,6 +558,9 @@ class Run:
         }
         if self.integrator.stranded:
             summary["stranded_ref"] = self.integrator.stranded_ref[len("refs/heads/"):]
+        not_brought_along = self.integrator.not_brought_along(head)
+        if not_brought_along is not None:
+            summary["not_brought_along"] = not_brought_along
         return summary
 
     def close(self) -> None:
