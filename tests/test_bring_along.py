@@ -1,12 +1,13 @@
 """Bringing the user's worktree along (SPEC 11), tried as a hostile world would: the user
 commits while a unit is proven, keeps ignored files where a unit lands tracked ones, an
-editor holds index.lock, and wtmesh is killed between moving the target and moving
-the worktree."""
+editor holds index.lock, and wtmesh is killed between a ledger event and the git write
+it records."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import git, git_first_on_path, lane, state_dir, wtmesh
+from conftest import git, git_first_on_path, lane, make_repo, state_dir, wtmesh
 
 KILLED = -signal.SIGKILL
 Record = dict[str, Any]
@@ -304,7 +305,89 @@ def test_an_index_lock_that_stays_is_a_refusal_that_says_so(repo: Path,
     assert git(repo, "status", "--porcelain") == ""
 
 
-# -- kill -9 between the swap and the move ------------------------------------------------
+# -- kill -9 between a ledger event and its git write (case 14) -------------------------
+
+def stranding_repo(dest: Path) -> tuple[Path, Path]:
+    """A repository whose user keeps an untracked a.txt where the first unit lands one,
+    and a two-unit plan: both land on the stranded branch."""
+    repo = make_repo(dest / "repo")
+    (repo / "a.txt").write_text("mine\n")
+    plan = dest / "plan.json"
+    plan.write_text(json.dumps({"units": [
+        {"id": "u1", "objective": "o", "unit_scope": "a.txt",
+         "lanes": {"coder": {"command": lane("act.py", "write:a.txt=unit\\n")}}},
+        {"id": "u2", "objective": "o", "unit_scope": "b.txt",
+         "lanes": {"coder": {"command": lane("act.py", "write:b.txt=b\\n")}}}]}))
+    return repo, plan
+
+
+def resume_to_end(repo: Path, plan: Path, env: dict[str, str]) -> list[int]:
+    """Run with the fault, then resume while killed; every exit code seen."""
+    codes = [wtmesh("run", plan, cwd=repo, env=env).returncode]
+    while codes[-1] == KILLED:
+        res = wtmesh("run", plan, "--resume", cwd=repo)
+        assert "Traceback" not in res.stderr, res.stderr
+        assert "disappeared" not in res.stderr, res.stderr
+        codes.append(res.returncode)
+        assert len(codes) < 5, codes
+    return codes
+
+
+def stranded_outcome(repo: Path) -> Record:
+    (run_dir,) = (state_dir(repo) / "runs").iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    records = [json.loads(line) for line in (run_dir / "ledger.jsonl").read_text().splitlines()]
+    branch = summary["stranded_ref"]
+    return {
+        "exit": summary["exit_code"],
+        "states": [u["status"] for u in summary["units"]],
+        "finished_once": sorted(r["unit"] for r in records if r["event"] == "unit_finished"),
+        "branch": git(repo, "log", "--format=%s", branch).splitlines(),
+        "tree": git(repo, "rev-parse", f"{branch}^{{tree}}"),
+        "main": git(repo, "log", "--format=%s", "main").splitlines(),
+        "mine": (repo / "a.txt").read_text(),
+        "status": git(repo, "status", "--porcelain"),
+        "in_the_way": summary.get("not_brought_along", {}).get("files"),
+    }
+
+
+@pytest.fixture(scope="module")
+def stranded_reference(hermetic_module: None, tmp_path_factory: pytest.TempPathFactory
+                       ) -> tuple[Record, range]:
+    repo, plan = stranding_repo(tmp_path_factory.mktemp("stranded-reference"))
+    assert wtmesh("run", plan, cwd=repo).returncode == 3
+    outcome = stranded_outcome(repo)
+    assert outcome["states"] == ["integrated", "integrated"]
+    assert outcome["main"] == ["initial"] and outcome["mine"] == "mine\n"
+    records = ledger(repo)
+    # From the first landing on: killing lanes is tests/test_resume.py's.
+    first = next(r["seq"] for r in records if r["event"] == "apply_started")
+    return outcome, range(first, len(records) + 1)
+
+
+def test_kill_after_every_ledger_event_of_a_stranding_run_then_resume(
+        tmp_path: Path, stranded_reference: tuple[Record, range]) -> None:
+    """Killed after any event of the landings (the stranded one included, before its
+    branch exists), every resume goes on, and the end is the uninterrupted run's."""
+    reference, events = stranded_reference
+    for n in events:
+        repo, plan = stranding_repo(tmp_path / f"run-{n}")
+        codes = resume_to_end(repo, plan, {"WTMESH_FAULT": f"after-event:{n}"})
+        assert codes[-1] == 3, (n, codes)
+        assert stranded_outcome(repo) == reference, f"killed after event {n}"
+        shutil.rmtree(tmp_path / f"run-{n}")
+
+
+def test_kill_between_the_stranded_event_and_its_branch_then_resume(
+        tmp_path: Path, stranded_reference: tuple[Record, range]) -> None:
+    """The kill of issue 12's case 14, at the named point: the resume makes the branch
+    where the event says it starts."""
+    repo, plan = stranding_repo(tmp_path)
+    codes = resume_to_end(repo, plan, {"WTMESH_FAULT": "at:strand"})
+    assert codes[0] == KILLED, "the fault point was never reached"
+    assert codes[-1] == 3
+    assert stranded_outcome(repo) == stranded_reference[0]
+
 
 def test_kill_after_the_swap_then_a_file_in_the_way_leaves_the_worktree_behind(
         repo: Path, write_plan: Any, tmp_path: Path) -> None:

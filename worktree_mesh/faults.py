@@ -20,6 +20,7 @@ POINTS = (
     "proof",         # the proof process is running
     "bring-along",   # the target moved to the candidate, the user's worktree not yet
     "land",          # the landing ref moved (and the worktree), its ledger event not yet
+    "strand",        # the stranded event is written, the stranded branch not yet made
     "patch",         # patch_first: landed, the patch file not yet written
 )
 

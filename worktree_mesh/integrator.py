@@ -35,7 +35,8 @@ for up to ``INDEX_LOCK_WAIT_S`` before a move counts as refused.
 Every ledger event of a landing is written before the git write it records, and resume
 reads each back against git, so a kill between the two is safe in either order: a
 ``bring_along`` whose target did move is finished (a no-op if the worktree had moved), one
-whose target did not never touched the worktree.
+whose target did not never touched the worktree; a ``stranded`` whose branch was not made
+yet makes it where the event says; a stranded branch counts even without its event.
 """
 
 from __future__ import annotations
@@ -545,12 +546,14 @@ class Integrator:
 
     def _strand(self, head: Sha, candidate: Sha, worktree: Path, blocked: _Blocked) -> bool:
         """The user's worktree cannot follow the target (files in the way): leave the
-        target alone and land on wtmesh/<run-id>/integrated, from ``head`` on."""
+        target alone and land on wtmesh/<run-id>/integrated, from ``head`` on. The event
+        comes first and says where the branch starts, for a resume to make it."""
         self.stranded = True
         self.landing_ref = self.stranded_ref
         self.strand_record = {"worktree": str(worktree), "at": head, "files": blocked.files}
         self.report("stranded", ref=self.stranded_ref, worktree=str(worktree), at=head,
                     reason=blocked.says(), files=blocked.files)
+        faults.point("strand")
         if self.git.read_ref(self.stranded_ref) is None:
             self.git.update_ref(self.stranded_ref, head, None, f"wtmesh {self.run_id}")
         return self.git.update_ref(self.stranded_ref, candidate, head, f"wtmesh {self.run_id}")
@@ -563,11 +566,16 @@ class Integrator:
         left behind, or a recorded move of the worktree the kill cut short."""
         if self.mode != "commit_first":
             return
-        if stranded is not None:
+        stranded_head = self.git.read_ref(self.stranded_ref)
+        if stranded is not None or stranded_head is not None:
             self.stranded = True
             self.landing_ref = self.stranded_ref
-            self.strand_record = {"worktree": stranded["worktree"], "at": stranded["at"],
+        if stranded is not None:
+            at = stranded.get("at") or self.git.read_ref(self.target_ref)
+            self.strand_record = {"worktree": stranded["worktree"], "at": at,
                                   "files": stranded.get("files", [])}
+            if stranded_head is None and at is not None:  # killed before it was made
+                self.git.update_ref(self.stranded_ref, at, None, f"wtmesh {self.run_id}")
         if left_behind is not None:
             self.left_behind = {key: left_behind[key]
                                 for key in ("worktree", "at", "reason", "files")}

@@ -187,8 +187,8 @@ def landed_in_git(git: Git, recovery: Recovery) -> dict[str, Sha]:
     ref = (scratch_ref(run_id) if started["delivery_mode"] == "patch_first"
            else f"refs/heads/{started['target']}")
     landed = landed_commits(git, run_id, ref, started["base"])
-    if recovery.stranded:
-        landed.update(landed_commits(git, run_id, stranded_ref(run_id), started["base"]))
+    # The stranded branch counts whether or not the ledger got to say it was made.
+    landed.update(landed_commits(git, run_id, stranded_ref(run_id), started["base"]))
     return landed
 
 
