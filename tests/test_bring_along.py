@@ -1,7 +1,7 @@
 """Bringing the user's worktree along (SPEC 11), tried as a hostile world would: the user
 commits while a unit is proven, keeps ignored files where a unit lands tracked ones, an
-editor holds index.lock, and wtmesh is killed between a ledger event and the git write
-it records."""
+editor holds index.lock, wtmesh is killed between a ledger event and the git write it
+records, and the target's linked worktree has been deleted."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import git, git_first_on_path, lane, make_repo, state_dir, wtmesh
+from conftest import git, git_first_on_path, lane, make_repo, one_error_line, state_dir, wtmesh
 
 KILLED = -signal.SIGKILL
 Record = dict[str, Any]
@@ -412,3 +412,41 @@ def test_kill_after_the_swap_then_a_file_in_the_way_leaves_the_worktree_behind(
     assert summary["not_brought_along"]["command"] == \
         f"git -C {repo} read-tree -m -u {old} {summary['head']}"
     assert [u["status"] for u in summary["units"]] == ["integrated"]
+
+
+# -- the target's linked worktree deleted (case 16) --------------------------------------
+
+def test_a_deleted_linked_worktree_of_the_target_is_not_brought_along(
+        repo: Path, write_plan: Any, tmp_path: Path) -> None:
+    """Its directory is gone (git lists it as prunable): no file of the user's is there
+    to keep safe, so the target just moves."""
+    git(repo, "checkout", "-q", "-b", "other")
+    linked = tmp_path / "linked"
+    git(repo, "worktree", "add", "-q", str(linked), "main")
+    shutil.rmtree(linked)
+    plan = write_plan({"target": "main", "units": [{"id": "u1", "objective": "o", "lanes": {
+        "coder": {"command": lane("act.py", "write:a.txt=a\\n")}}}]})
+    code, summary = run_json(repo, plan)
+    assert code == 0
+    assert git(repo, "show", "main:a.txt") == "a"
+    assert git(repo, "rev-parse", "main") == summary["head"]
+    assert not linked.exists()
+    assert not (repo / "a.txt").exists()  # 'other' is untouched
+    assert git(repo, "status", "--porcelain") == ""
+
+
+def test_a_locked_linked_worktree_of_the_target_that_is_missing_refuses(
+        repo: Path, write_plan: Any, tmp_path: Path) -> None:
+    """Locked (`git worktree lock`: a removable disk) it will be back, and would come
+    back stale: one line, exit 3, nothing moved."""
+    git(repo, "checkout", "-q", "-b", "other")
+    linked = tmp_path / "linked"
+    git(repo, "worktree", "add", "-q", str(linked), "main")
+    git(repo, "worktree", "lock", "--reason", "on a usb disk", str(linked))
+    shutil.rmtree(linked)
+    tip = git(repo, "rev-parse", "main")
+    plan = write_plan({"target": "main", "units": [{"id": "u1", "objective": "o", "lanes": {
+        "coder": {"command": lane("act.py", "write:a.txt=a\\n")}}}]})
+    line = one_error_line(wtmesh("run", plan, cwd=repo), 3)
+    assert str(linked) in line and "locked" in line
+    assert git(repo, "rev-parse", "main") == tip

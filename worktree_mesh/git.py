@@ -694,6 +694,19 @@ class Git:
         differing = {decode_path(path) for path in (staged + unstaged).split(b"\0") if path}
         return sorted(touched & differing)
 
+    def worktree_is_locked(self, path: Path) -> bool:
+        """Whether ``git worktree lock`` protects the linked worktree at ``path``: it is
+        meant to come back (a removable disk, a network share) even while it is gone."""
+        with self._worktree_admin(reading=True):
+            listing = self.run("worktree", "list", "--porcelain", "-z").stdout
+        # One NUL after each attribute, one more after each worktree's record.
+        for record in listing.split(b"\0\0"):
+            fields = record.split(b"\0")
+            if fields[0] == b"worktree " + os.fsencode(path):
+                return any(field == b"locked" or field.startswith(b"locked ")
+                           for field in fields[1:])
+        return False
+
 
 def _names_index_lock(res: proc.Completed) -> bool:
     return res.returncode != 0 and b"index.lock" in res.stderr

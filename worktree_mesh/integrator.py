@@ -30,7 +30,10 @@ Bringing the user's worktree along (SPEC 11), when the target is checked out:
    again during the run.
 
 An ``index.lock`` held by another git command (an editor's ``git status``) is waited out
-for up to ``INDEX_LOCK_WAIT_S`` before a move counts as refused.
+for up to ``INDEX_LOCK_WAIT_S`` before a move counts as refused. A target checked out in a
+linked worktree whose directory is gone (git lists it as prunable) has nothing to bring
+along and simply moves; one that is also locked (``git worktree lock``: it will be back)
+refuses.
 
 Every ledger event of a landing is written before the git write it records, and resume
 reads each back against git, so a kill between the two is safe in either order: a
@@ -140,10 +143,24 @@ class _Link:
 
 
 def target_worktree(git: Git, target_ref: str) -> Path | None:
-    """The worktree that has the target branch checked out, if any."""
+    """The worktree that has the target branch checked out, if any can be brought along.
+
+    A linked worktree whose directory was deleted (without ``git worktree remove``; git
+    lists it as prunable) holds no file of the user's that moving the target could
+    overwrite, and nothing to bring along: the target just moves, as if no worktree had
+    it checked out. If it is locked (``git worktree lock``, e.g. on a removable disk) the
+    user said it will be back, stale against a target that moved without it: refused."""
     for entry in git.worktrees():
-        if entry.branch == target_ref and not entry.bare:
+        if entry.branch != target_ref or entry.bare:
+            continue
+        if entry.path.is_dir():
             return entry.path
+        if git.worktree_is_locked(entry.path):
+            raise EnvironmentRefused(
+                f"the target branch {target_ref[11:]!r} is checked out in the locked "
+                f"worktree {entry.path}, which is missing; make it available (or unlock "
+                "it with git worktree unlock) and run again")
+        return None
     return None
 
 
