@@ -57,7 +57,7 @@ from typing import Any
 
 import filelock
 
-from . import diffs, faults, proc
+from . import diffs, faults, mail_safe, proc
 from .errors import EnvironmentRefused, UsageError
 from .git import INDEX_LOCK_WAIT_S, Git, Sha
 from .integration_worktree import IntegrationWorktree
@@ -113,10 +113,12 @@ class Landing:
 def commit_message(unit: Unit, run_id: str, *, batch: str | None = None,
                    proof: str | None = None) -> str:
     """Subject from the objective, its body, and trailers: the run and unit (how resume
-    recognises a landing), and in a batch which commit of it the proof ran on."""
+    recognises a landing), and in a batch which commit of it the proof ran on. In
+    patch_first the message travels through ``git am``: the body is made safe for it
+    (``mail_safe``), and the subject's whitespace is what mailinfo leaves of it."""
     lines = unit.objective.strip().splitlines() or [unit.id]
-    subject = f"{unit.id}: {lines[0].strip()}"
-    body = "\n".join(lines[1:]).strip()
+    subject = f"{unit.id}: {' '.join(lines[0].split())}"
+    body = mail_safe.body(lines[1:])
     parts = [subject]
     if body:
         parts.append(body)
