@@ -5,12 +5,13 @@ checked by every run itself."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import git, wtmesh
+from conftest import git, make_repo, wtmesh
 
 from worktree_mesh.mail_safe import is_scissors_line
 
@@ -116,3 +117,204 @@ def test_scissors_lines_are_recognised_as_git_does(tmp_path: Path, line: str,
                    cwd=tmp_path, input=mail, capture_output=True, check=True)
     assert ("above" not in message.read_text()) == scissors
     assert is_scissors_line(line) == scissors
+
+
+# -- user configuration ---------------------------------------------------------------
+
+
+def _lines(name: str, count: int, blank_every: int = 0) -> str:
+    return "".join("\n" if blank_every and i % blank_every == 0 else f"{name} {i}\n"
+                   for i in range(1, count + 1))
+
+
+@pytest.fixture(scope="module")
+def delivery_template(hermetic_module: None, tmp_path_factory: pytest.TempPathFactory
+                      ) -> Path:
+    """A repository with what patches are made of: context with blank lines, CRLF line
+    ends, a file to rename, one to delete, one whose mode changes."""
+    repo = make_repo(tmp_path_factory.mktemp("delivery") / "repo")
+    (repo / "blanks.txt").write_text(_lines("blank", 40, blank_every=3))
+    (repo / "crlf.txt").write_bytes(b"one\r\ntwo\r\nthree\r\n")
+    (repo / "old-name.txt").write_text(_lines("kept", 20))
+    (repo / "gone.txt").write_text("gone\n")
+    (repo / "run.sh").write_text("echo run\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "files to patch")
+    return repo
+
+
+# Two units (each unit costs a run time; the config table runs this plan many times).
+# Lanes edit with patterns that hold under core.autocrlf, which puts CRs in checkouts.
+DELIVERY_PLAN = {"delivery_mode": "patch_first", "units": [
+    {"id": "u-text", "objective": "Édit blanks: Grüße\n\nFrom the planner: keep it short.",
+     "unit_scope": ["blanks.txt", "trail.txt", "logo.bin", "crlf.txt"],
+     "lanes": {"coder": {"command": (
+         "sed -i 's/^blank 8\\(\\r*\\)$/blank eight\\1/; s/^blank 17\\(\\r*\\)$/seventeen\\1/'"
+         " blanks.txt && printf 'x  \\n \\ty\\n\\n' > trail.txt"
+         " && printf '\\000\\001\\002\\377' > logo.bin"
+         " && printf 'one\\r\\nTWO\\r\\nthree\\r\\nfour\\r\\n' > crlf.txt")}}},
+    {"id": "u-files", "objective": "Rename, delete, chmod, edit code",
+     "unit_scope": ["old-name.txt", "new-name.txt", "gone.txt", "run.sh", "calc/"],
+     "lanes": {"coder": {"command": (
+         "mv old-name.txt new-name.txt && echo more >> new-name.txt && rm gone.txt"
+         " && chmod +x run.sh && sed -i 's/a + b/b + a/' calc/ops.py")}}},
+]}
+
+
+def delivered(template: Path, dest: Path, config: tuple[str, ...],
+              write_plan: Any) -> dict[str, Any]:
+    """A patch_first run of DELIVERY_PLAN with ``config`` set in the repository: what it
+    delivered, with what differs between any two runs (run id, commit ids) taken out."""
+    repo = Path(shutil.copytree(template, dest, symlinks=True))
+    order = dest.parent / "order"
+    order.write_text("run.sh\n*\n")
+    for item in config:
+        key, _, value = item.partition("=")
+        git(repo, "config", "--add", key, value.replace("{order}", str(order)))
+    summary = run(repo, write_plan(DELIVERY_PLAN, f"plan-{dest.name}.json"))
+    run_id = summary["run_id"]
+    patch_dir = Path(summary["patch_dir"])
+    names = (patch_dir / "series").read_text().splitlines()
+    return {
+        "exit_code": summary["exit_code"],
+        "states": {u["id"]: (u["status"], u["failure_code"]) for u in summary["units"]},
+        "tree": git(repo, "rev-parse", f"{summary['head']}^{{tree}}"),
+        "series": names,
+        "patches": [(patch_dir / n).read_bytes().split(b"\n", 1)[1]
+                    .replace(run_id.encode(), b"RUN") for n in names],
+    }
+
+
+@pytest.fixture(scope="module")
+def delivered_without_config(delivery_template: Path, tmp_path_factory: pytest.TempPathFactory
+                             ) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("reference")
+
+    def write_plan(data: dict[str, Any], name: str) -> Path:
+        (out / name).write_text(json.dumps(data))
+        return out / name
+
+    reference = delivered(delivery_template, out / "repo", (), write_plan)
+    assert reference["exit_code"] == 0
+    assert set(reference["states"].values()) == {("integrated", None)}
+    return reference
+
+
+# Settings that shaped patch files, made them fail git am, or crashed the run (case 7),
+# and their neighbours; {order} is a diff.orderFile listing run.sh first.
+DELIVERY_CONFIG = [
+    ("diff.context=0",), ("diff.context=10",), ("diff.interHunkContext=10",),
+    ("diff.noprefix=true",), ("diff.mnemonicPrefix=true",), ("diff.algorithm=histogram",),
+    ("diff.renames=false",), ("diff.suppressBlankEmpty=true",), ("diff.orderFile={order}",),
+    ("core.bigFileThreshold=10",), ("format.useAutoBase=true",), ("format.signature=EVIL",),
+    ("format.signatureFile=/etc/hostname",),
+    ("format.headers=Content-Transfer-Encoding: base64",), ("format.subjectPrefix=EVIL",),
+    ("format.numbered=true",), ("format.coverLetter=true",), ("format.thread=shallow",),
+    ("format.suffix=.txt",), ("format.signOff=true",),
+    ("format.from=Evil <evil@example.com>",), ("format.to=to@example.com",),
+    ("format.cc=cc@example.com",), ("format.attach=true",),
+    ("format.encodeEmailHeaders=false",), ("i18n.logOutputEncoding=ISO-8859-1",),
+    ("i18n.commitEncoding=ISO-8859-1",), ("commit.gpgSign=true", "gpg.program=false"),
+    ("core.autocrlf=true",), ("core.whitespace=cr-at-eol,tab-in-indent",),
+    ("apply.whitespace=fix",), ("apply.ignoreWhitespace=change",),
+]
+
+
+@pytest.mark.parametrize("config", DELIVERY_CONFIG, ids=" ".join)
+def test_no_setting_changes_the_series(delivery_template: Path,
+                                       delivered_without_config: dict[str, Any],
+                                       tmp_path: Path, write_plan: Any,
+                                       config: tuple[str, ...]) -> None:
+    """Case 7 (diff.context=0 made the series fail git am, format.useAutoBase crashed the
+    run): with the setting in the repository's config the run delivers byte for byte
+    the series it delivers without it."""
+    got = delivered(delivery_template, tmp_path / "repo", config, write_plan)
+    assert got == delivered_without_config
+
+
+@pytest.fixture(scope="module")
+def landing_template(hermetic_module: None, tmp_path_factory: pytest.TempPathFactory
+                     ) -> tuple[Path, str]:
+    """A repository whose target moved on since the plan's base: one file three-way
+    merges cleanly, one conflicts only in whitespace, one conflicts outright."""
+    repo = make_repo(tmp_path_factory.mktemp("landing") / "repo")
+    (repo / "merges.txt").write_text(_lines("line", 20))
+    (repo / "spaces.txt").write_text("a\nb  x\nc\n")
+    (repo / "conflicts.txt").write_text(_lines("line", 10))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "files to conflict")
+    base = git(repo, "rev-parse", "HEAD")
+    (repo / "merges.txt").write_text(_lines("line", 20).replace("line 3\n", "line 3 (t)\n"))
+    (repo / "spaces.txt").write_text("a\nb\tx\nc\n")
+    (repo / "conflicts.txt").write_text(_lines("line", 10).replace("line 5\n", "five (t)\n"))
+    git(repo, "commit", "-q", "-am", "the target moves on")
+    return repo, base
+
+
+# Lanes edit with patterns that hold under core.autocrlf (CRs in the checkout).
+LANDING_UNITS = [
+    {"id": "u-merges", "objective": "Three-way", "unit_scope": "merges.txt",
+     "lanes": {"coder": {"command": "sed -i 's/^line 5\\(\\r*\\)$/line 5 (u)\\1/' merges.txt"}}},
+    {"id": "u-spaces", "objective": "Whitespace conflict", "unit_scope": "spaces.txt",
+     "lanes": {"coder": {"command": "sed -i 's/^b  x\\(\\r*\\)$/b y\\1/' spaces.txt"}}},
+    {"id": "u-conflicts", "objective": "Conflict", "unit_scope": "conflicts.txt",
+     "lanes": {"coder": {"command": "sed -i 's/^line 5\\(\\r*\\)$/five (u)\\1/' conflicts.txt"}}},
+    {"id": "u-new", "objective": "Grüße: whitespace errors", "unit_scope": "trail.txt",
+     "lanes": {"coder": {"command": "printf 'x  \\n \\ty\\n\\n' > trail.txt"}}},
+]
+
+
+def landed(template: tuple[Path, str], dest: Path, config: tuple[str, ...],
+           write_plan: Any) -> dict[str, Any]:
+    """A commit_first run from the old base with ``config`` set: what landed."""
+    repo = Path(shutil.copytree(template[0], dest, symlinks=True))
+    for item in config:
+        key, _, value = item.partition("=")
+        git(repo, "config", "--add", key, value)
+    plan = write_plan({"base": template[1], "units": LANDING_UNITS}, f"plan-{dest.name}.json")
+    summary = run(repo, plan)
+    return {
+        "states": {u["id"]: (u["status"], u["failure_code"]) for u in summary["units"]},
+        "tree": git(repo, "rev-parse", "main^{tree}"),
+        "messages": git(repo, "-c", "i18n.logOutputEncoding=UTF-8", "log", "--format=%B",
+                        "HEAD~1..main")
+        .replace(summary["run_id"], "RUN"),
+        "encoding": git(repo, "log", "--format=%e", "HEAD~1..main"),
+    }
+
+
+@pytest.fixture(scope="module")
+def landed_without_config(landing_template: tuple[Path, str],
+                          tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("landed")
+
+    def write_plan(data: dict[str, Any], name: str) -> Path:
+        (out / name).write_text(json.dumps(data))
+        return out / name
+
+    reference = landed(landing_template, out / "repo", (), write_plan)
+    assert reference["states"] == {
+        "u-merges": ("integrated", None), "u-spaces": ("failed", "integration_conflict"),
+        "u-conflicts": ("failed", "integration_conflict"), "u-new": ("integrated", None)}
+    return reference
+
+
+LANDING_CONFIG = [
+    ("apply.ignoreWhitespace=change",), ("apply.whitespace=fix",), ("apply.whitespace=error",),
+    ("core.whitespace=trailing-space,space-before-tab,tab-in-indent",),
+    ("merge.default=union",), ("merge.conflictStyle=diff3",),
+    ("rerere.enabled=true", "rerere.autoUpdate=true"), ("core.autocrlf=true",),
+    ("commit.gpgSign=true", "gpg.program=false"), ("i18n.commitEncoding=ISO-8859-1",),
+]
+
+
+@pytest.mark.parametrize("config", LANDING_CONFIG, ids=" ".join)
+def test_no_setting_changes_what_lands(landing_template: tuple[Path, str],
+                                       landed_without_config: dict[str, Any],
+                                       tmp_path: Path, write_plan: Any,
+                                       config: tuple[str, ...]) -> None:
+    """Case 7 (apply.ignoreWhitespace=change turned an integration_conflict into a
+    landing): the same units land, as the same tree and messages, and the same ones
+    conflict."""
+    assert landed(landing_template, tmp_path / "repo", config, write_plan) == \
+        landed_without_config

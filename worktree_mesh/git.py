@@ -89,6 +89,36 @@ _HERMETIC_ENV = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null"}
 INDEX_LOCK_WAIT_S = 5.0
 _INDEX_LOCK_POLL_S = 0.02
 
+# What lands and what is delivered must not depend on anyone's configuration (SPEC 10):
+# flags pin what apply, commit-tree and format-patch offer flags for; these pin the rest,
+# on those calls only (each line names what the setting would otherwise do).
+DELIVERY_CONFIG = (
+    "-c", "diff.suppressBlankEmpty=false",  # empty context lines lose their leading space
+    "-c", "core.bigFileThreshold=512m",  # files above it become binary patches
+    "-c", "i18n.commitEncoding=UTF-8",  # commit-tree labels the message with it unconverted
+    "-c", "i18n.logOutputEncoding=UTF-8",  # format-patch re-encodes messages into it
+    "-c", "format.mboxrd=false",  # format-patch --stdout would escape "From " lines
+    "-c", "merge.default=text",  # apply --3way: the merge driver for files without one
+)
+
+# git apply, whatever apply.whitespace (fix rewrites the change, error refuses it) and
+# apply.ignoreWhitespace (applies context that does not match) say.
+_APPLY_OPTIONS = ("--binary", "--whitespace=nowarn", "--no-ignore-whitespace")
+
+# git format-patch with every setting that shapes its output named: context and prefixes
+# (diff.context=0 makes patches git am refuses), hunk order and algorithm, what is left
+# out (diff.relative, diff.ignoreSubmodules), and what format.* adds (a cover letter, a
+# base, headers, a signature, sign-off, notes, attachments) or changes (subject prefix).
+_FORMAT_PATCH_OPTIONS = (
+    "--stdout", "--pretty=email", "--binary", "--full-index", "--no-ext-diff", "--no-textconv",
+    "--no-color", "--src-prefix=a/", "--dst-prefix=b/", "-U3", "--inter-hunk-context=0",
+    "-O/dev/null", "--diff-algorithm=myers", "--indent-heuristic", "-M", "--no-relative",
+    "--ignore-submodules=none", "--submodule=short", "--no-numbered", "--no-thread",
+    "--no-cover-letter", "--no-base", "--no-signature", "--no-signoff", "--no-notes",
+    "--no-attach", "--no-add-header", "--no-to", "--no-cc", "--no-from",
+    "--no-force-in-body-from", "--subject-prefix=PATCH", "--encode-email-headers",
+)
+
 WTMESH_NAME = "wtmesh"
 WTMESH_EMAIL = "wtmesh@localhost"
 
@@ -318,7 +348,8 @@ class Git:
         args = ["commit-tree", tree]
         for parent in parents:
             args += ["-p", parent]
-        res = self.run_on_objects(*args, "-F", "-",
+        # --no-gpg-sign: commit.gpgSign would run gpg (and fail where it has no key).
+        res = self.run_on_objects(*DELIVERY_CONFIG, *args, "--no-gpg-sign", "-F", "-",
                                   input=message.encode("utf-8", "surrogateescape"),
                                   env=self.identity_env())
         commit = Sha(res.text.strip())
@@ -391,8 +422,8 @@ class Git:
 
     def diff(self, old: str, new: str) -> bytes:
         """A binary-safe, full-index unified diff, untouched by the user's diff settings."""
-        return self.run_on_objects("diff-tree", *_DIFF_OPTIONS, self.object_id(old),
-                                   self.object_id(new)).stdout
+        return self.run_on_objects(*DELIVERY_CONFIG, "diff-tree", *_DIFF_OPTIONS,
+                                   self.object_id(old), self.object_id(new)).stdout
 
     def changes(self, old: str, new: str) -> list[Change]:
         res = self.run_on_objects("diff-tree", "-r", "-z", "--raw", "-M", "--no-ext-diff",
@@ -402,8 +433,9 @@ class Git:
     def diff_and_changes(self, old: str, new: str) -> tuple[bytes, list[Change]]:
         """``diff`` and ``changes`` from one ``diff-tree``: with ``--raw -p -z`` git prints
         the NUL-separated records, one more NUL, then exactly the patch ``diff`` gives."""
-        out = self.run_on_objects("diff-tree", "-z", "--raw", "--no-abbrev", *_DIFF_OPTIONS,
-                                  self.object_id(old), self.object_id(new)).stdout
+        out = self.run_on_objects(*DELIVERY_CONFIG, "diff-tree", "-z", "--raw", "--no-abbrev",
+                                  *_DIFF_OPTIONS, self.object_id(old),
+                                  self.object_id(new)).stdout
         changes, used = _parse_raw(out.split(b"\0"))
         return out[used + 1:] if changes else b"", changes
 
@@ -414,23 +446,32 @@ class Git:
         On objects alone: no attributes file or merge driver of anyone's applies."""
         env = {"GIT_INDEX_FILE": str(index)}
         self.run_on_objects("read-tree", base, env=env)
-        plain = self.run_on_objects("apply", "--cached", "--binary", "--whitespace=nowarn",
-                                    str(patch), env=env, check=False)
+        plain = self.apply(patch, "--cached", env=env)
         if plain.returncode != 0:
             self.run_on_objects("read-tree", base, env=env)
-            merged = self.run_on_objects("apply", "--cached", "--binary", "--3way",
-                                         "--whitespace=nowarn", str(patch), env=env,
-                                         check=False)
+            merged = self.apply(patch, "--cached", "--3way", env=env)
             unmerged = self.run_on_objects("ls-files", "-u", "-z", env=env).stdout
             if merged.returncode != 0 or unmerged:
                 return None
         written = self.run_on_objects("write-tree", env=env, check=False)
         return Sha(written.text.strip()) if written.returncode == 0 else None
 
+    def apply(self, patch: Path, *how: str, cwd: Path | None = None,
+              env: Mapping[str, str] | None = None) -> proc.Completed:
+        """``git apply`` with ``how`` (``--index``, ``--cached``, ``--3way``), untouched by
+        the user's apply, whitespace and merge settings; non-zero when it does not apply.
+        In one of wtmesh's worktrees (``cwd``), or on objects alone."""
+        if cwd is None:
+            return self.run_on_objects(*DELIVERY_CONFIG, "apply", *how, *_APPLY_OPTIONS,
+                                       str(patch), env=env, check=False)
+        return self.run(*DELIVERY_CONFIG, "apply", *how, *_APPLY_OPTIONS, str(patch), cwd=cwd,
+                        env=env, check=False)
+
     def format_patch(self, commit: str) -> bytes:
-        return self.run_on_objects("format-patch", "-1", "--stdout", "--binary", "--full-index",
-                        "--no-signature", "--no-numbered", "--no-thread", "--no-cover-letter",
-                        "--no-ext-diff", "--src-prefix=a/", "--dst-prefix=b/", commit).stdout
+        """``commit`` as one mail in ``git format-patch`` form, the same whatever the
+        user's diff.* and format.* settings (format.useAutoBase, for one, makes it fail)."""
+        return self.run_on_objects(*DELIVERY_CONFIG, "format-patch", "-1",
+                                   *_FORMAT_PATCH_OPTIONS, commit).stdout
 
     # -- worktrees -----------------------------------------------------------------------
 

@@ -95,10 +95,7 @@ class IntegrationWorktree:
         if self._tree != onto_tree:
             self._checkout(onto, onto_tree)
         self._tree = None  # until the new tree is written
-        # --whitespace=nowarn: a user's apply.whitespace=fix would change what lands,
-        # =error would refuse a change the unit made.
-        applied = self.git.run("apply", "--index", "--binary", "--whitespace=nowarn",
-                               str(patch), cwd=self.path, check=False)
+        applied = self.git.apply(patch, "--index", cwd=self.path)
         if applied.returncode != 0:
             return None
         tree = Sha(self.git.run("write-tree", cwd=self.path).text.strip())
