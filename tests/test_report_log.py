@@ -62,7 +62,7 @@ def test_report_md_lists_the_patch_series(repo: Path, tmp_path: Path) -> None:
     summary = wtmesh("run", mixed(tmp_path, "patch_first"), "--json", cwd=repo).json()
     report = (repo / ".git/wtmesh/runs" / summary["run_id"] / "report.md").read_text()
     assert "## Patches" in report
-    assert f"git am {summary['patch_dir']}/*.patch" in report
+    assert f"git am --keep-cr {summary['patch_dir']}/*.patch" in report
     assert "1. `0001-good.patch` (good)" in report
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from .cleanup import GcReport
 from .integrator import wait_message
+from .series_check import REVIEWER_AM
 from .text import printable, printable_data
 
 if TYPE_CHECKING:  # rich is imported where something is drawn: --json never needs it
@@ -143,9 +144,12 @@ def landing_note(summary: dict[str, Any]) -> str:
                 f"but its worktree {summary['not_brought_along']['worktree']} was left where "
                 "it was" + _how_to_bring_along(summary))
     if summary["delivery_mode"] == "patch_first":
+        if any(u["failure_code"] == "delivery_blocked" for u in summary["units"]):
+            return (f"the patch series in {summary['patch_dir']} does not reproduce the "
+                    f"integrated tree: not delivered; {summary['target']} untouched")
         return (f"{integrated} patches in {summary['patch_dir']} (listed in its series file; "
-                f"apply on {summary['base'][:12]} with: git am {summary['patch_dir']}/*.patch); "
-                f"{summary['target']} untouched")
+                f"apply on {summary['base'][:12]} with: {REVIEWER_AM} "
+                f"{summary['patch_dir']}/*.patch); {summary['target']} untouched")
     if integrated:
         return f"{integrated} commits on {summary['target']}, now at {summary['head'][:12]}"
     return f"{summary['target']} unchanged"
