@@ -257,7 +257,9 @@ def test_a_batch_gathers_while_the_integration_worktree_is_made(tmp_path: Path) 
     # is waiting to land: each git call in it waits for that.
     waiting_for_all = " ".join(shlex.quote(a) for a in [
         *wait, "3", "event=unit_state", "phase=waiting"])
-    env = git_first_on_path(tmp_path, f"""case "$(pwd) $*" in */integration*) {waiting_for_all} || exit 1;; esac
+    env = git_first_on_path(tmp_path, f"""case "$(pwd) $*" in
+  */integration*) {waiting_for_all} || exit 1;;
+esac
 exec "$REAL_GIT" "$@"
 """)
     # Units become ready one after another: each lane ends once the unit before it waits
