@@ -51,10 +51,12 @@ exec "$REAL_GIT" "$@"
         nice, *argv = line.split()
         words = [w for w in argv if not w.startswith("-") and "=" not in w]
         if words:
-            nice_of.setdefault(words[0], set()).add(int(nice))
+            # The unit's diff is a patch; the integrator lists a landing's paths too.
+            sub = "diff-tree -p" if words[0] == "diff-tree" and "-p" in argv else words[0]
+            nice_of.setdefault(sub, set()).add(int(nice))
     low = min(19, own + LOW_PRIORITY_NICE)
     assert nice_of["add"] == {low}  # the lane's snapshot
-    assert nice_of["diff-tree"] == {low}  # the unit's diff
+    assert nice_of["diff-tree -p"] == {low}  # the unit's diff
     assert nice_of["apply"] == {own}  # the integrator
     assert nice_of["status"] == {own}
     assert nice_of["read-tree"] == {own}  # bringing your worktree along
