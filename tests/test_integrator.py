@@ -166,11 +166,18 @@ def test_no_hooks_run_not_even_ones_a_lane_plants(repo: Path, write_plan: Any,
              f"printf '#!/bin/sh\\necho planted >> {marker}\\n' > $h; chmod +x $h; "
              "echo $WTMESH_RUN_ID > run.txt")
     for mode in ("commit_first", "patch_first"):
-        plan = write_plan({"delivery_mode": mode, "units": [
-            {"id": "u1", "objective": "o", "lanes": {"coder": {"command": plant}}}]},
+        # The planted hook is found and removed after the lane (its unit fails); the
+        # user's own hooks stay, and none runs while the other unit integrates.
+        plan = write_plan({"delivery_mode": mode, "max_active": 1, "units": [
+            {"id": "u1", "objective": "o", "unit_scope": "run.txt",
+             "lanes": {"coder": {"command": plant}}},
+            {"id": "u2", "objective": "o", "unit_scope": f"{mode}.txt",
+             "lanes": {"coder": {"command": f"echo 2 > {mode}.txt"}}}]},
             f"plan-{mode}.json")
-        summary = run(repo, plan, expect=0)
-        assert status(summary, "u1") == ("integrated", None)
+        summary = run(repo, plan, expect=1)
+        assert status(summary, "u1") == ("failed", "safety_regression_risk")
+        assert status(summary, "u2") == ("integrated", None)
+        assert not (hooks / "post-merge").exists()
     assert not marker.exists(), marker.read_text()
 
 

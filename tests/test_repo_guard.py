@@ -8,14 +8,16 @@ sandbox prevents.
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import git
+from conftest import git, wtmesh
 
 from worktree_mesh.git import Git
 from worktree_mesh.repo_guard import RepoGuard
@@ -309,3 +311,134 @@ def test_a_patch_first_guard_watches_the_target_but_no_index(repo: Path) -> None
     guard.restore()
     assert git(repo, "rev-parse", "main") != first
     assert git(repo, "diff", "--cached", "--name-only") == "new.txt"
+
+
+# -- end to end: the real CLI, one lane at a time ------------------------------------------
+
+
+# Waits until unit a has landed: with one lane at a time the integrator may still be
+# bringing the user's worktree along for a while evil's lane starts, and a git command
+# of the lane's in that worktree would then meet the integrator's index.lock.
+AFTER_A = ("until grep -qF '\"event\": \"unit_finished\", \"unit\": \"a\"' "
+           '"$WTMESH_REPO/.git/wtmesh/runs/$WTMESH_RUN_ID/ledger.jsonl"; do sleep 0.02; done')
+
+
+def three_units(act: str, *, where: str = "coder") -> dict[str, Any]:
+    """Units a, evil and c; evil's lane (or setup, or fixer) also does ``act``."""
+    def unit(uid: str) -> dict[str, Any]:
+        lanes: dict[str, Any] = {"coder": {"command": f"echo {uid} > {uid}.txt"}}
+        if uid == "evil" and where == "coder":
+            lanes["coder"] = {"command": f"{AFTER_A}; {act} && echo evil > evil.txt"}
+        if uid == "evil" and where == "fixer":
+            lanes["fixer"] = {"command": act}
+        return {"id": uid, "objective": f"write {uid}", "unit_scope": f"{uid}.txt",
+                "lanes": lanes}
+    plan: dict[str, Any] = {"units": [unit("a"), unit("evil"), unit("c")]}
+    if where == "setup":
+        plan["setup"] = {"command": f'if [ "$WTMESH_UNIT_ID" = evil ]; then {act}; fi'}
+    return plan
+
+
+def run_json(repo: Path, plan: Path, *args: str) -> tuple[int, dict[str, Any], str]:
+    res = wtmesh("run", plan, "--json", "--max-active", "1", *args, cwd=repo)
+    assert "Traceback" not in res.stderr, res.stderr
+    return res.returncode, res.json(), res.stderr
+
+
+def unit_of(summary: dict[str, Any], uid: str) -> dict[str, Any]:
+    return next(u for u in summary["units"] if u["id"] == uid)
+
+
+def ledger(repo: Path, run_id: str) -> list[dict[str, Any]]:
+    path = repo / ".git" / "wtmesh" / "runs" / run_id / "ledger.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+E2E: dict[str, tuple[str, str]] = {
+    "core.fsmonitor by git -C": (
+        'git -C "$WTMESH_REPO" config core.fsmonitor "touch $WTMESH_REPO/../fsmonitor-ran"',
+        ".git/config: core.fsmonitor added"),
+    "a filter written into .git/config": (
+        ('printf "[filter \\"evil\\"]\\n\\tclean = tr a-z A-Z\\n" >> "$WTMESH_REPO/.git/config"'
+        ' && echo "*.txt filter=evil" >> "$WTMESH_REPO/.git/info/attributes"'),
+        ".git/config: filter.evil.clean added"),
+    "user.email": ('git -C "$WTMESH_REPO" config user.email evil@example.com',
+                   ".git/config: user.email added"),
+    "a branch": ('git -C "$WTMESH_REPO" branch x', "refs/heads/x created"),
+    "a tag through --git-dir": ('git --git-dir="$WTMESH_REPO/.git" tag t',
+                                "refs/tags/t created"),
+    "a stash": ('echo x >> "$WTMESH_REPO/README.md" && git -C "$WTMESH_REPO" stash -q',
+                "refs/stash created"),
+    "a hook": (('printf "#!/bin/sh\\nexit 1\\n" > "$WTMESH_REPO/.git/hooks/pre-commit" && '
+               'chmod +x "$WTMESH_REPO/.git/hooks/pre-commit"'), ".git/hooks/pre-commit created"),
+    "info/exclude": ('echo c.txt >> "$WTMESH_REPO/.git/info/exclude"',
+                     ".git/info/exclude changed"),
+    "the user's HEAD detached": ('git -C "$WTMESH_REPO" switch -q --detach', "HEAD moved"),
+    "another branch checked out in the user's worktree": (
+        'git -C "$WTMESH_REPO" checkout -q -b side', "refs/heads/side created"),
+    "the earlier unit's result ref deleted": (
+        'git -C "$WTMESH_REPO" update-ref -d "refs/wtmesh/$WTMESH_RUN_ID/units/a/result"',
+        "/units/a/result deleted"),
+    "a file staged in the user's index": (
+        'echo x > "$WTMESH_REPO/staged.txt" && git -C "$WTMESH_REPO" add staged.txt',
+        "staged changes to staged.txt"),
+}
+
+
+@pytest.mark.parametrize("act", list(E2E), ids=list(E2E))
+def test_a_lane_changing_the_repository_by_path_fails_and_is_undone(
+        repo: Path, write_plan: Callable[..., Path], act: str) -> None:
+    script, named = E2E[act]
+    before = repo_state(repo, landed=True)
+    code, summary, stderr = run_json(repo, write_plan(three_units(script)))
+    assert code == 1, stderr
+    evil = unit_of(summary, "evil")
+    assert (evil["status"], evil["failure_code"]) == ("failed", "safety_regression_risk")
+    events = ledger(repo, summary["run_id"])
+    notes = next(e["notes"] for e in events
+                 if e["event"] == "unit_finished" and e["unit"] == "evil")
+    assert "the coder changed the repository outside its worktree" in notes
+    assert named in notes and "all of it was undone" in notes, notes
+    for uid in ("a", "c"):
+        assert unit_of(summary, uid)["status"] == "integrated"
+        assert git(repo, "show", f"main:{uid}.txt") == uid  # no filter rewrote it
+    assert repo_state(repo, landed=True) == before
+    assert git(repo, "symbolic-ref", "HEAD") == "refs/heads/main"
+    assert (repo / "c.txt").read_text() == "c\n"  # the user's worktree came along
+    assert not (repo.parent / "fsmonitor-ran").exists()
+    result = next(e["result"] for e in events
+                  if e["event"] == "lanes_done" and e["unit"] == "a")
+    assert git(repo, "rev-parse", f"refs/wtmesh/{summary['run_id']}/units/a/result") == result
+
+
+@pytest.mark.parametrize("where", ["setup", "fixer"])
+def test_setup_and_fixer_are_checked_too(repo: Path, write_plan: Callable[..., Path],
+                                         where: str) -> None:
+    before = repo_state(repo, landed=True)
+    plan = three_units('git -C "$WTMESH_REPO" tag planted', where=where)
+    code, summary, stderr = run_json(repo, write_plan(plan))
+    assert code == 1, stderr
+    evil = unit_of(summary, "evil")
+    assert (evil["status"], evil["failure_code"]) == ("failed", "safety_regression_risk")
+    notes = next(e["notes"] for e in ledger(repo, summary["run_id"])
+                 if e["event"] == "unit_finished" and e["unit"] == "evil")
+    assert f"the {where} changed the repository" in notes and "refs/tags/planted" in notes
+    assert [unit_of(summary, u)["status"] for u in ("a", "c")] == ["integrated"] * 2
+    assert repo_state(repo, landed=True) == before
+
+
+def test_a_change_no_lane_check_saw_is_undone_at_the_end_with_a_warning(
+        repo: Path, write_plan: Callable[..., Path]) -> None:
+    """A proof runs the units' code: what it changes in the repository is found by the
+    check at the end of the run, said in the ledger, and undone."""
+    before = repo_state(repo, landed=True)
+    plan = write_plan({"proof_command": f"git -C {repo} tag from-proof",
+                       "units": [{"id": "a", "objective": "o", "unit_scope": "a.txt",
+                                  "lanes": {"coder": {"command": "echo a > a.txt"}}}]})
+    code, summary, stderr = run_json(repo, plan)
+    assert code == 0, stderr
+    warnings = [e for e in ledger(repo, summary["run_id"]) if e["event"] == "warning"]
+    assert any(any(c.startswith("refs/tags/from-proof created") for c in w["changed"])
+               for w in warnings), warnings
+    assert "refs/tags/from-proof created" in stderr
+    assert repo_state(repo, landed=True) == before

@@ -63,6 +63,7 @@ from .git import INDEX_LOCK_WAIT_S, Git, Sha
 from .integration_worktree import IntegrationWorktree
 from .plan import Plan, Unit
 from .proof import Prover
+from .repo_guard import RepoGuard, own_writes
 from .state import RunDir, StateDir, scratch_ref, stranded_ref, write_atomic
 from .unit_runner import UnitWork
 
@@ -181,8 +182,10 @@ class Integrator:
     def __init__(self, *, git: Git, plan: Plan, run_id: str, state: StateDir, run_dir: RunDir,
                  delivery_mode: str, target: str, base: Sha, repo: Path,
                  patch_dir: Path | None, lock_timeout_s: float, report: Report,
-                 batched: bool = False) -> None:
+                 batched: bool = False, guard: RepoGuard | None = None) -> None:
         self.git = git
+        # Told of every write of ours to the user's repository that a lane must not make.
+        self.guard = guard
         self.plan = plan
         self.run_id = run_id
         self.state = state
@@ -512,8 +515,19 @@ class Integrator:
         """Move the landing ref from ``head`` to ``candidate``, then bring the user's
         worktree along (see the module's docstring); False when the ref moved first."""
         if self.landing_ref != self.target_ref:
-            return self.git.update_ref(self.landing_ref, candidate, head, f"wtmesh {self.run_id}")
+            with own_writes(self.guard) as expect:
+                moved = self.git.update_ref(self.landing_ref, candidate, head,
+                                            f"wtmesh {self.run_id}")
+                if moved:
+                    expect({self.landing_ref: candidate})
+                return moved
         worktree = self._worktree_to_bring_along()
+        # The user's worktree and index move together with the target: no check of the
+        # guard's sees one without the other.
+        with own_writes(self.guard):
+            return self._land_target(head, candidate, worktree)
+
+    def _land_target(self, head: Sha, candidate: Sha, worktree: Path | None) -> bool:
         if worktree is not None:
             if self.git.read_ref(self.target_ref) != head:
                 return False  # a commit of the user's: built upon, never a reason to strand

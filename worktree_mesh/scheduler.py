@@ -27,10 +27,11 @@ from .errors import (
     EnvironmentRefused,
 )
 from .git import Git, Sha
-from .integrator import Integrator, Landing
+from .integrator import Integrator, Landing, target_worktree
 from .ledger import Ledger
 from .plan import Unit, integration_order
 from .readiness import FINAL_STATES, Readiness
+from .repo_guard import RepoGuard
 from .report import render_report
 from .resume import (
     Recovery,
@@ -110,12 +111,13 @@ class Run:
         self.run_lock = RunLock(self.run_dir)
         self.interrupted = False
         self.backpressure = Backpressure(options.max_active) if options.budget else None
+        self.guard = self._repo_guard()
         self.integrator = Integrator(
             git=git, plan=options.plan, run_id=self.run_id, state=self.state,
             run_dir=self.run_dir, delivery_mode=options.delivery_mode, target=options.target,
             base=options.base, repo=options.repo.toplevel or git.common_dir,
             patch_dir=patch_dir, lock_timeout_s=options.lock_timeout_s, report=self.emit,
-            batched=options.batch != 1)
+            batched=options.batch != 1, guard=self.guard)
         # The lanes' own git work (filling and resetting worktrees, taking snapshots and
         # diffs) runs nicer than the integrator's: landing is the one serial step, so
         # when the CPU is short it goes first. The lane commands keep normal priority.
@@ -129,7 +131,37 @@ class Run:
             workers=options.max_active + fill_slots())
         lane_git = git.running_with(self.lane_git_runner)
         self.pool = WorktreePool(lane_git, self.run_dir.worktrees, size=options.max_active)
-        self.executor = LocalExecutor(lane_git, self.pool)
+        self.executor = LocalExecutor(lane_git, self.pool, self.guard)
+
+    def _repo_guard(self) -> RepoGuard:
+        """Lanes run unsandboxed, so what they change in the user's repository outside
+        their worktrees is found and undone after each (SPEC 10). Not watched: what
+        wtmesh moves itself (its refs of other runs, stranded branches, and the target
+        in commit_first, which the integrator moves); this run's own refs are watched
+        against what it wrote."""
+        ignored = ["refs/wtmesh/", "refs/heads/wtmesh/"]
+        if self.options.delivery_mode == "commit_first":
+            ignored.append(f"refs/heads/{self.options.target}")
+        return RepoGuard(self.git, own_refs=f"refs/wtmesh/{self.run_id}/", ignore_refs=ignored,
+                         own_worktrees=[self.state.root])
+
+    def _watch_repo(self) -> None:
+        """The fingerprint lanes are checked against: taken with the run's lock held and
+        before any lane starts. The index watched is the one the integrator keeps at
+        the target (commit_first, the target checked out)."""
+        watched = None
+        if self.options.delivery_mode == "commit_first":
+            watched = target_worktree(self.git, f"refs/heads/{self.options.target}")
+        self.guard.snapshot(index_of=watched)
+
+    def _undo_unattributed(self) -> None:
+        """At the end of the run, what changed while no lane's check looked (a proof, a
+        process a lane left behind) is undone too, and the ledger says what it was."""
+        touched = self.guard.restore()
+        if touched:
+            self.emit("warning", message="the repository was changed outside wtmesh "
+                      "while no lane's check could tell which (a proof, or a process a lane "
+                      f"left running); undone: {'; '.join(touched)}", changed=touched)
 
     # -- events ------------------------------------------------------------------------
 
@@ -214,6 +246,7 @@ class Run:
                   units=[u.id for u in self.order], pid=os.getpid(),
                   repo=str(opts.repo.toplevel) if opts.repo.toplevel else None)
         self.integrator.start_patch_series()
+        self._watch_repo()
 
     def resume(self, recovery: Recovery) -> None:
         """Continue an interrupted run: stop what it left running, undo a half-done move of
@@ -251,6 +284,7 @@ class Run:
                 landing = self.units[unit_id].landing
                 if landing is not None:
                     self.units[unit_id].landing = Landing(**{**landing.__dict__, "patch": name})
+        self._watch_repo()
 
     def _restore(self, progress: UnitProgress, recovery: Recovery, step: ResumeStep,
                  landed: dict[str, Sha]) -> None:
@@ -312,6 +346,7 @@ class Run:
                                      self.run_dir.worktrees.parent)
             finally:
                 self.lane_git_runner.close()
+        self._undo_unattributed()
         if self.interrupted:
             return self._interrupted_summary()
         return self._finish_run()

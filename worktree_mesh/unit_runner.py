@@ -4,7 +4,9 @@ This is the executor seam: ``LocalExecutor.run(job, report)`` is a function of t
 repository, the start commit, the lane commands and the environment, and returns a
 ``UnitWork`` record. It decides nothing about scheduling and never touches refs the user
 sees; its only writes to the repository are objects and refs under ``refs/wtmesh/``, so
-the work survives a crash.
+the work survives a crash. Lanes are untrusted: after each one (setup included) the run's
+``RepoGuard`` puts back what it changed in the user's repository outside its worktree,
+and a unit whose lane did that fails ``safety_regression_risk`` (SPEC 10).
 """
 
 from __future__ import annotations
@@ -22,10 +24,14 @@ from .git import Git, Sha, clean_env
 from .lanes import LaneResult, LaneRun, render, run_lane
 from .plan import LaneSpec, SetupSpec, Unit
 from .prepare import SetupFailed, prepare
+from .repo_guard import RepoGuard, own_writes
 from .state import write_atomic
 from .worktrees import WorktreePool
 
 Report = Callable[..., None]
+
+# How many of the things a lane changed the unit's notes name (the ledger has them all).
+NAMED_CHANGES = 5
 
 
 @dataclass(frozen=True)
@@ -67,9 +73,10 @@ class _Ended(Exception):
 class LocalExecutor:
     """Runs units as local processes in pooled worktrees."""
 
-    def __init__(self, git: Git, pool: WorktreePool) -> None:
+    def __init__(self, git: Git, pool: WorktreePool, guard: RepoGuard | None = None) -> None:
         self.git = git
         self.pool = pool
+        self.guard = guard
 
     def run(self, job: UnitJob, report: Report) -> UnitWork:
         started = time.monotonic()
@@ -114,10 +121,10 @@ class LocalExecutor:
         after_coder = self._snapshot(job, worktree, "coder")
         fixer_spec = job.unit.fixer
         if fixer_spec is None:  # the coder's work is the result: both refs at once
-            self.git.set_refs({f"{job.ref_prefix}/coder": after_coder,
-                               f"{job.ref_prefix}/result": after_coder})
+            self._set_refs({f"{job.ref_prefix}/coder": after_coder,
+                            f"{job.ref_prefix}/result": after_coder})
         else:
-            self.git.set_ref(f"{job.ref_prefix}/coder", after_coder)
+            self._set_refs({f"{job.ref_prefix}/coder": after_coder})
         if self.git.tree_of(after_coder) == self.git.tree_of(job.start):
             raise _Ended("no_diff", None, "the coder changed nothing")
         if fixer_spec is None:
@@ -134,7 +141,7 @@ class LocalExecutor:
             self._apply_result_patch(fixer, worktree)
             coder_paths = [p for c in self.git.changes(job.start, after_coder) for p in c.paths]
             final = self._snapshot(job, worktree, "result", coder_paths)
-            self.git.set_ref(f"{job.ref_prefix}/result", final)
+            self._set_refs({f"{job.ref_prefix}/result": final})
         faults.point("lanes-done")
         return final
 
@@ -156,6 +163,31 @@ class LocalExecutor:
             raise _Ended("failed", "scope_violation",
                          "symlink git refuses to record: " + ", ".join(refused))
         return self.git.snapshot(worktree, job.start, f"wtmesh {job.unit.id}: {what}")
+
+    def _set_refs(self, refs: dict[str, Sha]) -> None:
+        """The unit's refs, written where the guard expects them (a lane that moves or
+        deletes one later is caught)."""
+        with own_writes(self.guard) as expect:
+            self.git.set_refs(refs)
+            expect(dict(refs))
+
+    def _undo_repo_changes(self, job: UnitJob, lane: str, report: Report) -> None:
+        """After a lane: whatever it changed in the user's repository outside its
+        worktree is put back, and the unit fails, naming it."""
+        if self.guard is None:
+            return
+        touched = self.guard.restore()
+        if not touched:
+            return
+        left = self.guard.check()
+        report("repo_changed", unit=job.unit.id, lane=lane, changed=touched, not_undone=left)
+        named = "; ".join(touched[:NAMED_CHANGES])
+        if len(touched) > NAMED_CHANGES:
+            named += f"; and {len(touched) - NAMED_CHANGES} more (see the ledger)"
+        undone = (f"; could not undo: {'; '.join(left[:NAMED_CHANGES])}" if left
+                  else "; all of it was undone")
+        raise _Ended("failed", "safety_regression_risk",
+                     f"the {lane} changed the repository outside its worktree: {named}{undone}")
 
     @staticmethod
     def _check_decision(lane: LaneResult) -> None:
@@ -213,6 +245,7 @@ class LocalExecutor:
 
                 result = run_lane(lane_run, on_spawn=spawned)
             report("lane_finished", unit=job.unit.id, **result.as_record())
+            self._undo_repo_changes(job, spec.name, report)
             if not result.retryable or tries > spec.retries:
                 return result
 
@@ -276,8 +309,12 @@ class LocalExecutor:
                     placeholders=self._placeholders(job, worktree),
                     env=self._env(job, worktree, None), log=job.unit_dir / "setup.log")
         except SetupFailed as exc:
+            if job.setup.command is not None:
+                self._undo_repo_changes(job, "setup", report)
             report("setup_failed", unit=job.unit.id, notes=str(exc))
             raise _Ended("failed", "tooling_unavailable", str(exc)) from None
+        if job.setup.command is not None:  # copying ignored files alone runs nothing
+            self._undo_repo_changes(job, "setup", report)
 
 
 def lane_records(work: UnitWork) -> list[dict[str, Any]]:
