@@ -12,10 +12,13 @@ import json
 import os
 import stat
 import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import filelock
 import pytest
 from conftest import git, wtmesh
 
@@ -442,3 +445,74 @@ def test_a_change_no_lane_check_saw_is_undone_at_the_end_with_a_warning(
                for w in warnings), warnings
     assert "refs/tags/from-proof created" in stderr
     assert repo_state(repo, landed=True) == before
+
+
+def wait_for_event(repo: Path, event: str, proc: subprocess.Popen[bytes]) -> str:
+    """The run id, once the newest run's ledger has ``event`` (waiting on the file)."""
+    runs = repo / ".git" / "wtmesh" / "runs"
+    while True:
+        assert proc.poll() is None, proc.communicate()
+        for ledger_file in runs.glob("*/ledger.jsonl"):
+            if f'"event": "{event}"' in ledger_file.read_text():
+                return ledger_file.parent.name
+        time.sleep(0.02)
+
+
+def wait_for_file(path: Path, proc: subprocess.Popen[bytes]) -> None:
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+
+
+def test_user_email_a_lane_sets_never_signs_another_units_commit(
+        repo: Path, write_plan: Callable[..., Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unit x's lane sets user.email while unit a waits to land (the test holds the
+    integrator lock until then). a's commit carries the identity the repository had when
+    the run started, and x fails for what it did."""
+    for role in ("AUTHOR", "COMMITTER"):
+        monkeypatch.delenv(f"GIT_{role}_NAME")
+        monkeypatch.delenv(f"GIT_{role}_EMAIL")
+    git(repo, "config", "user.name", "Repo Owner")
+    git(repo, "config", "user.email", "owner@example.com")
+    go, done, set_ = tmp_path / "go", tmp_path / "done", tmp_path / "set"
+    locked = tmp_path / "locked"
+    x_lane = (f"while [ ! -e {go} ]; do sleep 0.02; done; "
+              'git -C "$WTMESH_REPO" config user.email evil@example.com; '
+              f"touch {set_}; while [ ! -e {done} ]; do sleep 0.02; done; echo x > x.txt")
+    plan = write_plan({"max_active": 2, "units": [
+        {"id": "a", "objective": "write a", "unit_scope": "a.txt",
+         "lanes": {"coder": {"command": f"while [ ! -e {locked} ]; do sleep 0.02; done; "
+                                        "echo a > a.txt"}}},
+        {"id": "x", "objective": "write x", "unit_scope": "x.txt",
+         "lanes": {"coder": {"command": x_lane}}}]})
+    proc = subprocess.Popen([sys.executable, "-m", "worktree_mesh", "run", str(plan), "--json"],
+                            cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL)
+    try:
+        wait_for_event(repo, "run_started", proc)
+        lock = filelock.FileLock(str(repo / ".git/wtmesh/integrator.lock"))
+        with lock:
+            locked.touch()  # a's lane may end now; its landing waits for the lock
+            wait_for_event(repo, "lock_wait", proc)  # a's lanes are done and checked
+            go.touch()
+            wait_for_file(set_, proc)
+        run_id = wait_for_event(repo, "landed", proc)
+        done.touch()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        for gate in (locked, go, done):
+            gate.touch()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, err.decode()
+    summary = json.loads(out)
+    assert summary["run_id"] == run_id
+    a = unit_of(summary, "a")
+    assert a["status"] == "integrated"
+    assert git(repo, "log", "-1", "--format=%an <%ae>|%cn <%ce>", a["commit"]) == \
+        "Repo Owner <owner@example.com>|Repo Owner <owner@example.com>"
+    x = unit_of(summary, "x")
+    assert (x["status"], x["failure_code"]) == ("failed", "safety_regression_risk")
+    assert git(repo, "config", "user.email") == "owner@example.com"
