@@ -510,10 +510,11 @@ class RepoGuard:
                             check=False)
 
     def _admin_dir_of(self, worktree: Path) -> Path | None:
+        wanted = worktree.resolve()
         for admin, path in self.git.worktree_admin_entries():
-            if path == worktree:
+            if path.resolve() == wanted:
                 return admin
-        if self.common.name == ".git" and self.common.parent == worktree:
+        if self.common.name == ".git" and self.common.parent.resolve() == wanted:
             return self.common
         return None
 
