@@ -17,6 +17,7 @@ from typing import Any
 
 from . import proc
 from .plan import Command
+from .sandbox import Confinement
 
 MESH_FAILURE_CODES = (
     "safety_regression_risk", "proof_missing", "invalid_output_schema",
@@ -91,6 +92,7 @@ class LaneRun:
     result_path: Path
     stdout_log: Path
     stderr_log: Path
+    confinement: Confinement | None = None  # the sandbox it runs in; None: not sandboxed
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,7 @@ def run_lane(run: LaneRun, on_spawn: Callable[[int], None] | None = None) -> Lan
     done = proc.run_logged(
         run.command, cwd=run.cwd, env=run.env, stdout_path=run.stdout_log,
         stderr_path=run.stderr_log, timeout_s=run.timeout_s, on_spawn=on_spawn,
+        confinement=run.confinement,
     )
 
     def ended(decision: str, code: str | None, notes: str, result: dict[str, Any] | None = None

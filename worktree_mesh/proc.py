@@ -22,6 +22,10 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # sandbox uses this module to probe bubblewrap
+    from .sandbox import Confinement, NamespaceInit
 
 Command = str | Sequence[str]
 
@@ -349,6 +353,27 @@ def _close_pipes(logs: dict[int, CappedLog]) -> None:
     for fd, log in logs.items():
         os.close(fd)
         log.close()
+def _spawn(argv: list[str], *, cwd: str | Path, env: Mapping[str, str], out: int, err: int,
+           confinement: Confinement | None
+           ) -> tuple[subprocess.Popen[bytes], NamespaceInit | None]:
+    """Start ``argv`` in a new session, confined when asked: then also the init of its
+    sandbox's PID namespace, known from what bubblewrap writes to a pipe."""
+    if confinement is None:
+        # Unconfined, the reaper ends what the command leaves behind; in the sandbox its
+        # PID namespace does.
+        return subprocess.Popen(reaped(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=err, start_new_session=True), None
+    info_read, info_write = os.pipe()
+    try:
+        proc = subprocess.Popen(confinement.argv(argv, info_fd=info_write), cwd=cwd,
+                                env=dict(env), stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=err, start_new_session=True, pass_fds=(info_write,))
+    except OSError:
+        os.close(info_read)
+        raise
+    finally:
+        os.close(info_write)
+    return proc, confinement.attach(info_read, proc.pid)
 
 
 def run_logged(
@@ -360,8 +385,10 @@ def run_logged(
     stderr_path: Path,
     timeout_s: float | None,
     on_spawn: Callable[[int], None] | None = None,
+    confinement: Confinement | None = None,
 ) -> LoggedResult:
-    """Run ``command`` in its own process group, stdin closed, output to log files.
+    """Run ``command`` in its own process group, stdin closed, output to log files;
+    with ``confinement``, inside the bubblewrap sandbox it describes.
 
     On timeout the whole group gets SIGTERM, then SIGKILL after a grace period. When the
     command ends by itself, anything it left running in its group is killed too, and it
@@ -385,15 +412,8 @@ def run_logged(
     out_w, err_w, logs = _log_pipes(stdout_path, stderr_path)
     start_error = None
     try:
-        proc = subprocess.Popen(
-            reaped(argv),
-            cwd=cwd,
-            env=dict(env),
-            stdin=subprocess.DEVNULL,
-            stdout=out_w,
-            stderr=err_w,
-            start_new_session=True,
-        )
+        proc, namespace = _spawn(argv, cwd=cwd, env=env, out=out_w, err=err_w,
+                                 confinement=confinement)
     except OSError as exc:
         start_error = f"cannot start {argv[0]!r}: {exc.strerror or exc}"
         os.write(err_w, f"wtmesh: {start_error}\n".encode())
@@ -422,6 +442,8 @@ def run_logged(
                 kill_group(proc.pid, signal.SIGKILL)
         # The leader has exited but is not reaped yet: its pid still names our group.
         kill_group(proc.pid, signal.SIGKILL)
+        if namespace is not None:
+            namespace.end()
         returncode = proc.wait()
     finally:
         RUNNING_GROUPS.discard(proc.pid)
