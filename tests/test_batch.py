@@ -34,7 +34,8 @@ def plan_of(tmp_path: Path, proofs: Path, breakers: set[int], n: int = 16,
              f"if ls broken-*.txt >/dev/null 2>&1; then echo \"$t fail\" >> {proofs}; exit 1; "
              f"fi; echo \"$t pass\" >> {proofs}")
     plan = tmp_path / "plan.json"
-    plan.write_text(json.dumps({"max_active": n, "proof_command": proof, "units": units}))
+    plan.write_text(json.dumps({"max_active": n, "proof_command": proof, "units": units,
+                                "sandbox_writable": [str(proofs.parent)]}))
     return plan
 
 
@@ -169,7 +170,8 @@ def repair_plan(tmp_path: Path, proofs: Path, proof_s: float = 0.0) -> Path:
              f"if [ -e broken.txt ] && [ ! -e fixed.txt ]; then "
              f"echo \"$t fail\" >> {proofs}; exit 1; fi; echo \"$t pass\" >> {proofs}")
     plan = tmp_path / "plan.json"
-    plan.write_text(json.dumps({"max_active": 8, "proof_command": proof, "units": units}))
+    plan.write_text(json.dumps({"max_active": 8, "proof_command": proof, "units": units,
+                                "sandbox_writable": [str(proofs.parent)]}))
     return plan
 
 
@@ -212,7 +214,7 @@ def recording_plan(tmp_path: Path, units: list[dict[str, Any]]) -> Path:
     proof = f"git rev-parse HEAD^{{tree}} >> {tmp_path / 'proofs'}"
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({"max_active": len(units), "proof_command": proof,
-                                "units": units}))
+                                "units": units, "sandbox_writable": [str(tmp_path)]}))
     return plan
 
 
@@ -290,7 +292,8 @@ def test_after_a_failure_the_rest_go_round_with_the_units_ready_since(
              f"if [ -e broken.txt ]; then echo \"$t fail\" >> {proofs}; exit 1; fi; "
              f"echo \"$t pass\" >> {proofs}")
     plan = tmp_path / "plan.json"
-    plan.write_text(json.dumps({"max_active": 5, "proof_command": proof, "units": units}))
+    plan.write_text(json.dumps({"max_active": 5, "proof_command": proof, "units": units,
+                                "sandbox_writable": [str(tmp_path)]}))
     summary = run(repo, plan, "--batch", "auto")
     assert [u["status"] for u in summary["units"]] == [
         "integrated", "failed", "integrated", "integrated", "integrated"]

@@ -55,7 +55,8 @@ def test_learnings_that_cannot_be_written_mid_run_warn_and_the_run_goes_on(
          "lanes": {"coder": {"command": f"rm -f {learned}; mkdir {learned}; exit 3"}}},
         {"id": "ok", "objective": "o", "unit_scope": "ok.txt", "depends_on": [],
          "lanes": {"coder": {"command": lane("act.py", "sleep:0.5", "write:ok.txt=1\\n")}}}])
-    res = wtmesh("run", plan, "--learnings", learned, "--json", cwd=repo)
+    # Unsandboxed: a sandboxed lane cannot reach the learnings file at all.
+    res = wtmesh("run", plan, "--learnings", learned, "--json", "--sandbox", "none", cwd=repo)
     assert res.returncode == 1, res.stderr
     assert "wtmesh: warning: could not write to --learnings" in res.stderr
     assert {u["id"]: u["status"] for u in res.json()["units"]} == {

@@ -43,7 +43,7 @@ def test_ignored_files_of_a_proof_stay_for_the_next(repo: Path, write_plan: Any,
     seen = tmp_path / "runs-seen"
     plan = write_plan({"proof_command": f"mkdir -p build && echo run >> build/runs && "
                                         f"wc -l < build/runs >> {seen}",
-                       "units": units(3)})
+                       "units": units(3), "sandbox_writable": [str(tmp_path)]})
     run(repo, plan)
     assert seen.read_text().split() == ["1", "2", "3"]
 

@@ -108,7 +108,8 @@ def test_proof_that_changes_tracked_files_or_head_fails(repo: Path, write_plan: 
                                                         proof: str, why: str) -> None:
     plan = write_plan({"proof_command": proof, "units": [
         {"id": "u1", "objective": "o", "lanes": {"coder": {"command": "echo a > a.txt"}}}]})
-    summary = run(repo, plan, expect=1)
+    # Unsandboxed, where nothing stops a proof's git from writing: it is caught after.
+    summary = run(repo, plan, "--sandbox", "none", expect=1)
     assert status(summary, "u1") == ("failed", "proof_failed")
     ledger = repo / ".git/wtmesh/runs" / summary["run_id"] / "ledger.jsonl"
     (finished,) = [json.loads(line) for line in ledger.read_text().splitlines()
@@ -146,7 +147,8 @@ def test_unit_proof_command_overrides_plan(repo: Path, write_plan: Any) -> None:
 def test_proof_runs_on_exactly_the_tree_that_lands(repo: Path, write_plan: Any,
                                                    tmp_path: Path) -> None:
     seen = tmp_path / "proven-trees"
-    plan = write_plan({"proof_command": f"git rev-parse HEAD^{{tree}} >> {seen}", "units": [
+    plan = write_plan({"proof_command": f"git rev-parse HEAD^{{tree}} >> {seen}",
+                       "sandbox_writable": [str(tmp_path)], "units": [
         {"id": f"u{i}", "objective": "o", "unit_scope": f"f{i}.txt",
          "lanes": {"coder": {"command": f"echo {i} > f{i}.txt"}}} for i in range(3)]})
     summary = run(repo, plan, expect=0)
@@ -162,7 +164,7 @@ def test_no_hooks_run_not_even_ones_a_lane_plants(repo: Path, write_plan: Any,
                  "pre-applypatch", "post-index-change"):
         (hooks / name).write_text(f"#!/bin/sh\necho {name} >> {marker}\n")
         (hooks / name).chmod(0o755)
-    plant = ("h=$(git rev-parse --git-common-dir)/hooks/post-merge; "
+    plant = ("h=$WTMESH_REPO/.git/hooks/post-merge; "
              f"printf '#!/bin/sh\\necho planted >> {marker}\\n' > $h; chmod +x $h; "
              "echo $WTMESH_RUN_ID > run.txt")
     for mode in ("commit_first", "patch_first"):
@@ -174,7 +176,8 @@ def test_no_hooks_run_not_even_ones_a_lane_plants(repo: Path, write_plan: Any,
             {"id": "u2", "objective": "o", "unit_scope": f"{mode}.txt",
              "lanes": {"coder": {"command": f"echo 2 > {mode}.txt"}}}]},
             f"plan-{mode}.json")
-        summary = run(repo, plan, expect=1)
+        # Unsandboxed, so that the lane can plant its hook (the sandbox would refuse).
+        summary = run(repo, plan, "--sandbox", "none", expect=1)
         assert status(summary, "u1") == ("failed", "safety_regression_risk")
         assert status(summary, "u2") == ("integrated", None)
         assert not (hooks / "post-merge").exists()
@@ -211,7 +214,7 @@ def test_target_moved_by_hand_mid_run_is_integrated_onto(repo: Path, write_plan:
          "lanes": {"coder": {"command": hand}}},
         {"id": "u2", "objective": "o", "unit_scope": "b.txt",
          "lanes": {"coder": {"command": "echo b > b.txt"}}}]})
-    summary = run(repo, plan, expect=0)
+    summary = run(repo, plan, "--sandbox", "none", expect=0)  # the person is not sandboxed
     log = git(repo, "log", "--format=%s", "main").splitlines()
     assert log[:3] == ["u2: o", "u1: o", "by hand"]
     assert (repo / "hand.txt").exists() and (repo / "a.txt").exists()
@@ -228,7 +231,7 @@ def test_user_worktree_that_cannot_follow_strands_commits_safely(repo: Path, wri
     plan = write_plan({"units": [{"id": "u1", "objective": "o",
                                   "lanes": {"coder": {"command": grab}}}]})
     tip = git(repo, "rev-parse", "main")
-    summary = run(repo, plan, expect=3)
+    summary = run(repo, plan, "--sandbox", "none", expect=3)  # the lane plays the user
     assert git(repo, "rev-parse", "main") == tip
     assert (repo / "a.txt").read_text() == "mine\n"
     branch = f"wtmesh/{summary['run_id']}/integrated"

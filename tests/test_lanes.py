@@ -37,7 +37,7 @@ def test_lane_environment_cwd_and_closed_stdin(repo: Path, write_plan: Any,
         "lanes": {"coder": {"command": lane("act.py", f"record:{record}", "write:x.txt=1\\n"),
                             "env": {"EXTRA_VAR": "yes"}},
                   "fixer": {"command": lane("act.py", f"record:{record}")}},
-        "units": [{"id": "u1", "objective": "o"}]})
+        "units": [{"id": "u1", "objective": "o"}], "sandbox_writable": [str(tmp_path)]})
     summary = run_json(repo, plan)
     assert unit_of(summary)["status"] == "integrated"
     coder, fixer = (json.loads(line) for line in record.read_text().splitlines())
@@ -69,7 +69,7 @@ def test_extra_lane_env_is_passed(repo: Path, write_plan: Any, tmp_path: Path) -
     out = tmp_path / "out.txt"
     plan = write_plan({"lanes": {"coder": {
         "command": f"printf %s \"$EXTRA_VAR\" > {out}", "env": {"EXTRA_VAR": "yes"}}},
-        "units": [{"id": "u1", "objective": "o"}]})
+        "units": [{"id": "u1", "objective": "o"}], "sandbox_writable": [str(tmp_path)]})
     run_json(repo, plan)
     assert out.read_text() == "yes"
 
@@ -96,8 +96,10 @@ def test_hostile_objective_reaches_lane_as_text(repo: Path, write_plan: Any, tmp
                                                 template: str) -> None:
     marker = tmp_path / "owned"
     objective = HOSTILE.format(marker=marker)
+    # The marker's directory is writable: were the objective run as code, it would show.
     plan = write_plan({"lanes": {"coder": {"command": template}},
-                       "units": [{"id": "u1", "objective": objective}]})
+                       "units": [{"id": "u1", "objective": objective}],
+                       "sandbox_writable": [str(tmp_path)]})
     summary = run_json(repo, plan)
     assert not marker.exists()
     assert unit_of(summary)["status"] == "integrated"
@@ -111,6 +113,7 @@ def test_argv_commands_get_raw_placeholder_values(repo: Path, write_plan: Any,
                       "plan.json")
     plan_data = json.loads(plan.read_text())
     plan_data["units"][0]["objective"] = "it's $(x)"
+    plan_data["sandbox_writable"] = [str(tmp_path)]
     plan.write_text(json.dumps(plan_data))
     run_json(repo, plan)
     assert (repo / "u1.txt").read_text() == "it's $(x)"
@@ -177,7 +180,8 @@ def test_timeout_kills_the_whole_group_then_retries(repo: Path, write_plan: Any,
                                            "retries": 1}},
                        "units": [{"id": "u1", "objective": "o"}]})
     started = time.monotonic()
-    unit = unit_of(run_json(repo, plan))
+    # Unsandboxed: $! is then a pid of this machine's (test_sandbox tries it confined).
+    unit = unit_of(run_json(repo, plan, "--sandbox", "none"))
     assert time.monotonic() - started < 30
     assert (unit["status"], unit["failure_code"]) == ("failed", "timeout_retry_exhausted")
     assert unit["attempts"] == 2
@@ -202,7 +206,8 @@ def test_fixer_runs_only_after_an_accepting_coder_with_changes(repo: Path, write
                                                                tmp_path: Path) -> None:
     marker = tmp_path / "fixer-ran"
     fixer = {"command": lane("act.py", f"write:{marker}=1")}
-    plan = write_plan({"lanes": {"fixer": fixer}, "units": [
+    plan = write_plan({"lanes": {"fixer": fixer}, "sandbox_writable": [str(tmp_path)],
+                       "units": [
         {"id": "rejects", "objective": "o", "lanes": {"coder": {"command": lane(
             "act.py", "write:a.txt=1", 'result:{"decision": "reject"}')}}},
         {"id": "nothing", "objective": "o", "lanes": {"coder": {"command": lane("act.py")}}},
@@ -299,7 +304,7 @@ def test_lane_python_sees_its_worktree_not_the_users(repo: Path, write_plan: Any
     script = ("import subprocess; "
               f"open({str(out)!r}, 'w').write(subprocess.check_output("
               "['git', 'rev-parse', '--show-toplevel'], text=True))")
-    plan = write_plan(one_unit([PY, "-c", script]))
+    plan = write_plan({**one_unit([PY, "-c", script]), "sandbox_writable": [str(tmp_path)]})
     summary = run_json(repo, plan)
     toplevel = Path(out.read_text().strip())
     assert toplevel != repo and toplevel.is_relative_to(run_worktrees(repo, summary["run_id"]))

@@ -152,8 +152,9 @@ def test_each_fake_refuses_a_call_without_the_flags_that_matter(tmp_path: Path,
 
 def test_preset_args_take_placeholders(repo: Path, write_plan: Any, tmp_path: Path) -> None:
     record = tmp_path / "record.jsonl"
-    plan = write_plan(plan_for({"preset": "codex", "model": "gpt-5-codex",
-                                "args": ["-c", "note={id} in {run_id}"]}))
+    plan = write_plan({**plan_for({"preset": "codex", "model": "gpt-5-codex",
+                                   "args": ["-c", "note={id} in {run_id}"]}),
+                       "sandbox_writable": [str(tmp_path)]})
     summary = run(repo, plan, tmp_path, record=str(record))
     assert only_unit(summary)["status"] == "integrated"
     (call,) = [json.loads(line) for line in record.read_text().splitlines()]

@@ -25,8 +25,9 @@ def test_lane_bookkeeping_runs_nicer_than_the_lanes(repo: Path, tmp_path: Path) 
         runner.close()
     seen = tmp_path / "lane-nice"
     plan = tmp_path / "plan.json"
-    plan.write_text(json.dumps({"units": [{"id": "u1", "objective": "o", "lanes": {
-        "coder": {"command": f"cut -d' ' -f19 /proc/$$/stat > {seen}; echo a > a.txt"}}}]}))
+    plan.write_text(json.dumps({"sandbox_writable": [str(tmp_path)], "units": [
+        {"id": "u1", "objective": "o", "lanes": {"coder": {
+            "command": f"cut -d' ' -f19 /proc/$$/stat > {seen}; echo a > a.txt"}}}]}))
     res = wtmesh("run", plan, cwd=repo)
     assert res.returncode == 0, res.stderr
     assert int(seen.read_text()) == own

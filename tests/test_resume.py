@@ -188,7 +188,8 @@ def test_lane_cut_off_runs_again_and_its_leftover_process_is_stopped(
     plan.write_text(json.dumps({"units": [{"id": "u1", "objective": "o", "lanes": {"coder": {
         "command": f"if [ $WTMESH_ATTEMPT = 1 ]; then echo $$ > {pid_file}; sleep 60; fi; "
                    "echo done > u1.txt"}}}]}))
-    first = wtmesh("run", plan, cwd=repo, env={"WTMESH_FAULT": "at:lane"})
+    # Unsandboxed (and so resumed): a sandboxed lane dies with its run (test_sandbox).
+    first = wtmesh("run", plan, "--sandbox", "none", cwd=repo, env={"WTMESH_FAULT": "at:lane"})
     assert first.returncode == KILLED
     deadline = time.monotonic() + 10
     while not pid_file.exists() and time.monotonic() < deadline:
@@ -209,9 +210,9 @@ def test_finished_lanes_are_not_rerun(template: Path, tmp_path: Path) -> None:
     repo = fresh(template, tmp_path / "repo")
     calls = tmp_path / "calls"
     plan = tmp_path / "plan.json"
-    plan.write_text(json.dumps({"proof_command": "true", "units": [
-        {"id": "u1", "objective": "o",
-         "lanes": {"coder": {"command": f"echo x >> {calls}; echo y > u1.txt"}}}]}))
+    plan.write_text(json.dumps({"proof_command": "true", "sandbox_writable": [str(tmp_path)],
+                                "units": [{"id": "u1", "objective": "o", "lanes": {"coder": {
+                                    "command": f"echo x >> {calls}; echo y > u1.txt"}}}]}))
     assert wtmesh("run", plan, cwd=repo, env={"WTMESH_FAULT": "at:apply"}).returncode == KILLED
     assert wtmesh("run", plan, "--resume", cwd=repo).returncode == 0
     assert calls.read_text() == "x\n"

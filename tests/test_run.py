@@ -175,7 +175,7 @@ def test_plain_lines_and_table_off_a_terminal(repo: Path, write_plan: Any) -> No
 def test_dependant_starts_from_integrated_result(repo: Path, write_plan: Any, mode: str,
                                                  tmp_path: Path) -> None:
     record = tmp_path / "record.jsonl"
-    plan = write_plan({"delivery_mode": mode, "units": [
+    plan = write_plan({"delivery_mode": mode, "sandbox_writable": [str(tmp_path)], "units": [
         {"id": "b", "objective": "second", "depends_on": ["a"], "unit_scope": "b.txt",
          "lanes": {"coder": {"command": lane("act.py", f"record:{record}", "require:a.txt",
                                              "write:b.txt=b\\n")}}},
@@ -214,7 +214,7 @@ def test_overlapping_units_run_one_after_another(repo: Path, write_plan: Any,
     """Both edit the same line region; the second starts from the first's result, so the
     two cannot conflict even with max_active 2."""
     record = tmp_path / "record.jsonl"
-    plan = write_plan({"max_active": 2, "units": [
+    plan = write_plan({"max_active": 2, "sandbox_writable": [str(tmp_path)], "units": [
         {"id": "one", "objective": "o", "unit_scope": "calc/ops.py", "lanes": {"coder": {
             "command": lane("act.py", f"record:{record}", "sleep:0.5",
                             "append:calc/ops.py=# one\\n")}}},
@@ -236,7 +236,8 @@ def test_max_active_bounds_concurrency(repo: Path, write_plan: Any, tmp_path: Pa
     units = [{"id": f"u{i}", "objective": "o", "unit_scope": f"f{i}.txt", "lanes": {"coder": {
         "command": lane("act.py", f"record:{log}", "sleep:0.3", f"write:f{i}.txt=x\\n",
                         f"record:{log}")}}} for i in range(4)]
-    res = wtmesh("run", write_plan({"max_active": 2, "units": units}), "--json", cwd=repo)
+    res = wtmesh("run", write_plan({"max_active": 2, "units": units,
+                                    "sandbox_writable": [str(tmp_path)]}), "--json", cwd=repo)
     assert res.returncode == 0, res.stderr
     import json
     events = [json.loads(line)["env"]["WTMESH_UNIT_ID"] for line in log.read_text().splitlines()]

@@ -137,7 +137,8 @@ def test_gc_never_touches_a_live_run(repo: Path, tmp_path: Path) -> None:
         "id": "slow", "objective": "o", "unit_scope": "slow.txt",
         "lanes": {"coder": {"command": f"touch {started}; "
                                        f"while [ ! -e {go} ]; do sleep 0.05; done; "
-                                       "echo s > slow.txt"}}}])
+                                       "echo s > slow.txt"}}}],
+                     sandbox_writable=[str(tmp_path)])
     run = subprocess.Popen([sys.executable, "-m", "worktree_mesh", "run", str(plan)], cwd=repo,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:

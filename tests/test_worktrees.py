@@ -30,7 +30,9 @@ def test_reused_worktree_holds_nothing_of_the_previous_unit(repo: Path,
              "lanes": {"coder": {"command": f"{look}; {MESS}; echo x > stray.txt"}}},
             *({"id": f"u{n}", "objective": "o", "unit_scope": f"u{n}.txt"}
               for n in range(3))]}))
-    res = wtmesh("run", plan, "--json", cwd=repo)
+    # Unsandboxed: the lanes stage files, and a sandboxed lane's git cannot write the
+    # repository's object store.
+    res = wtmesh("run", plan, "--json", "--sandbox", "none", cwd=repo)
     assert res.returncode == 1, res.stderr
     units = res.json()["units"]
     assert [u["status"] for u in units] == ["failed", "integrated", "integrated",

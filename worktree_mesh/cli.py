@@ -19,6 +19,7 @@ import click
 
 from . import __version__, starter
 from . import plan as plan_mod
+from . import sandbox as sandbox_mod
 from .cleanup import collect_garbage
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, EnvironmentRefused, UsageError, WtmeshError
 from .git import Git, NotARepository, RepoInfo, discover
@@ -99,6 +100,9 @@ def validate(plan_file: Path) -> None:
               help="Integrate up to N ready units under one proof (auto: all that are "
                    "ready; default 1); a failing batch is bisected, so the outcome is that "
                    "of 1.")
+@click.option("--sandbox", type=click.Choice(sandbox_mod.SANDBOX_MODES),
+              help="Confine lanes, setup and proofs with bubblewrap: auto (the default: "
+                   "where it works, else say so), bwrap (exit 3 where it cannot run), none.")
 @click.option("--report", type=click.Path(path_type=Path, dir_okay=False),
               help="Also write the run's report.md to this file.")
 @click.option("--learnings", type=click.Path(path_type=Path, dir_okay=False),
@@ -108,8 +112,8 @@ def validate(plan_file: Path) -> None:
 def run(plan_file: Path, repo: Path | None, max_active: int | None, delivery: str | None,
         target: str | None, base: str | None, patch_dir: Path | None, keep_worktrees: bool,
         lock_timeout: float, resume: str | None, remaining_five_hour: float | None,
-        remaining_weekly: float | None, batch: int | None, report: Path | None,
-        learnings: Path | None, as_json: bool) -> None:
+        remaining_weekly: float | None, batch: int | None, sandbox: str | None,
+        report: Path | None, learnings: Path | None, as_json: bool) -> None:
     """Run PLAN: lanes in worktrees, then integrate accepted changes in plan order."""
     landing_window_s()  # a bad value is refused before anything starts
     # On a terminal a live table; otherwise (a pipe, CI, --json) one line per change.
@@ -131,7 +135,7 @@ def run(plan_file: Path, repo: Path | None, max_active: int | None, delivery: st
                              "--learnings and the budget cannot change")
         the_run, recovery = _resumable(plan_file, repo, resume, renderer, as_json,
                                        keep_worktrees=keep_worktrees, lock_timeout=lock_timeout,
-                                       max_active=max_active)
+                                       max_active=max_active, sandbox=sandbox)
     else:
         decision = _budget(remaining_five_hour, remaining_weekly)
         plan = plan_mod.load(plan_file)
@@ -141,7 +145,7 @@ def run(plan_file: Path, repo: Path | None, max_active: int | None, delivery: st
                               patch_dir=patch_dir.resolve() if patch_dir else None,
                               keep_worktrees=keep_worktrees, lock_timeout_s=lock_timeout,
                               budget=decision, batch=1 if batch is None else batch,
-                              report=report.resolve() if report else None,
+                              sandbox=sandbox, report=report.resolve() if report else None,
                               learnings=learnings.resolve() if learnings else None)
         the_run, recovery = Run(options, git, renderer), None
     stop = _Stop()
@@ -232,7 +236,7 @@ def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
 
 def _resumable(plan_file: Path, repo: Path | None, resume: str, renderer: Observer,
                as_json: bool, *, keep_worktrees: bool, lock_timeout: float,
-               max_active: int | None) -> tuple[Run, Recovery]:
+               max_active: int | None, sandbox: str | None) -> tuple[Run, Recovery]:
     info, git = open_repo(repo)
     state = StateDir.for_common_dir(git.common_dir)
     run_id = find_run(state, plan_file.resolve(), None if resume == NEWEST else resume)
@@ -247,7 +251,7 @@ def _resumable(plan_file: Path, repo: Path | None, resume: str, renderer: Observ
         sys.exit(finished["exit_code"])
     recovery = recover(run_dir)
     options = resumed_options(run_dir, info, recovery, keep_worktrees=keep_worktrees,
-                              lock_timeout_s=lock_timeout)
+                              lock_timeout_s=lock_timeout, sandbox=sandbox)
     if max_active:
         options = dataclasses.replace(options, max_active=max_active)
     return Run(options, git, renderer, run_id=run_id), recovery

@@ -64,6 +64,7 @@ from .integration_worktree import IntegrationWorktree
 from .plan import Plan, Unit
 from .proof import Prover
 from .repo_guard import RepoGuard, own_writes
+from .sandbox import Sandbox
 from .state import RunDir, StateDir, scratch_ref, stranded_ref, write_atomic
 from .unit_runner import UnitWork
 
@@ -182,7 +183,8 @@ class Integrator:
     def __init__(self, *, git: Git, plan: Plan, run_id: str, state: StateDir, run_dir: RunDir,
                  delivery_mode: str, target: str, base: Sha, repo: Path,
                  patch_dir: Path | None, lock_timeout_s: float, report: Report,
-                 batched: bool = False, guard: RepoGuard | None = None) -> None:
+                 batched: bool = False, guard: RepoGuard | None = None,
+                 sandbox: Sandbox | None = None) -> None:
         self.git = git
         # Told of every write of ours to the user's repository that a lane must not make.
         self.guard = guard
@@ -202,7 +204,7 @@ class Integrator:
         self.landing_window_s = landing_window_s()
         self.worktree = IntegrationWorktree(git, run_dir.worktrees / "integration")
         self.prover = Prover(git=git, plan=plan, run_id=run_id, run_dir=run_dir, repo=repo,
-                             worktree=self.worktree, report=report)
+                             worktree=self.worktree, report=report, sandbox=sandbox)
         # Where landings go: the target (commit_first), or a ref of this run's own
         # (patch_first, and commit_first once the user's worktree could not follow).
         self.scratch_ref = scratch_ref(run_id)

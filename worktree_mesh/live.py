@@ -20,7 +20,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from .output import STATE_STYLE, describe
+from .output import STATE_STYLE, describe, sandbox_note
 
 REFRESH_PER_SECOND = 2
 # Lines around the table (title, header, progress, notes): rows beyond the terminal's
@@ -94,7 +94,7 @@ class LiveView:
             for unit in record.get("units", []):
                 self._row(unit)
         elif event == "run_resumed":
-            model.title = f"run {record['run_id']} (resumed)"
+            model.title = f"run {record['run_id']} (resumed)" + sandbox_note(record)
         elif event == "unit_state":
             row = self._row(record["unit"])
             row.state = record["state"]

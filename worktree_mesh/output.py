@@ -10,6 +10,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any, TextIO
 
+from . import sandbox
 from .cleanup import GcReport
 from .integrator import wait_message
 from .series_check import REVIEWER_AM
@@ -49,7 +50,8 @@ def _describe(record: dict[str, Any]) -> str | None:
     if event == "run_started":
         return (f"run {record['run_id']}: {len(record['units'])} units, "
                 f"{record['delivery_mode']} onto {record['target']} "
-                f"from {record['base'][:12]}, {record['max_active']} at a time")
+                f"from {record['base'][:12]}, {record['max_active']} at a time"
+                + sandbox_note(record))
     if event == "warning":
         return f"wtmesh: warning: {record['message']}"
     if event == "backpressure":
@@ -61,6 +63,7 @@ def _describe(record: dict[str, Any]) -> str | None:
         if record.get("stopped_process_groups"):
             lines[0] += (f" (stopped {len(record['stopped_process_groups'])} process groups "
                          "the interrupted run left running)")
+        lines[0] += sandbox_note(record)
         lines += [f"  {uid:<20} {step['says']}" for uid, step in record.get("steps", {}).items()]
         return "\n".join(lines)
     if event == "unit_state":
@@ -97,6 +100,12 @@ def _describe(record: dict[str, Any]) -> str | None:
 def _reason(record: dict[str, Any]) -> str:
     files = record.get("files") or []
     return f"{record['reason']}: {', '.join(files)}" if files else record["reason"]
+
+
+def sandbox_note(record: dict[str, Any]) -> str:
+    """The run's first line says whether its lanes are sandboxed, and if not, why."""
+    said = record.get("sandbox")
+    return f"; {sandbox.describe(said)}" if isinstance(said, dict) else ""
 
 
 def first_line(text: str) -> str:

@@ -100,6 +100,10 @@ class Plan:
     setup: SetupSpec
     units: tuple[Unit, ...]
     raw: Mapping[str, Any]
+    sandbox: str | None = None  # auto | bwrap | none; None: not said (auto)
+    # Paths lanes and proofs may also write when sandboxed, as written: {repo},
+    # {plan_dir} and ~ are expanded when the run knows the repository.
+    sandbox_writable: tuple[str, ...] = ()
 
     @property
     def plan_dir(self) -> Path:
@@ -277,6 +281,7 @@ def problems(data: Any) -> list[str]:
                 and mode != plan_mode):
             found.append(f"{where}.delivery_mode: {mode!r} differs from the run's {plan_mode!r}")
         found.extend(_lane_problems(data.get("lanes"), unit.get("lanes"), where))
+    found.extend(_sandbox_writable_problems(data.get("sandbox_writable")))
     for cycle in _dependency_cycles(depends):
         if len(cycle) == 2:
             continue  # a unit depending on itself, reported above
@@ -292,6 +297,20 @@ def problems(data: Any) -> list[str]:
                     found.append(f"$.setup.copy_ignored[{j}]: "
                                  + problem.replace("scope", "path"))
     return found
+
+
+SANDBOX_PATH_STARTS = ("/", "~/", "{repo}", "{plan_dir}")
+
+
+def _sandbox_writable_problems(entries: Any) -> list[str]:
+    """Each path must name one place whatever directory wtmesh runs in."""
+    if not isinstance(entries, list):
+        return []
+    return [f"$.sandbox_writable[{j}]: {entry!r} must be an absolute path (or start with "
+            "~/, {repo} or {plan_dir})"
+            for j, entry in enumerate(entries)
+            if isinstance(entry, str) and entry and entry != "~"
+            and not entry.startswith(SANDBOX_PATH_STARTS)]
 
 
 def _lane_problems(plan_lanes: Any, unit_lanes: Any, where: str) -> list[str]:
@@ -424,6 +443,8 @@ def build(data: Mapping[str, Any], path: Path) -> Plan:
                         (copies,) if isinstance(copies, str) else tuple(copies)),
         units=tuple(units),
         raw=data,
+        sandbox=data.get("sandbox"),
+        sandbox_writable=tuple(data.get("sandbox_writable", ())),
     )
 
 

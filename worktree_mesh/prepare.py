@@ -15,6 +15,7 @@ from . import proc
 from .git import Git
 from .lanes import render
 from .plan import SetupSpec
+from .sandbox import Confinement
 
 SETUP_TIMEOUT_S = 900.0
 
@@ -24,8 +25,10 @@ class SetupFailed(Exception):
 
 
 def prepare(git: Git, setup: SetupSpec, *, repo: Path, worktree: Path,
-            placeholders: Mapping[str, str], env: Mapping[str, str], log: Path) -> None:
-    """Raises SetupFailed with one line saying why."""
+            placeholders: Mapping[str, str], env: Mapping[str, str], log: Path,
+            confinement: Confinement | None = None) -> None:
+    """Raises SetupFailed with one line saying why. The command runs in ``confinement``
+    (the sandbox of the lanes or proofs to come) when given; copying is wtmesh's own."""
     for rel in setup.copy_ignored:
         source = repo / rel
         if not source.exists() and not source.is_symlink():
@@ -45,7 +48,8 @@ def prepare(git: Git, setup: SetupSpec, *, repo: Path, worktree: Path,
     if setup.command is None:
         return
     done = proc.run_logged(render(setup.command, placeholders), cwd=worktree, env=env,
-                           stdout_path=log, stderr_path=log, timeout_s=SETUP_TIMEOUT_S)
+                           stdout_path=log, stderr_path=log, timeout_s=SETUP_TIMEOUT_S,
+                           confinement=confinement)
     if not done.ok:
         why = done.start_error or ("timed out" if done.timed_out else f"exited {done.returncode}")
         raise SetupFailed(f"setup command {why} (log: {log})")

@@ -18,6 +18,7 @@ from .integration_worktree import IntegrationWorktree
 from .lanes import render
 from .plan import Plan, Unit
 from .prepare import SetupFailed, prepare
+from .sandbox import Confinement, Sandbox
 from .state import RunDir
 
 Report = Callable[..., None]
@@ -32,8 +33,10 @@ class Verdict:
 
 class Prover:
     def __init__(self, *, git: Git, plan: Plan, run_id: str, run_dir: RunDir, repo: Path,
-                 worktree: IntegrationWorktree, report: Report) -> None:
+                 worktree: IntegrationWorktree, report: Report,
+                 sandbox: Sandbox | None = None) -> None:
         self.git = git
+        self.sandbox = sandbox  # None: proofs run unconfined
         self.plan = plan
         self.run_id = run_id
         self.run_dir = run_dir
@@ -74,19 +77,22 @@ class Prover:
         log = self.run_dir.unit_dir(unit.id) / "proof.log"
         self.worktree.place(candidate, tree)
         if not self.worktree.prepared:
+            env = self._env(unit, candidate)
             try:
                 prepare(self.git, self.plan.setup, repo=self.repo, worktree=self.path,
-                        placeholders=self._placeholders(unit),
-                        env=self._env(unit, candidate),
-                        log=self.run_dir.path / "integration-setup.log")
+                        placeholders=self._placeholders(unit), env=env,
+                        log=self.run_dir.path / "integration-setup.log",
+                        confinement=self._confine(env))
             except SetupFailed as exc:
                 self.worktree.forget()
                 return Verdict("fail", str(exc), 0.0)
             self.worktree.prepared = True
+        env = self._env(unit, candidate)
         done = proc.run_logged(render(unit.proof_command, self._placeholders(unit)),
-                               cwd=self.path, env=self._env(unit, candidate),
+                               cwd=self.path, env=env,
                                stdout_path=log, stderr_path=log, timeout_s=unit.proof_timeout_s,
-                               on_spawn=lambda _pid: faults.point("proof"))
+                               on_spawn=lambda _pid: faults.point("proof"),
+                               confinement=self._confine(env))
         if done.start_error or done.timed_out or done.returncode != 0:
             self.worktree.forget()  # whatever it did there, the next use checks out afresh
         if done.start_error:
@@ -102,6 +108,13 @@ class Prover:
         if tampered:
             return Verdict("fail", tampered, done.duration_s)
         return Verdict("pass", "", done.duration_s)
+
+    def _confine(self, env: dict[str, str]) -> Confinement | None:
+        """A proof may write the integration worktree only, so that no lane (nor a
+        daemon one started) can touch the tree it proves."""
+        if self.sandbox is None:
+            return None
+        return self.sandbox.confine(self.path, env=env)
 
     def _placeholders(self, unit: Unit) -> dict[str, str]:
         return {"id": unit.id, "objective": unit.objective, "plan_dir": str(self.plan.plan_dir),

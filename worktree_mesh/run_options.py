@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from . import plan as plan_mod
-from .errors import PlanError, UsageError
+from . import sandbox as sandbox_mod
+from .errors import EnvironmentRefused, PlanError, UsageError
 from .git import Git, RepoInfo, Sha
 from .plan import Plan
 from .resume import Recovery
+from .sandbox import SandboxChoice
 from .state import RunDir
 from .toolkit.budget import BudgetDecision
 
@@ -35,7 +37,8 @@ class RunOptions:
     learnings: Path | None = None  # --learnings FILE
     batch: int = 1  # units integrated under one proof at most; 0: as many as are ready
     report: Path | None = None  # --report FILE: report.md written there too
-
+    # --sandbox over the plan's "sandbox" (default auto), and what it gave here.
+    sandbox: SandboxChoice = SandboxChoice("none", None, "sandbox set to none")
 
 
 def resolve_run(plan: Plan, repo: RepoInfo, git: Git, *, target: str | None, base: str | None,
@@ -43,7 +46,7 @@ def resolve_run(plan: Plan, repo: RepoInfo, git: Git, *, target: str | None, bas
                 keep_worktrees: bool, lock_timeout_s: float,
                 budget: BudgetDecision | None = None,
                 learnings: Path | None = None, batch: int = 1,
-                report: Path | None = None) -> RunOptions:
+                report: Path | None = None, sandbox: str | None = None) -> RunOptions:
     """Command line over plan over defaults; every problem is a usage error (exit 2)."""
     mode = delivery_mode or plan.delivery_mode
     target_name = target or plan.target or repo.head_branch
@@ -68,13 +71,24 @@ def resolve_run(plan: Plan, repo: RepoInfo, git: Git, *, target: str | None, bas
     wanted = max_active or plan.max_active
     return RunOptions(plan, repo, budget.limit(wanted) if budget else wanted, mode,
                       target_name, base_sha, patch_dir, keep_worktrees, lock_timeout_s,
-                      budget.as_dict() if budget else None, learnings, batch, report)
+                      budget.as_dict() if budget else None, learnings, batch, report,
+                      choose_sandbox(sandbox or plan.sandbox or sandbox_mod.DEFAULT_MODE))
+
+
+def choose_sandbox(mode: str) -> SandboxChoice:
+    """``--sandbox bwrap`` where bubblewrap cannot run refuses the run (exit 3)."""
+    try:
+        return sandbox_mod.choose(mode)
+    except sandbox_mod.SandboxUnavailable as exc:
+        raise EnvironmentRefused(str(exc)) from None
 
 
 def resumed_options(run_dir: RunDir, repo: RepoInfo, recovery: Recovery, *,
-                    keep_worktrees: bool, lock_timeout_s: float) -> RunOptions:
+                    keep_worktrees: bool, lock_timeout_s: float,
+                    sandbox: str | None = None) -> RunOptions:
     """The options a run was started with, and the plan as it ran (not as it may have
-    been edited since)."""
+    been edited since). The sandbox is asked for again as it was (or as ``sandbox``
+    says): whether it works is this machine's, now."""
     started = recovery.started
     plan = plan_mod.load_as_run(run_dir.plan_copy, Path(started["plan"]))
     patch_dir = started.get("patch_dir")
@@ -84,7 +98,9 @@ def resumed_options(run_dir: RunDir, repo: RepoInfo, recovery: Recovery, *,
                       Path(patch_dir) if patch_dir else None, keep_worktrees, lock_timeout_s,
                       started.get("budget"), Path(learnings) if learnings else None,
                       started.get("batch", 1),
-                      Path(started["report"]) if started.get("report") else None)
+                      Path(started["report"]) if started.get("report") else None,
+                      choose_sandbox(sandbox or (started.get("sandbox") or {}).get(
+                          "mode", sandbox_mod.DEFAULT_MODE)))
 
 
 REPORT_FIRST_LINE = b"# wtmesh run "

@@ -203,19 +203,18 @@ def _exposable(paths: Iterable[Path]) -> list[Path]:
 
 def confinement(*, worktree: Path, unit_dir: Path | None, state_dir: Path,
                 worktrees_root: Path, repo: Path, common_dir: Path, plan_dir: Path,
-                extra_writable: Iterable[Path] = (), git_admin: Path | None = None,
+                extra_writable: Iterable[Path] = (),
                 env: Mapping[str, str] | None = None, bwrap: str = "bwrap") -> Confinement:
     """What a process working in ``worktree`` may see.
 
-    Writable: the worktree, the unit's own run-file directory (None for a proof), the
-    worktree's git admin dir (a linked worktree's index and HEAD live there, outside the
-    worktree), and ``extra_writable``. Hidden: the state directory (every run's files)
-    and the worktrees root (every unit's worktree and the integration worktree).
+    Writable: the worktree (its lanes' own ``.git`` included), the unit's own run-file
+    directory (None for a proof), and ``extra_writable``. Hidden: the state directory
+    (every run's files) and the worktrees root (every unit's worktree and the
+    integration worktree).
     Readable: the repository, its common dir, the plan's directory, this Python and
     wtmesh itself, every PATH entry and HOME of ``env`` (default: ours)."""
     env = os.environ if env is None else env
-    writable = [worktree, *([unit_dir] if unit_dir else []),
-                *([git_admin] if git_admin else []), *extra_writable]
+    writable = [worktree, *([unit_dir] if unit_dir else []), *extra_writable]
     home = env.get("HOME")
     readable = [repo, common_dir, plan_dir, Path(sys.prefix), Path(sys.base_prefix),
                 Path(__file__).parent, *(Path(p) for p in env.get("PATH", "").split(os.pathsep)
@@ -285,12 +284,12 @@ class Sandbox:
     extra_writable: tuple[Path, ...] = ()
 
     def confine(self, worktree: Path, *, env: Mapping[str, str], unit_dir: Path | None = None,
-                git_admin: Path | None = None, preset: str | None = None) -> Confinement:
+                preset: str | None = None) -> Confinement:
         extra = (*self.extra_writable, *preset_writable(preset, env.get("HOME")))
         return confinement(worktree=worktree, unit_dir=unit_dir, state_dir=self.state_dir,
                            worktrees_root=self.worktrees_root, repo=self.repo,
                            common_dir=self.common_dir, plan_dir=self.plan_dir,
-                           extra_writable=extra, git_admin=git_admin, env=env,
+                           extra_writable=extra, env=env,
                            bwrap=self.bwrap)
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from . import diffs, faults, proc, series_check
 from . import ledger as ledger_mod
+from . import sandbox as sandbox_mod
 from .errors import (
     EXIT_ENVIRONMENT,
     EXIT_INTERRUPTED,
@@ -111,13 +112,19 @@ class Run:
         self.run_lock = RunLock(self.run_dir)
         self.interrupted = False
         self.backpressure = Backpressure(options.max_active) if options.budget else None
-        self.guard = self._repo_guard()
+        repo = options.repo.toplevel or git.common_dir
+        sandbox = sandbox_mod.for_run(
+            options.sandbox, state_dir=self.state.root,
+            worktrees_root=self.run_dir.worktrees.parent, repo=repo,
+            common_dir=git.common_dir, plan_dir=options.plan.plan_dir,
+            writable=options.plan.sandbox_writable)
+        self.guard = self._repo_guard(sandboxed=sandbox is not None)
         self.integrator = Integrator(
             git=git, plan=options.plan, run_id=self.run_id, state=self.state,
             run_dir=self.run_dir, delivery_mode=options.delivery_mode, target=options.target,
-            base=options.base, repo=options.repo.toplevel or git.common_dir,
+            base=options.base, repo=repo,
             patch_dir=patch_dir, lock_timeout_s=options.lock_timeout_s, report=self.emit,
-            batched=options.batch != 1, guard=self.guard)
+            batched=options.batch != 1, guard=self.guard, sandbox=sandbox)
         # The lanes' own git work (filling and resetting worktrees, taking snapshots and
         # diffs) runs nicer than the integrator's: landing is the one serial step, so
         # when the CPU is short it goes first. The lane commands keep normal priority.
@@ -131,14 +138,17 @@ class Run:
             workers=options.max_active + fill_slots())
         lane_git = git.running_with(self.lane_git_runner)
         self.pool = WorktreePool(lane_git, self.run_dir.worktrees, size=options.max_active)
-        self.executor = LocalExecutor(lane_git, self.pool, self.guard)
+        self.executor = LocalExecutor(lane_git, self.pool, sandbox, self.guard)
 
-    def _repo_guard(self) -> RepoGuard:
-        """Lanes run unsandboxed, so what they change in the user's repository outside
+    def _repo_guard(self, sandboxed: bool) -> RepoGuard | None:
+        """None when lanes are sandboxed: the repository is read-only to them. Else
+        they run unsandboxed, so what they change in the user's repository outside
         their worktrees is found and undone after each (SPEC 10). Not watched: what
         wtmesh moves itself (its refs of other runs, stranded branches, and the target
         in commit_first, which the integrator moves); this run's own refs are watched
         against what it wrote."""
+        if sandboxed:
+            return None
         ignored = ["refs/wtmesh/", "refs/heads/wtmesh/"]
         if self.options.delivery_mode == "commit_first":
             ignored.append(f"refs/heads/{self.options.target}")
@@ -149,6 +159,8 @@ class Run:
         """The fingerprint lanes are checked against: taken with the run's lock held and
         before any lane starts. The index watched is the one the integrator keeps at
         the target (commit_first, the target checked out)."""
+        if self.guard is None:
+            return
         watched = None
         if self.options.delivery_mode == "commit_first":
             watched = target_worktree(self.git, f"refs/heads/{self.options.target}")
@@ -157,6 +169,8 @@ class Run:
     def _undo_unattributed(self) -> None:
         """At the end of the run, what changed while no lane's check looked (a proof, a
         process a lane left behind) is undone too, and the ledger says what it was."""
+        if self.guard is None:
+            return
         touched = self.guard.restore()
         if touched:
             self.emit("warning", message="the repository was changed outside wtmesh "
@@ -244,7 +258,8 @@ class Run:
                   learnings=str(opts.learnings) if opts.learnings else None,
                   patch_dir=str(self.patch_dir) if self.patch_dir else None,
                   units=[u.id for u in self.order], pid=os.getpid(),
-                  repo=str(opts.repo.toplevel) if opts.repo.toplevel else None)
+                  repo=str(opts.repo.toplevel) if opts.repo.toplevel else None,
+                  sandbox=opts.sandbox.as_record())
         self.integrator.start_patch_series()
         self._watch_repo()
 
@@ -271,6 +286,7 @@ class Run:
         landed = landed_in_git(self.git, recovery)
         steps = resume_steps(self.git, recovery, (u.id for u in self.order), landed)
         self.emit("run_resumed", pid=os.getpid(), stopped_process_groups=stopped,
+                  sandbox=self.options.sandbox.as_record(),
                   steps={uid: {"action": step.kind, "says": step.says}
                          for uid, step in steps.items()})
         self.integrator.start_patch_series()

@@ -25,6 +25,7 @@ from .lanes import LaneResult, LaneRun, render, run_lane
 from .plan import LaneSpec, SetupSpec, Unit
 from .prepare import SetupFailed, prepare
 from .repo_guard import RepoGuard, own_writes
+from .sandbox import Confinement, Sandbox
 from .state import write_atomic
 from .worktrees import WorktreePool
 
@@ -73,10 +74,12 @@ class _Ended(Exception):
 class LocalExecutor:
     """Runs units as local processes in pooled worktrees."""
 
-    def __init__(self, git: Git, pool: WorktreePool, guard: RepoGuard | None = None) -> None:
+    def __init__(self, git: Git, pool: WorktreePool, sandbox: Sandbox | None = None,
+                 guard: RepoGuard | None = None) -> None:
         self.git = git
         self.pool = pool
-        self.guard = guard
+        self.sandbox = sandbox  # None: lanes and setup run unconfined
+        self.guard = guard  # unconfined lanes: what they change in the repository is undone
 
     def run(self, job: UnitJob, report: Report) -> UnitWork:
         started = time.monotonic()
@@ -276,7 +279,15 @@ class LocalExecutor:
             result_path=job.unit_dir / f"{name}.result.json",
             stdout_log=job.unit_dir / f"{name}.stdout.log",
             stderr_log=job.unit_dir / f"{name}.stderr.log",
+            confinement=self._confine(job, worktree, env, spec.preset),
         )
+
+    def _confine(self, job: UnitJob, worktree: Path, env: dict[str, str],
+                 preset: str | None = None) -> Confinement | None:
+        """A lane or setup may write its worktree and its unit's directory only."""
+        if self.sandbox is None:
+            return None
+        return self.sandbox.confine(worktree, env=env, unit_dir=job.unit_dir, preset=preset)
 
     @staticmethod
     def _placeholders(job: UnitJob, worktree: Path) -> dict[str, str]:
@@ -304,10 +315,12 @@ class LocalExecutor:
     # -- setup -------------------------------------------------------------------------
 
     def _setup(self, job: UnitJob, worktree: Path, report: Report) -> None:
+        env = self._env(job, worktree, None)
         try:
             prepare(self.git, job.setup, repo=job.repo, worktree=worktree,
-                    placeholders=self._placeholders(job, worktree),
-                    env=self._env(job, worktree, None), log=job.unit_dir / "setup.log")
+                    placeholders=self._placeholders(job, worktree), env=env,
+                    log=job.unit_dir / "setup.log",
+                    confinement=self._confine(job, worktree, env))
         except SetupFailed as exc:
             if job.setup.command is not None:
                 self._undo_repo_changes(job, "setup", report)
