@@ -1,5 +1,5 @@
 """Lanes that attack through git: each test is a lane doing what a hostile agent would do
-with the git it finds in its worktree, and what it must not achieve.
+with the git it finds in its worktree, and what it must not achieve, even unsandboxed.
 
 A lane's worktree lies outside every ``.git`` directory and carries a ``.git`` of its own
 (HEAD, an index, the user's objects borrowed read-only); wtmesh's own git calls go
@@ -27,7 +27,9 @@ def run_plan(repo: Path, tmp_path: Path, plan: dict[str, Any], *args: str,
              env: dict[str, str] | None = None, expect: int | None = 0) -> dict[str, Any]:
     path = tmp_path / "plan.json"
     path.write_text(json.dumps(plan))
-    res = wtmesh("run", path, "--json", *args, cwd=repo, env=env)
+    # Unsandboxed: what these tests show holds whether or not bubblewrap confines the
+    # lane (with it, the lane could not even reach most of what it attacks).
+    res = wtmesh("run", path, "--json", "--sandbox", "none", *args, cwd=repo, env=env)
     if expect is not None:
         assert res.returncode == expect, (res.returncode, res.stderr)
     summary: dict[str, Any] = res.json()

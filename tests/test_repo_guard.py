@@ -343,7 +343,9 @@ def three_units(act: str, *, where: str = "coder") -> dict[str, Any]:
 
 
 def run_json(repo: Path, plan: Path, *args: str) -> tuple[int, dict[str, Any], str]:
-    res = wtmesh("run", plan, "--json", "--max-active", "1", *args, cwd=repo)
+    # The guard is for unsandboxed lanes (sandboxed, the repository is read-only to them).
+    res = wtmesh("run", plan, "--json", "--max-active", "1", "--sandbox", "none", *args,
+                 cwd=repo)
     assert "Traceback" not in res.stderr, res.stderr
     return res.returncode, res.json(), res.stderr
 
@@ -486,7 +488,8 @@ def test_user_email_a_lane_sets_never_signs_another_units_commit(
                                         "echo a > a.txt"}}},
         {"id": "x", "objective": "write x", "unit_scope": "x.txt",
          "lanes": {"coder": {"command": x_lane}}}]})
-    proc = subprocess.Popen([sys.executable, "-m", "worktree_mesh", "run", str(plan), "--json"],
+    proc = subprocess.Popen([sys.executable, "-m", "worktree_mesh", "run", str(plan), "--json",
+                             "--sandbox", "none"],
                             cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             stdin=subprocess.DEVNULL)
     try:

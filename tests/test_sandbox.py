@@ -133,9 +133,6 @@ try git-status 'git status --porcelain'
     attempts = said(repo, summary)
     assert attempts == {**expected(mode, "tree", "tracked", "config", "hook", "branch", "ref"),
                         "own-edit": "done", "git-status": "done"}
-    # The lane still worked: its edit is the unit's change.
-    assert unit(summary)["status"] == "integrated", unit(summary)
-    assert unit(summary)["files"] == ["lane.txt"]
     reached = {
         "tree": (repo / "evil.txt").exists(),
         "tracked": (repo / "calc" / "ops.py").read_bytes() != ops,
@@ -143,7 +140,17 @@ try git-status 'git status --porcelain'
         "hook": (repo / ".git" / "hooks" / "pre-commit").exists(),
         "branch": bool(git(repo, "branch", "--list", "planted", "planted2")),
     }
-    assert reached == dict.fromkeys(reached, mode == "none")
+    if mode == "none":
+        # Unsandboxed, the writes went through: what a lane changed in .git is found and
+        # undone after it, and its unit fails; the working tree keeps what it wrote.
+        assert unit(summary)["failure_code"] == "safety_regression_risk", unit(summary)
+        assert reached == {"tree": True, "tracked": True, "config": False, "hook": False,
+                           "branch": False}
+        return
+    # The lane still worked: its edit is the unit's change.
+    assert unit(summary)["status"] == "integrated", unit(summary)
+    assert unit(summary)["files"] == ["lane.txt"]
+    assert reached == dict.fromkeys(reached, False)
 
 
 # -- other units, the integration worktree, the state directory ------------------------
@@ -265,7 +272,10 @@ exit 0
                "config": (repo / ".git" / "config").read_bytes() != config,
                "run-files": (unit_dir / "forged").exists(),
                "host-tmp": Path(f"/tmp/{marker}-proof").exists()}
-    assert reached == dict.fromkeys(reached, mode == "none")
+    if mode == "none":  # all went through; the repository check at the end undid .git's
+        assert reached == {"tree": True, "config": False, "run-files": True, "host-tmp": True}
+        return
+    assert reached == dict.fromkeys(reached, False)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -303,8 +313,9 @@ echo mine > lane.txt
 @pytest.mark.parametrize("mode", MODES)
 def test_a_setsid_daemon_ends_with_its_lane(repo: Path, tmp_path: Path, marker: str,
                                             mode: str) -> None:
-    """The daemon leaves the lane's process group and session; only the PID namespace
-    (its init gone when the lane's first process ends) takes it down."""
+    """The daemon leaves the lane's process group and session: the PID namespace (its
+    init gone when the lane's first process ends) takes it down, and unsandboxed the
+    reaper does."""
     coder = script(tmp_path, "coder", f"""
 setsid sh -c 'while :; do sleep 1; done' {marker} </dev/null >/dev/null 2>&1 &
 echo mine > lane.txt
@@ -314,7 +325,7 @@ echo mine > lane.txt
                   tmp_path, "--sandbox", mode)
     assert unit(summary)["status"] == "integrated"
     # wtmesh has exited: whatever of the lane still runs now outlived it.
-    assert bool(processes_named(marker)) == (mode == "none")
+    assert processes_named(marker) == []
 
 
 @needs_bwrap

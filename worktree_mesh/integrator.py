@@ -577,6 +577,8 @@ class Integrator:
             return
         self.left_behind = {"worktree": str(worktree), "at": old, "reason": blocked.reason,
                             "files": blocked.files}
+        if self.guard is not None:
+            self.guard.stop_watching_index()
         self.report("left_behind", **self.left_behind, target=new)
 
     def _strand(self, head: Sha, candidate: Sha, worktree: Path, blocked: _Blocked) -> bool:

@@ -135,6 +135,13 @@ class RepoGuard:
 
     # -- public ------------------------------------------------------------------------
 
+    def stop_watching_index(self) -> None:
+        """The integrator left the watched worktree behind (its index at an older commit
+        than its branch, on purpose): from now on that index is the user's to fix."""
+        with self._lock:
+            self._index_of = None
+            self._index_base = None
+
     def snapshot(self, index_of: Path | None = None) -> None:
         """Record what no lane may change; ``index_of`` is the worktree whose index the
         integrator keeps at its HEAD (None: no index is watched)."""

@@ -162,7 +162,7 @@ class Run:
         if self.guard is None:
             return
         watched = None
-        if self.options.delivery_mode == "commit_first":
+        if self.options.delivery_mode == "commit_first" and self.integrator.left_behind is None:
             watched = target_worktree(self.git, f"refs/heads/{self.options.target}")
         self.guard.snapshot(index_of=watched)
 
