@@ -273,7 +273,8 @@ exec "$REAL_GIT" "$@"
             [*wait, "1", "event=unit_state", f"unit=u{i - 1:02d}", "phase=waiting"]
         ) + " && " + units[i]["lanes"]["coder"]["command"]
     plan = recording_plan(tmp_path, units)
-    res = wtmesh("run", plan, "--json", "--batch", "auto", cwd=repo,
+    # Unsandboxed: the lanes read the run's ledger, which the sandbox hides from them.
+    res = wtmesh("run", plan, "--json", "--batch", "auto", "--sandbox", "none", cwd=repo,
                  env={**env, "WTMESH_LANDING_WINDOW_S": "0"})
     assert res.returncode == 0, res.stderr
     assert len((tmp_path / "proofs").read_text().split()) == 1

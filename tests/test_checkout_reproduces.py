@@ -174,7 +174,7 @@ def test_a_link_that_escapes_only_with_another_units_link_does_not_land(
         "b1-esc": ("s1/esc", lane("s1/esc=up/../outside.txt")),
         "a2-esc": ("s2/esc", lane("s2/esc=up/../outside.txt")),
         "b2-up": ("s2/up", lane("s2/up=..")),
-    }, max_active=4)
+    }, max_active=4, sandbox_writable=[str(barrier)])  # the lanes meet there
     assert {uid: outcome(u) for uid, u in units.items()} == {
         "a1-up": ("integrated", None), "b1-esc": ("failed", "scope_violation"),
         "a2-esc": ("integrated", None), "b2-up": ("failed", "scope_violation")}

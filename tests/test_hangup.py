@@ -54,7 +54,7 @@ def interrupted_then_resumed(repo: Path, plan: Path, run: subprocess.Popen[bytes
     status = wtmesh("status", "--json", cwd=repo)
     assert status.returncode == 0, status.stderr
     assert status.json()["state"] == "interrupted"
-    resumed = wtmesh("run", plan, "--resume", "--json", cwd=repo)
+    resumed = wtmesh("run", plan, "--resume", "--json", "--sandbox", "none", cwd=repo)
     assert resumed.returncode == 0, resumed.stderr
     assert [(u["status"], u["attempts"]) for u in resumed.json()["units"]] == [
         ("integrated", 2)]
@@ -69,7 +69,9 @@ def kill_if_alive(pid: int | None) -> None:
 def test_sighup_stops_the_lanes_and_the_run_resumes(repo: Path, tmp_path: Path) -> None:
     plan, pid_file = slow_lane_plan(tmp_path)
     with open(tmp_path / "out", "wb") as out, open(tmp_path / "err", "wb") as err:
-        run = subprocess.Popen([PY, "-m", "worktree_mesh", "run", str(plan)], cwd=repo,
+        # Unsandboxed: the test reads the lane's pid, which a PID namespace would hide.
+        run = subprocess.Popen([PY, "-m", "worktree_mesh", "run", str(plan), "--sandbox", "none"],
+                               cwd=repo,
                                stdin=subprocess.DEVNULL, stdout=out, stderr=err)
     lane_pid = None
     try:
@@ -92,7 +94,8 @@ def test_closing_the_terminal_stops_the_lanes_and_the_run_resumes(
     every write to the terminal fails from then on."""
     plan, pid_file = slow_lane_plan(tmp_path)
     master, slave = os.openpty()
-    run = subprocess.Popen(["setsid", "--ctty", PY, "-m", "worktree_mesh", "run", str(plan)],
+    run = subprocess.Popen(["setsid", "--ctty", PY, "-m", "worktree_mesh", "run", str(plan),
+                            "--sandbox", "none"],
                            cwd=repo, stdin=slave, stdout=slave, stderr=slave,
                            env={**os.environ, "TERM": "xterm"})
     os.close(slave)
