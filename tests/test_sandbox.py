@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -26,7 +27,7 @@ import pytest
 from conftest import PY, alive, git, lane, one_error_line, repo_snapshot, state_dir, wtmesh
 from test_live import Terminal
 
-from worktree_mesh.sandbox import probe
+from worktree_mesh.sandbox import Confinement, bwrap_argv, probe
 
 WHY_NOT = probe()
 needs_bwrap = pytest.mark.skipif(WHY_NOT is not None,
@@ -510,3 +511,17 @@ def test_bad_sandbox_settings_are_plan_errors(tmp_path: Path) -> None:
     assert (f"{plan}: $.sandbox_writable[0]: 'build/' must be an absolute path (or start "
             "with ~/, {repo} or {plan_dir})") in res.stderr
     assert "[1]" not in res.stderr
+
+
+@needs_bwrap
+def test_a_command_under_a_readable_directory_in_tmp_runs_through_its_symlink(
+        tmp_path: Path) -> None:
+    """A virtualenv under /tmp (a CI clone made with ``mktemp -d``): its ``bin/python`` is
+    a symlink the lane's command names, inside a directory already bound read-only."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(sys.executable)
+    confined = Confinement(cwd=tmp_path, writable=(), hidden=(), readable=(venv,))
+    command = [str(venv / "bin" / "python"), "-c", "print('ran')"]
+    done = subprocess.run(bwrap_argv(command, confined), capture_output=True, check=False)
+    assert (done.returncode, done.stdout) == (0, b"ran\n"), done.stderr

@@ -97,7 +97,7 @@ def bwrap_argv(command: Sequence[str], confinement: Confinement,
     argv = [confinement.bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
             "--tmpfs", str(PRIVATE_TMP)]
     readable = [*confinement.readable, *named_paths(command)]
-    for path in _parents_first(_exposable(readable)):
+    for path in _outermost(_exposable(readable)):
         argv += ["--ro-bind", str(path), str(path)]
     layered = [(path, 0) for path in confinement.hidden] + [
         (path, 1) for path in confinement.writable]
@@ -188,6 +188,17 @@ def named_paths(command: Sequence[str]) -> list[Path]:
 
 def _parents_first(paths: Iterable[Path]) -> list[Path]:
     return sorted(dict.fromkeys(paths), key=lambda p: (len(p.parts), str(p)))
+
+
+def _outermost(paths: Iterable[Path]) -> list[Path]:
+    """The paths no other of them contains, parents first: binding a directory shows what
+    is in it, and binding again inside a read-only bind would need a mount point there
+    (``Can't create file``, for a virtualenv's ``bin/python`` symlink)."""
+    kept: list[Path] = []
+    for path in _parents_first(paths):
+        if not any(path.is_relative_to(outer) for outer in kept):
+            kept.append(path)
+    return kept
 
 
 def _exposable(paths: Iterable[Path]) -> list[Path]:
