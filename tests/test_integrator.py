@@ -323,7 +323,8 @@ def test_a_run_that_times_out_on_the_lock_later_is_resumed_as_it_says(
     import filelock
     lock_path = repo / ".git/wtmesh/integrator.lock"
     started, locked = tmp_path / "lane-started", tmp_path / "locked"
-    plan = write_plan({"units": [{"id": "u1", "objective": "o", "lanes": {"coder": {
+    plan = write_plan({"sandbox_writable": [str(tmp_path)],  # the lane and the test meet
+                       "units": [{"id": "u1", "objective": "o", "lanes": {"coder": {
         "command": f"touch {started}; until [ -e {locked} ]; do sleep 0.02; done; "
                    "echo a > a.txt"}}}]})
     run_proc = subprocess.Popen([PY, "-m", "worktree_mesh", "run", str(plan),

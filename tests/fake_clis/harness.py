@@ -23,14 +23,20 @@ FLAG_ERROR = 97
 
 
 def install(bin_dir: Path, *names: str) -> Path:
+    """The fakes on a PATH directory. Their code is copied there too: a sandboxed lane
+    sees its PATH, but not this checkout where it lies under a private /tmp (a CI clone
+    made with mktemp -d)."""
     bin_dir.mkdir(parents=True, exist_ok=True)
+    code = bin_dir / ".fakes"
+    shutil.copytree(FAKES, code, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("__pycache__"))
     for name in names or NAMES:
         script = bin_dir / name
         script.write_text(
             f"#!{sys.executable}\n"
             "import runpy, sys\n"
-            f"sys.path.insert(0, {str(FAKES)!r})\n"
-            f"runpy.run_path({str(FAKES / name)!r}, run_name='__main__')\n")
+            f"sys.path.insert(0, {str(code)!r})\n"
+            f"runpy.run_path({str(code / name)!r}, run_name='__main__')\n")
         script.chmod(0o755)
     return bin_dir
 
