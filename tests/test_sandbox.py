@@ -520,7 +520,7 @@ def test_a_command_under_a_readable_directory_in_tmp_runs_through_its_symlink(
     a symlink the lane's command names, inside a directory already bound read-only."""
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
-    (venv / "bin" / "python").symlink_to(sys.executable)
+    (venv / "bin" / "python").symlink_to(os.path.realpath(sys.executable))
     confined = Confinement(cwd=tmp_path, writable=(), hidden=(), readable=(venv,))
     command = [str(venv / "bin" / "python"), "-c", "print('ran')"]
     done = subprocess.run(bwrap_argv(command, confined), capture_output=True, check=False)
