@@ -283,7 +283,7 @@ def test_units_dot_dot_and_underscore_dot_dot_keep_apart(repo: Path, tmp_path: P
     other = (f"echo I am $WTMESH_UNIT_ID; touch {marks}/other-started; "
              f"until [ -e {marks}/dotdot-done ]; do sleep 0.02; done; echo b > b.txt")
     plan = tmp_path / "plan.json"
-    plan.write_text(json.dumps({"max_active": 2, "units": [
+    plan.write_text(json.dumps({"max_active": 2, "sandbox_writable": [str(marks)], "units": [
         {"id": "..", "objective": "o", "unit_scope": "a.txt",
          "lanes": {"coder": {"command": dotdot, "retries": 0}}},
         {"id": "_..", "objective": "o", "unit_scope": "b.txt",
