@@ -151,6 +151,30 @@ def test_a_lane_repointing_its_git_at_the_users_repository_reaches_nothing(
     assert user_work(repo) == before
 
 
+def test_a_lane_linking_its_git_to_the_users_repository_reaches_nothing(
+        tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    dirty_user_tree(repo)
+    before = user_work(repo)
+    # The worktree's .git a symlink to the user's git dir: u1 leaves it for its retry
+    # (wtmesh cleans and reseeds the worktree), u2 for the next unit reusing the worktree,
+    # u3 for the worktree's removal at the end of the run. Through the link, wtmesh's
+    # clean, reseeding or removal would empty the user's repository.
+    link = 'rm -rf .git && ln -s "$WTMESH_REPO/.git" .git'
+    units = [{"id": "u1", "objective": "link, retry", "unit_scope": "u1.txt",
+              "lanes": {"coder": shell(f'if [ "$WTMESH_ATTEMPT" = 1 ]; then {link}; exit 1; '
+                                       "fi; echo one > u1.txt", retries=1)}},
+             {"id": "u2", "objective": "link", "unit_scope": "u2.txt",
+              "lanes": {"coder": shell(f"{link} && echo two > u2.txt")}},
+             {"id": "u3", "objective": "link", "unit_scope": "u3.txt",
+              "lanes": {"coder": shell(f"{link} && echo three > u3.txt")}}]
+    summary = run_plan(repo, tmp_path, {"delivery_mode": "patch_first", "max_active": 1,
+                                        "units": units})
+    assert states(summary) == {u: ("integrated", None) for u in ("u1", "u2", "u3")}
+    assert user_work(repo) == before
+    assert git(repo, "fsck", "--no-dangling") == ""
+
+
 # -- reproduced case 8: index flags survive into the next unit ------------------------------
 
 
