@@ -175,6 +175,55 @@ def test_a_lane_linking_its_git_to_the_users_repository_reaches_nothing(
     assert git(repo, "fsck", "--no-dangling") == ""
 
 
+def test_a_lane_replacing_its_worktree_with_a_link_to_the_users_tree_reaches_nothing(
+        tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    dirty_user_tree(repo)
+    before = user_work(repo)
+    # A lane moves its worktree aside and puts a link to the user's working tree in its
+    # place. wtmesh's next git call there (a snapshot of the lane's work, the clean before
+    # a retry or before the next unit) would go through the link: check out and clean
+    # the user's tree with wtmesh's index, and reseed the user's .git as the lanes' own.
+    swap = 'mv "$PWD" "$PWD.moved" && ln -s "$WTMESH_REPO" "$PWD"'
+    units = [{"id": "u1", "objective": "swap, retry", "unit_scope": "u1.txt",
+              "lanes": {"coder": shell(f'if [ "$WTMESH_ATTEMPT" = 1 ]; then {swap}; exit 1; '
+                                       "fi; echo one > u1.txt", retries=1)}},
+             {"id": "u2", "objective": "swap", "unit_scope": "u2.txt",
+              "lanes": {"coder": shell(f"{swap} && echo two > u2.txt")}},
+             {"id": "u3", "objective": "honest", "unit_scope": "u3.txt",
+              "lanes": {"coder": shell("echo three > u3.txt")}}]
+    summary = run_plan(repo, tmp_path, {"delivery_mode": "patch_first", "max_active": 1,
+                                        "units": units}, expect=1)
+    assert user_work(repo) == before
+    assert git(repo, "fsck", "--no-dangling") == ""
+    found = states(summary)
+    assert found["u3"] == ("integrated", None)
+    ledger = state_dir(repo) / "runs" / summary["run_id"] / "ledger.jsonl"
+    notes = {record["unit"]: record["notes"] for line in ledger.read_text().splitlines()
+             if (record := json.loads(line))["event"] == "unit_finished"}
+    for uid in ("u1", "u2"):
+        assert found[uid][0] == "failed"
+        assert "is no longer the directory wtmesh made" in notes[uid], notes[uid]
+
+
+def test_a_proof_replacing_the_integration_worktree_with_a_link_reaches_nothing(
+        tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    dirty_user_tree(repo)
+    before = user_work(repo)
+    # u1's proof puts a link to the user's working tree where the integration worktree
+    # was, and passes; the next proof's checkout and clean there would go through it.
+    proof = ('if [ "$WTMESH_UNIT_ID" = u1 ]; then mv "$PWD" "$PWD.moved" && '
+             'ln -s "$WTMESH_REPO" "$PWD"; fi')
+    units = [{"id": uid, "objective": uid, "unit_scope": f"{uid}.txt",
+              "lanes": {"coder": shell(f"echo {uid} > {uid}.txt")}} for uid in ("u1", "u2")]
+    summary = run_plan(repo, tmp_path, {"delivery_mode": "patch_first", "proof_command": proof,
+                                        "units": units}, expect=1)
+    assert user_work(repo) == before
+    assert git(repo, "fsck", "--no-dangling") == ""
+    assert states(summary) == {"u1": ("failed", "proof_failed"), "u2": ("integrated", None)}
+
+
 # -- reproduced case 8: index flags survive into the next unit ------------------------------
 
 

@@ -249,6 +249,8 @@ class Git:
         else:
             admin = self.private.admin_of(cwd)
             if admin is not None:
+                if self.private.replaced(cwd):
+                    raise WorktreeReplaced(cwd)
                 argv += [f"--git-dir={admin}", f"--work-tree={cwd}", *self.private.config_args]
                 full_env.update(self.private.env)
             else:
@@ -505,10 +507,12 @@ class Git:
         would also unregister worktrees of the user's whose directory is missing): what
         ``git worktree remove --force`` does, deleting the files outside the admin lock.
         This also copes with a directory already gone or an entry a crash left half
-        written, where ``git worktree remove`` refuses."""
+        written, where ``git worktree remove`` refuses. A symlink in the worktree's place
+        is unlinked, never followed; a directory that is not the one made there (see
+        WorktreeReplaced) is left alone: the path may lead anywhere."""
         if path.is_symlink():
             path.unlink()
-        elif path.exists():
+        elif path.exists() and not self.private.replaced(path):
             shutil.rmtree(path, ignore_errors=True)
         self.private.forget_admin(path)
         # A worktree an earlier version registered with ``git worktree add``.
@@ -783,6 +787,21 @@ def _untracked_at(root: Path, path: str, tracked: set[str]) -> list[str]:
     return found
 
 
+class WorktreeReplaced(proc.CommandError):
+    """The path of one of wtmesh's worktrees no longer leads to the directory wtmesh made
+    there: a lane moved it away or removed it, or put a symlink in its place (to the
+    user's working tree, say). wtmesh's checkout and clean there would then work on the
+    user's files with wtmesh's index, and reseeding the lanes' ``.git`` would delete the
+    user's; so no git runs there, nothing is seeded there, nothing is removed through
+    it. A CommandError: callers treat the worktree as broken beyond repair."""
+
+    def __init__(self, worktree: Path) -> None:
+        why = (f"fatal: {worktree} is no longer the directory wtmesh made (moved, removed or "
+               "replaced); wtmesh runs no git there")
+        super().__init__(proc.Completed(("git", f"--work-tree={worktree}"), 128, b"",
+                                        why.encode("utf-8", "surrogateescape")))
+
+
 class PrivateGit:
     """wtmesh's own git dirs for one repository, under ``<state>/``: the bare ``shadow``
     for calls on objects, and an admin dir per worktree of wtmesh's (``admin/<key>``,
@@ -805,7 +824,8 @@ class PrivateGit:
         excludes = git.run("config", "--path", "core.excludesFile", check=False).text.strip()
         self.config_args: tuple[str, ...] = (("-c", f"core.excludesFile={excludes}")
                                              if excludes else ())
-        self._known: dict[Path, Path] = {}
+        # worktree -> its admin dir, and where the worktree really was when it was made
+        self._known: dict[Path, tuple[Path, str]] = {}
         self._shadow_ready = False
 
     def _config(self, bare: bool) -> bytes:
@@ -844,32 +864,48 @@ class PrivateGit:
 
     def admin_of(self, worktree: Path) -> Path | None:
         """The admin dir of one of wtmesh's worktrees; None for any other directory."""
+        entry = self._entry(worktree)
+        return entry[0] if entry is not None else None
+
+    def replaced(self, worktree: Path) -> bool:
+        """Whether ``worktree``, one of wtmesh's, is no longer the directory made there
+        (see WorktreeReplaced): gone, or its path leads elsewhere than it did then."""
+        entry = self._entry(worktree)
+        return entry is not None and not (os.path.isdir(worktree)
+                                          and os.path.realpath(worktree) == entry[1])
+
+    def _entry(self, worktree: Path) -> tuple[Path, str] | None:
         known = self._known.get(worktree)
         if known is not None:
             return known
         admin = self.key(worktree)
         try:
             recorded = (admin / "worktree").read_bytes()
+            real = (admin / "realpath").read_bytes()
         except OSError:
             return None
         if os.fsdecode(recorded.strip()) != str(worktree):
             return None
-        self._known[worktree] = admin
-        return admin
+        entry = (admin, os.fsdecode(real.rstrip(b"\n")))
+        self._known[worktree] = entry
+        return entry
 
     def make_admin(self, worktree: Path, commit: str) -> Path:
         admin = self.key(worktree)
         shutil.rmtree(admin, ignore_errors=True)  # a killed run's, for this very path
         self._make_git_dir(admin, commit, bare=False)
+        real = os.path.realpath(worktree)
+        (admin / "realpath").write_bytes(os.fsencode(real) + b"\n")
         # Written last: until it is, the dir is not taken for an admin dir (a crash
         # before this leaves a dir that gc removes as unclaimed).
         (admin / "worktree").write_bytes(os.fsencode(worktree) + b"\n")
-        self._known[worktree] = admin
+        self._known[worktree] = (admin, real)
         return admin
 
     def forget_admin(self, worktree: Path) -> None:
-        admin = self._known.pop(worktree, None) or self.key(worktree)
-        shutil.rmtree(admin, ignore_errors=True)
+        known = self._known.pop(worktree, None)
+        shutil.rmtree(known[0] if known is not None else self.key(worktree),
+                      ignore_errors=True)
 
     def entries(self) -> list[tuple[Path, Path]]:
         """``(admin dir, worktree)`` for every worktree of wtmesh's on this repository."""
@@ -888,7 +924,10 @@ class PrivateGit:
         ``commit``, the index wtmesh just wrote (so ``git status`` there is clean), the
         user's objects borrowed read-only through alternates, the user's ignore rules.
         Whatever the last lane left there (a ``.git`` file pointing elsewhere, a symlink,
-        planted config or hooks, index flags, its own commits) goes."""
+        planted config or hooks, index flags, its own commits) goes; a ``.git`` symlink
+        is unlinked, never followed."""
+        if self.replaced(worktree):
+            raise WorktreeReplaced(worktree)
         dot_git = worktree / ".git"
         if dot_git.is_symlink() or dot_git.is_file():
             dot_git.unlink()

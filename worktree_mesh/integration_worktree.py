@@ -14,6 +14,7 @@ file (ignored ones, such as a setup's virtualenv, may stay), and the commit HEAD
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -34,7 +35,7 @@ class IntegrationWorktree:
         self.prepared = False  # the plan's setup has run here (a new worktree needs it again)
 
     def exists(self) -> bool:
-        return self.path.exists()
+        return os.path.lexists(self.path)  # a symlink in its place too, dangling or not
 
     def create(self, commit: Sha, tree: Sha) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,8 +58,8 @@ class IntegrationWorktree:
         untracked file. Usually the files are there already and only HEAD moves. The
         proof's own ``.git`` is seeded afresh each time at ``commit``: what an earlier
         proof's git did there (or planted for the next one) is gone."""
-        if self._tree != tree:
-            self._checkout(commit, tree)
+        if self._tree != tree or self.git.private.replaced(self.path):
+            self._checkout(commit, tree)  # a replaced worktree is discarded and made anew
         else:
             if self._untracked_possible:
                 self.git.run("clean", "-q", "-ffd", cwd=self.path)
