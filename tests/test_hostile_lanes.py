@@ -120,6 +120,43 @@ def test_gc_finds_kept_worktrees_through_the_state_directory(tmp_path: Path) -> 
     assert not any((state_dir(repo) / "admin").iterdir())
 
 
+@pytest.mark.parametrize("how", ["run's worktrees dir", "forged record", "forged admin dir"])
+def test_gc_never_removes_through_a_link_where_a_run_keeps_its_worktrees(
+        tmp_path: Path, how: str) -> None:
+    repo = make_repo(tmp_path / "repo")
+    victim = tmp_path / "victim"
+    (victim / "precious").mkdir(parents=True)
+    (victim / "precious" / "work.txt").write_text("mine\n")
+    (victim / "notes.txt").write_text("mine too\n")
+    # A lane puts a link to the victim where gc looks for the run's worktrees: in place
+    # of the run's worktrees directory (its worktree's parent), or, by absolute path, in
+    # the run's record of where that directory is; gc lists that directory and removes
+    # what it finds there. Or it records a worktree of wtmesh's whose path climbs out of
+    # that directory with "..".
+    if how == "forged admin dir":  # a worktree of wtmesh's "in" the run's directory
+        attack = ('admin="$WTMESH_REPO/.git/wtmesh/admin/forged" && mkdir -p "$admin" && '
+                  'home=$(dirname "$PWD") && '
+                  f'echo "$home/$(realpath --relative-to="$home" {victim})" > "$admin/worktree"')
+        expect = 0
+    elif how == "forged record":
+        evil = tmp_path / "evil"
+        attack = (f'mkdir -p {evil} && ln -s {victim} "{evil}/$WTMESH_RUN_ID" && '
+                  f'echo "{evil}/$WTMESH_RUN_ID" > '
+                  '"$WTMESH_REPO/.git/wtmesh/runs/$WTMESH_RUN_ID/worktrees.path"')
+        expect = 0
+    else:
+        attack = f'home=$(dirname "$PWD") && mv "$home" "$home.moved" && ln -s {victim} "$home"'
+        expect = 1  # wtmesh runs no git in a worktree whose path now leads elsewhere
+    plan = {"units": [{"id": "u1", "objective": "one",
+                       "lanes": {"coder": shell(f"{attack} && echo x > a.txt")}}]}
+    # Kept, so that the run's directory is there to climb out of.
+    run_plan(repo, tmp_path, plan, "--keep-worktrees", expect=expect)
+    res = wtmesh("gc", "--unfinished", cwd=repo)
+    assert res.returncode == 0, res.stderr
+    assert (victim / "precious" / "work.txt").read_text() == "mine\n"
+    assert (victim / "notes.txt").read_text() == "mine too\n"
+
+
 # -- reproduced case 1: a lane repoints its worktree's git ----------------------------------
 
 

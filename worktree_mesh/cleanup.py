@@ -82,11 +82,18 @@ def _collect_run(git: Git, run_dir: RunDir, legacy: Path, refs: dict[str, str],
     removals: list[Removal] = []
     homes = (run_dir.worktrees, legacy)
     for worktree in git.own_worktrees():
-        if any(worktree.is_relative_to(home) for home in homes):
+        # Directly in a home, as wtmesh makes them: a record a lane wrote may climb out
+        # of it ("<home>/../..."), which is_relative_to, comparing names, would allow.
+        if worktree.parent in homes:
             removals.append(Removal(run_id, "worktree", str(worktree)))
     listed = {r.what for r in removals}
     for home in homes:
-        if home.is_dir():
+        if home.is_symlink():
+            # Never listed: a lane can put a link there, or write the run's record of
+            # where its worktrees are, and through it every file of the link's target
+            # would go. Only the link goes.
+            removals.append(Removal(run_id, "worktree", str(home)))
+        elif home.is_dir():
             removals += [Removal(run_id, "worktree", str(p))
                          for p in sorted(home.iterdir()) if str(p) not in listed]
     if run_dir.tmp.is_dir():
@@ -112,7 +119,7 @@ def _collect_run(git: Git, run_dir: RunDir, legacy: Path, refs: dict[str, str],
             Path(removal.what).unlink(missing_ok=True)
     git.delete_refs({r.what: refs[r.what] for r in removals if r.kind == "ref"})
     for directory in (run_dir.worktrees, legacy, run_dir.tmp, run_dir.worktrees.parent):
-        if directory.is_dir() and not any(directory.iterdir()):
+        if directory.is_dir() and not directory.is_symlink() and not any(directory.iterdir()):
             directory.rmdir()
 
 

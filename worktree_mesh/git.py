@@ -533,10 +533,11 @@ class Git:
             return entries
         for admin in admin_root.iterdir():
             try:
-                gitdir = admin.joinpath("gitdir").read_bytes().strip()
+                gitdir = _plain_path(admin.joinpath("gitdir").read_bytes())
             except OSError:
                 continue
-            entries.append((admin, Path(os.fsdecode(gitdir)).parent))
+            if gitdir is not None:
+                entries.append((admin, gitdir.parent))
         return entries
 
     def own_worktrees(self) -> list[Path]:
@@ -548,10 +549,12 @@ class Git:
         return found
 
     def remove_worktrees_under(self, root: Path) -> list[Path]:
-        """Remove every worktree of ours below ``root`` (a directory of wtmesh's)."""
+        """Remove every worktree of ours in ``root`` (a directory of wtmesh's). Directly
+        in it, as wtmesh makes them: a record a lane wrote may climb out of it with
+        ``..``, which ``is_relative_to``, comparing names, would let through."""
         removed = []
         for worktree in self.own_worktrees():
-            if worktree.is_relative_to(root):
+            if worktree.parent == root:
                 self.worktree_remove(worktree)
                 removed.append(worktree)
         return removed
@@ -753,6 +756,14 @@ class Git:
         return False
 
 
+def _plain_path(recorded: bytes) -> Path | None:
+    """The path a record of a worktree names, if it is absolute with no ``.`` or ``..``
+    in it, as git and wtmesh write them; a record a lane forged with ``<home>/..`` would
+    otherwise pass for a worktree in ``<home>``, and be removed."""
+    path = os.fsdecode(recorded.strip())
+    return Path(path) if os.path.isabs(path) and os.path.normpath(path) == path else None
+
+
 def _names_index_lock(res: proc.Completed) -> bool:
     return res.returncode != 0 and b"index.lock" in res.stderr
 
@@ -914,9 +925,11 @@ class PrivateGit:
             return out
         for admin in self.admin_root.iterdir():
             try:
-                out.append((admin, Path(os.fsdecode((admin / "worktree").read_bytes().strip()))))
+                worktree = _plain_path((admin / "worktree").read_bytes())
             except OSError:
                 continue
+            if worktree is not None:
+                out.append((admin, worktree))
         return out
 
     def seed_lane_repo(self, worktree: Path, commit: str) -> None:
