@@ -266,13 +266,17 @@ def test_a_proof_replacing_the_integration_worktree_with_a_link_reaches_nothing(
 
 def test_index_flags_a_lane_sets_never_reach_the_next_unit(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo")
-    # u1 marks calc/ops.py skip-worktree and assume-unchanged in its own index, and, by
-    # absolute path, in every admin index of wtmesh's it can find; u2 reuses the
-    # worktree and edits that file: its edit must land.
-    flag = ("git update-index --skip-worktree calc/ops.py; "
-            "git update-index --assume-unchanged calc/parse.py; "
+    # u1 marks calc/ops.py skip-worktree and calc/parse.py assume-unchanged in its own
+    # index, and, by absolute path, in every admin index of wtmesh's it can find (an admin
+    # dir has no objects of its own: git takes it for a git dir once given the user's);
+    # u2 reuses the worktree and edits both files: its edits must land.
+    admin_git = ('GIT_OBJECT_DIRECTORY="$WTMESH_REPO/.git/objects" '
+                 'git --git-dir="$d" --work-tree="$PWD" update-index')
+    flag = ("git update-index --skip-worktree calc/ops.py && "
+            "git update-index --assume-unchanged calc/parse.py && "
             'for d in "$WTMESH_REPO"/.git/wtmesh/admin/*/; do '
-            'git --git-dir="$d" --work-tree="$PWD" update-index --skip-worktree calc/ops.py; '
+            f"{admin_git} --skip-worktree calc/ops.py && "
+            f"{admin_git} --assume-unchanged calc/parse.py || exit 1; "
             "done; echo one > one.txt")
     plan = {"max_active": 1, "proof_command": PROOF, "units": [
         {"id": "u1", "objective": "flags", "lanes": {"coder": shell(flag)}},

@@ -590,9 +590,10 @@ class Git:
         self.private.seed_lane_repo(worktree, commit)
 
     def _index_has_flags(self, worktree: Path) -> bool:
-        """Any skip-worktree (``S``), assume-unchanged (lower case) or intent-to-add
-        entry in the worktree's index. wtmesh's index is its own, but it is a file, and
-        a lane running unsandboxed can reach any file."""
+        """Any skip-worktree (``S``) or assume-unchanged (lower case) entry in the
+        worktree's index. wtmesh's index is its own, but it is a file, and a lane
+        running unsandboxed can reach any file. (An intent-to-add entry shows as ``H``
+        and needs nothing: the checkout drops it, and the clean its file.)"""
         listing = self.run("ls-files", "-v", "-z", cwd=worktree).stdout
         for entry in listing.split(b"\0"):
             if entry and (entry[:1] == b"S" or entry[:1].islower()):
