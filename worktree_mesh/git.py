@@ -34,13 +34,10 @@ import shutil
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NewType
-
-import filelock
 
 from . import proc
 
@@ -477,21 +474,6 @@ class Git:
 
     # -- worktrees -----------------------------------------------------------------------
 
-    @contextmanager
-    def _worktree_admin(self, *, reading: bool = False) -> Iterator[None]:
-        """Serialise our use of ``.git/worktrees/``, across threads and processes.
-        Two concurrent ``git worktree add`` race: one reads the other's half-made admin
-        entry and fails ("failed to read .../commondir"). A reader needs no lock where
-        no wtmesh state exists yet (no run of ours can be adding a worktree), and then
-        creates none: a refused start leaves no trace."""
-        state = self.common_dir / "wtmesh"
-        if reading and not state.is_dir():
-            yield
-            return
-        state.mkdir(parents=True, exist_ok=True)
-        with filelock.FileLock(str(state / "worktree-admin.lock"), fallback_to_soft=False):
-            yield
-
     def worktree_add(self, path: Path, commit: str) -> None:
         """A worktree of wtmesh's detached at ``commit``: its files, its private admin dir
         (not registered with the user's repository: ``git worktree list`` never shows
@@ -515,13 +497,12 @@ class Git:
         elif path.exists() and not self.private.replaced(path):
             shutil.rmtree(path, ignore_errors=True)
         self.private.forget_admin(path)
-        # A worktree an earlier version registered with ``git worktree add``.
-        registered = [admin for admin, worktree in self.worktree_admin_entries()
-                      if worktree == path]
-        if registered:
-            with self._worktree_admin():
-                for admin in registered:
-                    shutil.rmtree(admin, ignore_errors=True)
+        # A worktree an earlier version registered with ``git worktree add``. wtmesh adds
+        # none any more, so nothing of its own races this (git worktree list skips an
+        # entry whose gitdir file is gone).
+        for admin, worktree in self.worktree_admin_entries():
+            if worktree == path:
+                shutil.rmtree(admin, ignore_errors=True)
 
     def worktree_admin_entries(self) -> list[tuple[Path, Path]]:
         """``(admin dir, worktree path)`` for every registered worktree, read from the
@@ -560,8 +541,7 @@ class Git:
         return removed
 
     def worktrees(self) -> list[WorktreeEntry]:
-        with self._worktree_admin(reading=True):
-            res = self.run("worktree", "list", "--porcelain", "-z")
+        res = self.run("worktree", "list", "--porcelain", "-z")
         entries: list[WorktreeEntry] = []
         current: dict[str, str] = {}
         for field in res.stdout.split(b"\0") + [b""]:
@@ -746,8 +726,7 @@ class Git:
     def worktree_is_locked(self, path: Path) -> bool:
         """Whether ``git worktree lock`` protects the linked worktree at ``path``: it is
         meant to come back (a removable disk, a network share) even while it is gone."""
-        with self._worktree_admin(reading=True):
-            listing = self.run("worktree", "list", "--porcelain", "-z").stdout
+        listing = self.run("worktree", "list", "--porcelain", "-z").stdout
         # One NUL after each attribute, one more after each worktree's record.
         for record in listing.split(b"\0\0"):
             fields = record.split(b"\0")
