@@ -311,7 +311,7 @@ def test_config_hooks_and_refs_a_lane_plants_stay_in_its_own_repository(
     plant = "; ".join([
         "git branch evil-branch", "git tag evil-tag",
         "echo stash > calc/ops.py && git stash -q",
-        "echo one > one.txt", "git add one.txt", "git commit -qm mine",
+        r"printf 'one\r\n' > one.txt", "git add one.txt", "git commit -qm mine",
         f"git config filter.evil.clean {program}",
         f"git config filter.evil.smudge {program}",
         "echo '* filter=evil' > .git/info/attributes",
@@ -333,12 +333,14 @@ def test_config_hooks_and_refs_a_lane_plants_stay_in_its_own_repository(
     summary = run_plan(repo, tmp_path, plan)
     assert states(summary) == {"u1": ("integrated", None), "u2": ("integrated", None)}
     # The lane's commit is not on the target; its change is, as a unit's commit.
-    assert git(repo, "show", "main~1:one.txt") == "one"
     assert git(repo, "log", "-1", "--format=%s", "main~1") == "u1: plant"
-    # No filter rewrote u2's file, no line ending was converted, no program ran.
-    blob = subprocess.run(["git", "cat-file", "blob", "main:two.txt"], cwd=repo,
-                          capture_output=True, check=True).stdout
-    assert blob == b"line one\r\nx marks\r\n"
+    # No filter rewrote a file, no line ending was converted (neither in u1's snapshot,
+    # with the planted config in place, nor in u2's), no program ran.
+    for rev, content in (("main~1:one.txt", b"one\r\n"),
+                         ("main:two.txt", b"line one\r\nx marks\r\n")):
+        blob = subprocess.run(["git", "cat-file", "blob", rev], cwd=repo,
+                              capture_output=True, check=True).stdout
+        assert blob == content, rev
     assert not marker.exists()
     for rev in ("main", "main~1"):
         assert git(repo, "log", "-1", "--format=%ae %ce", rev) == \
@@ -396,9 +398,15 @@ def test_daemons_a_lane_or_a_proof_starts_end_with_it(tmp_path: Path) -> None:
     pids = tmp_path / "pids"
     daemon = ("setsid sh -c 'while true; do echo x >> \"$WTMESH_WORKTREE/../spray\"; "
               f"sleep 0.05; done' & echo $! >> {pids}")
-    plan = {"proof_command": f"{daemon}; exit 0", "units": [
-        {"id": "u1", "objective": "one", "lanes": {"coder": shell(f"{daemon}; echo 1 > a.txt"),
-                                                   "fixer": shell(f"{daemon}; echo 2 > b.txt")}},
+    # The fixer and the proof first fail if a daemon started before them runs on (not
+    # gone, nor a zombie): each ends with its lane, not with the run.
+    none_left = (f"touch {pids}; for p in $(cat {pids}); do "
+                 "if [ -r /proc/$p/stat ] && ! sed 's/.*) //' /proc/$p/stat | grep -q ^Z; "
+                 'then echo "$p runs on" >&2; exit 1; fi; done')
+    plan = {"proof_command": f"{none_left}; {daemon}; exit 0", "units": [
+        {"id": "u1", "objective": "one", "lanes": {
+            "coder": shell(f"{daemon}; echo 1 > a.txt"),
+            "fixer": shell(f"{none_left}; {daemon}; echo 2 > b.txt")}},
     ]}
     summary = run_plan(repo, tmp_path, plan)
     assert states(summary) == {"u1": ("integrated", None)}
