@@ -141,3 +141,20 @@ def test_a_read_only_state_dir_is_refused(repo: Path, plan: Path, where: str) ->
         state.mkdir()
     with read_only(state if where == "state dir" else repo / ".git"):
         refused_untouched(repo, plan, "cannot write wtmesh's state in")
+
+
+@pytest.mark.parametrize("where", ["a file", "below a file"])
+def test_a_worktrees_home_that_cannot_be_made_is_refused(
+        repo: Path, plan: Path, tmp_path: Path, where: str) -> None:
+    """``WTMESH_WORKTREES`` naming a file, or a path through one: one line, exit 3, and
+    no run is left behind (none to resume, none for gc)."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file\n")
+    home = blocker if where == "a file" else blocker / "worktrees"
+    res = wtmesh("run", plan, cwd=repo, env={"WTMESH_WORKTREES": str(home)})
+    line = one_error_line(res, 3)
+    assert "cannot make the run's worktrees directory" in line, line
+    assert str(home) in line
+    runs = repo / ".git/wtmesh/runs"
+    assert not runs.exists() or not any(runs.iterdir())
+    assert blocker.read_text() == "a file\n"

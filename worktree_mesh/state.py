@@ -172,7 +172,16 @@ class RunDir:
         return self.path / "units" / safe_name(unit_id)
 
     def create(self) -> None:
-        for path in (self.path, self.worktrees, self.tmp):
+        """The run's directories. The worktrees' first: they lie where the environment
+        says (``WTMESH_WORKTREES``), which may name a file or a read-only mount, and a
+        run refused there leaves nothing of itself in the state directory."""
+        try:
+            self.worktrees.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise EnvironmentRefused(
+                f"cannot make the run's worktrees directory {self.worktrees}: "
+                f"{exc.strerror or exc} (WTMESH_WORKTREES chooses where they go)") from None
+        for path in (self.path, self.tmp):
             path.mkdir(parents=True, exist_ok=True)
         write_atomic(self.path / WORKTREES_RECORD, os.fsencode(self.worktrees) + b"\n")
 
