@@ -525,3 +525,27 @@ def test_a_command_under_a_readable_directory_in_tmp_runs_through_its_symlink(
     command = [str(venv / "bin" / "python"), "-c", "print('ran')"]
     done = subprocess.run(bwrap_argv(command, confined), capture_output=True, check=False)
     assert (done.returncode, done.stdout) == (0, b"ran\n"), done.stderr
+
+
+# -- what a lane may try from inside --------------------------------------------------
+
+
+@needs_bwrap
+def test_a_lane_run_by_root_cannot_take_its_mounts_apart(repo: Path, tmp_path: Path) -> None:
+    """bubblewrap started by root (a CI container) keeps every capability for the lane
+    unless told otherwise: the lane could unmount what hides the state directory and
+    remount the file system writable. Run as another user, the kernel refuses anyway."""
+    ops = (repo / "calc" / "ops.py").read_bytes()
+    coder = script(tmp_path, "coder", """
+try capabilities '! grep -q "^CapEff:[[:space:]]*0*$" /proc/self/status'
+try unhide-state 'umount -l "$WTMESH_REPO/.git/wtmesh" && ls "$WTMESH_REPO/.git/wtmesh" | grep -q runs'
+try remount-rw 'M=$(findmnt -n -o TARGET -T "$WTMESH_REPO") && mount -o remount,bind,rw "$M" &&
+  echo "raise SystemExit" >> "$WTMESH_REPO/calc/ops.py"'
+echo mine > lane.txt
+""")
+    summary = run(repo, {"delivery_mode": "patch_first", "lanes": {"coder": {"command": coder}},
+                         "units": [{"id": "u1", "objective": "o"}]}, tmp_path)
+    assert said(repo, summary) == expected("bwrap", "capabilities", "unhide-state",
+                                           "remount-rw")
+    assert (repo / "calc" / "ops.py").read_bytes() == ops
+    assert unit(summary)["status"] == "integrated"

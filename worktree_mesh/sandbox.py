@@ -112,6 +112,9 @@ def bwrap_argv(command: Sequence[str], confinement: Confinement,
         "--unshare-pid",  # its processes end with its first one (init of the namespace)
         "--die-with-parent",  # and with wtmesh, should wtmesh be killed
         "--new-session",  # no TIOCSTI into a terminal wtmesh was started from
+        # Started by root, bubblewrap leaves the process every capability: it could
+        # unmount what hides the state directory or remount the file system writable.
+        "--cap-drop", "ALL",
         "--setenv", "TMPDIR", str(PRIVATE_TMP),
         "--chdir", str(confinement.cwd),
         *(["--info-fd", str(info_fd)] if info_fd is not None else []),
