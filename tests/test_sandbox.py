@@ -538,7 +538,8 @@ def test_a_lane_run_by_root_cannot_take_its_mounts_apart(repo: Path, tmp_path: P
     ops = (repo / "calc" / "ops.py").read_bytes()
     coder = script(tmp_path, "coder", """
 try capabilities '! grep -q "^CapEff:[[:space:]]*0*$" /proc/self/status'
-try unhide-state 'umount -l "$WTMESH_REPO/.git/wtmesh" && ls "$WTMESH_REPO/.git/wtmesh" | grep -q runs'
+S=$WTMESH_REPO/.git/wtmesh
+try unhide-state 'umount -l "$S" && ls "$S" | grep -q runs'
 try remount-rw 'M=$(findmnt -n -o TARGET -T "$WTMESH_REPO") && mount -o remount,bind,rw "$M" &&
   echo "raise SystemExit" >> "$WTMESH_REPO/calc/ops.py"'
 echo mine > lane.txt
