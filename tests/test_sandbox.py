@@ -550,3 +550,52 @@ echo mine > lane.txt
                                            "remount-rw")
     assert (repo / "calc" / "ops.py").read_bytes() == ops
     assert unit(summary)["status"] == "integrated"
+
+
+@needs_bwrap
+def test_a_lane_cannot_see_the_worktrees_of_other_repositories_or_runs(
+        repo: Path, tmp_path: Path) -> None:
+    """Every repository's worktrees share one home: another repository's run in progress,
+    and an earlier run of this one that was kept, are in it."""
+    from worktree_mesh.state import repo_key, worktrees_home
+
+    other = worktrees_home() / "other-0123abcd" / "run-1" / "w001"
+    earlier = worktrees_home() / repo_key(repo / ".git") / "run-0" / "w001"
+    for kept in (other, earlier):
+        kept.mkdir(parents=True)
+        (kept / "secret.txt").write_text("not the lane's\n")
+    coder = script(tmp_path, "coder", f"""
+try other-repo 'cat "{other}/secret.txt"'
+try earlier-run 'cat "{earlier}/secret.txt"'
+try list-home 'ls "{worktrees_home()}" | grep -q other'
+echo mine > lane.txt
+""")
+    summary = run(repo, {"lanes": {"coder": {"command": coder}},
+                         "units": [{"id": "u1", "objective": "o"}]}, tmp_path)
+    assert said(repo, summary) == expected("bwrap", "other-repo", "earlier-run", "list-home")
+    assert unit(summary)["status"] == "integrated"
+
+
+@needs_bwrap
+def test_a_worktrees_home_around_the_repository_is_not_hidden_whole(
+        repo: Path, tmp_path: Path) -> None:
+    """``WTMESH_WORKTREES`` set to a directory that holds the repository and the plan:
+    hiding that home would hide them from the lane; this repository's folder in it (here
+    with an earlier run's worktree) is hidden all the same."""
+    from worktree_mesh.state import repo_key
+
+    earlier = tmp_path / repo_key(repo / ".git") / "run-0" / "w001"
+    earlier.mkdir(parents=True)
+    (earlier / "secret.txt").write_text("not the lane's\n")
+    coder = script(tmp_path, "coder", f"""
+try read-repo 'grep -q . "$WTMESH_REPO/calc/ops.py"'
+try lane-git 'git status --porcelain && git log -1'
+try earlier-run 'cat "{earlier}/secret.txt"'
+echo mine > lane.txt
+""")
+    summary = run(repo, {"lanes": {"coder": {"command": coder}},
+                         "units": [{"id": "u1", "objective": "o"}]}, tmp_path,
+                  env={"WTMESH_WORKTREES": str(tmp_path)})
+    assert said(repo, summary) == {"read-repo": "done", "lane-git": "done",
+                                   "earlier-run": "refused"}
+    assert unit(summary)["status"] == "integrated"

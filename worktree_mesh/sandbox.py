@@ -215,16 +215,15 @@ def _exposable(paths: Iterable[Path]) -> list[Path]:
 # -- what a lane, setup or proof may see -------------------------------------------------
 
 
-def confinement(*, worktree: Path, unit_dir: Path | None, state_dir: Path,
-                worktrees_root: Path, repo: Path, common_dir: Path, plan_dir: Path,
+def confinement(*, worktree: Path, unit_dir: Path | None, hidden: Iterable[Path],
+                repo: Path, common_dir: Path, plan_dir: Path,
                 extra_writable: Iterable[Path] = (),
                 env: Mapping[str, str] | None = None, bwrap: str = "bwrap") -> Confinement:
     """What a process working in ``worktree`` may see.
 
     Writable: the worktree (its lanes' own ``.git`` included), the unit's own run-file
-    directory (None for a proof), and ``extra_writable``. Hidden: the state directory
-    (every run's files) and the worktrees root (every unit's worktree and the
-    integration worktree).
+    directory (None for a proof), and ``extra_writable``. Hidden: ``hidden`` (the
+    state directory with every run's files, the directories of every worktree).
     Readable: the repository, its common dir, the plan's directory, this Python and
     wtmesh itself, every PATH entry and HOME of ``env`` (default: ours)."""
     env = os.environ if env is None else env
@@ -237,7 +236,7 @@ def confinement(*, worktree: Path, unit_dir: Path | None, state_dir: Path,
     return Confinement(
         cwd=worktree,
         writable=tuple(_resolved(p) for p in writable if _ensure_dir(p)),
-        hidden=tuple(_resolved(p) for p in (state_dir, worktrees_root) if p.is_dir()),
+        hidden=tuple(_resolved(p) for p in hidden if p.is_dir()),
         readable=tuple(_resolved(p) for p in readable),
         bwrap=bwrap,
     )
@@ -290,8 +289,7 @@ class Sandbox:
     """The run's sandbox: bubblewrap, and the paths every confinement of the run shares."""
 
     bwrap: str
-    state_dir: Path
-    worktrees_root: Path
+    hidden: tuple[Path, ...]  # the state directory, the directories of the worktrees
     repo: Path
     common_dir: Path
     plan_dir: Path
@@ -300,8 +298,8 @@ class Sandbox:
     def confine(self, worktree: Path, *, env: Mapping[str, str], unit_dir: Path | None = None,
                 preset: str | None = None) -> Confinement:
         extra = (*self.extra_writable, *preset_writable(preset, env.get("HOME")))
-        return confinement(worktree=worktree, unit_dir=unit_dir, state_dir=self.state_dir,
-                           worktrees_root=self.worktrees_root, repo=self.repo,
+        return confinement(worktree=worktree, unit_dir=unit_dir, hidden=self.hidden,
+                           repo=self.repo,
                            common_dir=self.common_dir, plan_dir=self.plan_dir,
                            extra_writable=extra, env=env,
                            bwrap=self.bwrap)
@@ -378,11 +376,19 @@ def choose(mode: str) -> SandboxChoice:
     return SandboxChoice(mode, None, reason)
 
 
-def for_run(choice: SandboxChoice, *, state_dir: Path, worktrees_root: Path, repo: Path,
-            common_dir: Path, plan_dir: Path, writable: Iterable[str]) -> Sandbox | None:
-    """The run's sandbox, or None when its lanes run unconfined."""
+def for_run(choice: SandboxChoice, *, state_dir: Path, worktrees_root: Path,
+            worktrees_home: Path, repo: Path, common_dir: Path, plan_dir: Path,
+            writable: Iterable[str]) -> Sandbox | None:
+    """The run's sandbox, or None when its lanes run unconfined. Hidden: the state
+    directory, the directory of this run's worktrees (``worktrees_root``, wherever the
+    run recorded it), and the home of every repository's worktrees (other repositories'
+    runs), unless that home holds what lanes must read (``WTMESH_WORKTREES`` set to a
+    directory around the repository)."""
     if choice.bwrap is None:
         return None
-    return Sandbox(choice.bwrap, state_dir=state_dir, worktrees_root=worktrees_root,
+    needed = (repo, common_dir, plan_dir)
+    shared = not any(p.resolve().is_relative_to(worktrees_home.resolve()) for p in needed)
+    hidden = (state_dir, worktrees_root, *([worktrees_home] if shared else []))
+    return Sandbox(choice.bwrap, hidden=hidden,
                    repo=repo, common_dir=common_dir, plan_dir=plan_dir,
                    extra_writable=expand_writable(writable, repo=repo, plan_dir=plan_dir))

@@ -43,7 +43,7 @@ from .resume import (
     stop_leftover_processes,
 )
 from .run_options import RunOptions
-from .state import RunDir, StateDir, new_run_id, unit_ref_prefix, write_atomic
+from .state import RunDir, StateDir, new_run_id, unit_ref_prefix, worktrees_home, write_atomic
 from .text import printable, printable_data, quote_path
 from .toolkit import learnings
 from .toolkit.backpressure import Backpressure
@@ -115,8 +115,8 @@ class Run:
         repo = options.repo.toplevel or git.common_dir
         sandbox = sandbox_mod.for_run(
             options.sandbox, state_dir=self.state.root,
-            worktrees_root=self.run_dir.worktrees.parent, repo=repo,
-            common_dir=git.common_dir, plan_dir=options.plan.plan_dir,
+            worktrees_root=self.run_dir.worktrees.parent, worktrees_home=worktrees_home(),
+            repo=repo, common_dir=git.common_dir, plan_dir=options.plan.plan_dir,
             writable=options.plan.sandbox_writable)
         self.guard = self._repo_guard(sandboxed=sandbox is not None)
         self.integrator = Integrator(
