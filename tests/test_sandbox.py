@@ -481,23 +481,58 @@ echo mine > lane.txt
 def test_sandbox_writable_opens_paths_but_never_the_state_dir(repo: Path,
                                                               tmp_path: Path) -> None:
     """{plan_dir} and ~ are expanded, a missing directory is made; even with the whole
-    repository writable, the state directory (inside it) stays hidden."""
+    repository writable, the state directory (inside it) stays hidden, and its git
+    directory read-only: no lane plants configuration, refs or objects there."""
+    config = (repo / ".git" / "config").read_bytes()
     coder = script(tmp_path, "coder", """
 try plan-dir 'echo out > "$WTMESH_PLAN_DIR/out/result.txt"'
 try home 'echo cfg > "$HOME/.agent/config"'
 try repo 'echo note > "$WTMESH_REPO/notes.txt"'
 try see-state 'ls "$WTMESH_REPO/.git/wtmesh/runs/$WTMESH_RUN_ID" | grep -q ledger'
 try write-state 'echo x > "$WTMESH_REPO/.git/wtmesh/planted"'
+try config 'git -C "$WTMESH_REPO" config core.fsmonitor "touch /tmp/ran"'
+try branch 'git -C "$WTMESH_REPO" branch planted'
+try hash-object 'echo planted | git -C "$WTMESH_REPO" hash-object -w --stdin'
+try replace-git 'mv "$WTMESH_REPO/.git" "$WTMESH_REPO/.git-moved"'
 echo mine > lane.txt
 """)
     summary = run(repo, {"sandbox_writable": ["{plan_dir}/out", "~/.agent", "{repo}"],
                          "lanes": {"coder": {"command": coder}},
                          "units": [{"id": "u1", "objective": "o"}]}, tmp_path)
     assert said(repo, summary) == {"plan-dir": "done", "home": "done", "repo": "done",
-                                   "see-state": "refused", "write-state": "refused"}
+                                   **expected("bwrap", "see-state", "write-state", "config",
+                                              "branch", "hash-object", "replace-git")}
     assert (tmp_path / "out" / "result.txt").read_text() == "out\n"
     assert (Path(os.environ["HOME"]) / ".agent" / "config").read_text() == "cfg\n"
     assert not (state_dir(repo) / "planted").exists()
+    assert (repo / ".git" / "config").read_bytes() == config
+    assert not git(repo, "branch", "--list", "planted")
+    assert unit(summary)["status"] == "integrated"
+
+
+@needs_bwrap
+@pytest.mark.parametrize("entry", [
+    "{repo}/.git/wtmesh", "{repo}/.git/wtmesh/runs", "{repo}/.git", "{repo}/.git/hooks",
+    "home", "home/repo"])
+def test_sandbox_writable_never_opens_wtmesh_dirs_or_the_git_dir(
+        repo: Path, tmp_path: Path, entry: str) -> None:
+    """A plan that asks for wtmesh's own directories (the state directory, the
+    worktrees' home or this repository's folder in it) or the repository's git directory
+    to be writable: the run is refused before any lane runs."""
+    from worktree_mesh.state import repo_key, worktrees_home
+
+    home = worktrees_home()
+    path = {"home": str(home), "home/repo": str(home / repo_key(repo / ".git"))}.get(
+        entry, entry)
+    before = repo_snapshot(repo)
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"sandbox_writable": [path],
+                                "lanes": {"coder": {"command": f'echo x > "{path}/planted"'}},
+                                "units": [{"id": "u1", "objective": "o"}]}))
+    line = one_error_line(wtmesh("run", plan, cwd=repo), 2)
+    assert line.startswith(f"wtmesh: error: sandbox_writable: {path!r} "), line
+    assert repo_snapshot(repo) == before
+    assert not Path(path.replace("{repo}", str(repo)), "planted").exists()
 
 
 def test_bad_sandbox_settings_are_plan_errors(tmp_path: Path) -> None:

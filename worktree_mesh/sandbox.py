@@ -27,6 +27,7 @@ from functools import cache
 from pathlib import Path
 
 from . import proc
+from .errors import UsageError
 
 SANDBOX_MODES = ("auto", "bwrap", "none")
 DEFAULT_MODE = "auto"
@@ -55,12 +56,14 @@ PRESET_WRITABLE: Mapping[str, tuple[str, ...]] = {
 class Confinement:
     """What one sandboxed process may see: everything read-only but ``writable``; a
     private ``/tmp`` in which only ``readable`` paths are seen (read-only); ``hidden``
-    paths replaced by empty directories."""
+    paths replaced by empty directories; ``read_only`` paths read-only again inside a
+    writable one."""
 
     cwd: Path
     writable: tuple[Path, ...]
     hidden: tuple[Path, ...]
     readable: tuple[Path, ...]
+    read_only: tuple[Path, ...] = ()
     bwrap: str = "bwrap"
 
     def argv(self, command: Sequence[str], info_fd: int | None = None) -> list[str]:
@@ -84,10 +87,10 @@ def bwrap_argv(command: Sequence[str], confinement: Confinement,
       3. ``readable`` paths bound read-only again, since what the process needs may live
          under ``/tmp`` too (a test's repository, a CI clone's virtualenv, HOME), and so
          are the absolute paths its command names (a script given as ``/tmp/x/lane.py``);
-      4. ``hidden`` and ``writable`` together, parents before children, so the deeper
-         path wins: a unit's worktree is writable inside the hidden worktrees root, and
-         the state directory stays hidden inside a writable ``{repo}``. At the same
-         path, writable wins;
+      4. ``hidden``, ``read_only`` and ``writable`` together, parents before children,
+         so the deeper path wins: a unit's worktree is writable inside the hidden
+         worktrees root, and inside a writable ``{repo}`` its git dir stays read-only
+         and the state directory hidden. At the same path, writable wins;
       5. each hidden path made read-only, so that what is written there fails rather
          than vanishing with the process (its writable binds stay writable).
     bubblewrap makes the directories a mount needs inside the tmpfs mounts (the parents of
@@ -100,10 +103,14 @@ def bwrap_argv(command: Sequence[str], confinement: Confinement,
     for path in _outermost(_exposable(readable)):
         argv += ["--ro-bind", str(path), str(path)]
     layered = [(path, 0) for path in confinement.hidden] + [
-        (path, 1) for path in confinement.writable]
-    for path, writable in sorted(dict.fromkeys(layered), key=lambda pw: (
-            len(pw[0].parts), pw[1], str(pw[0]))):
-        argv += ["--bind", str(path), str(path)] if writable else ["--tmpfs", str(path)]
+        (path, 1) for path in confinement.read_only] + [
+        (path, 2) for path in confinement.writable]
+    for path, kind in sorted(dict.fromkeys(layered), key=lambda pk: (
+            len(pk[0].parts), pk[1], str(pk[0]))):
+        if kind == 0:
+            argv += ["--tmpfs", str(path)]
+        else:
+            argv += ["--ro-bind" if kind == 1 else "--bind", str(path), str(path)]
     for path in confinement.hidden:
         # Last: the mount points of the binds inside were made in it. Not recursive,
         # so those binds stay writable.
@@ -224,8 +231,10 @@ def confinement(*, worktree: Path, unit_dir: Path | None, hidden: Iterable[Path]
     Writable: the worktree (its lanes' own ``.git`` included), the unit's own run-file
     directory (None for a proof), and ``extra_writable``. Hidden: ``hidden`` (the
     state directory with every run's files, the directories of every worktree).
-    Readable: the repository, its common dir, the plan's directory, this Python and
-    wtmesh itself, every PATH entry and HOME of ``env`` (default: ours)."""
+    Read-only even inside a writable path: the repository's git dir (``for_run``
+    refuses a writable path inside it). Readable: the repository, its common dir, the
+    plan's directory, this Python and wtmesh itself, every PATH entry and HOME of
+    ``env`` (default: ours)."""
     env = os.environ if env is None else env
     writable = [worktree, *([unit_dir] if unit_dir else []), *extra_writable]
     home = env.get("HOME")
@@ -233,13 +242,22 @@ def confinement(*, worktree: Path, unit_dir: Path | None, hidden: Iterable[Path]
                 Path(__file__).parent, *(Path(p) for p in env.get("PATH", "").split(os.pathsep)
                                          if os.path.isabs(p)),
                 *([Path(home)] if home and os.path.isabs(home) else [])]
+    opened = tuple(_resolved(p) for p in writable if _ensure_dir(p))
     return Confinement(
         cwd=worktree,
-        writable=tuple(_resolved(p) for p in writable if _ensure_dir(p)),
+        writable=opened,
         hidden=tuple(_resolved(p) for p in hidden if p.is_dir()),
         readable=tuple(_resolved(p) for p in readable),
+        read_only=tuple(p for p in dict.fromkeys(map(_resolved, _git_dirs(repo, common_dir)))
+                        if any(p.is_relative_to(w) for w in opened)),
         bwrap=bwrap,
     )
+
+
+def _git_dirs(repo: Path, common_dir: Path) -> list[Path]:
+    """The repository's git directory, and its ``.git`` (a file, in a linked worktree)."""
+    dot_git = repo / ".git"
+    return [common_dir, *([dot_git] if dot_git.exists() else [])]
 
 
 def _resolved(path: Path) -> Path:
@@ -378,17 +396,28 @@ def choose(mode: str) -> SandboxChoice:
 
 def for_run(choice: SandboxChoice, *, state_dir: Path, worktrees_root: Path,
             worktrees_home: Path, repo: Path, common_dir: Path, plan_dir: Path,
-            writable: Iterable[str]) -> Sandbox | None:
+            writable: Sequence[str]) -> Sandbox | None:
     """The run's sandbox, or None when its lanes run unconfined. Hidden: the state
     directory, the directory of this run's worktrees (``worktrees_root``, wherever the
     run recorded it), and the home of every repository's worktrees (other repositories'
     runs), unless that home holds what lanes must read (``WTMESH_WORKTREES`` set to a
-    directory around the repository)."""
+    directory around the repository). A ``sandbox_writable`` path inside a hidden one
+    or the git dir is a usage error: no lane may write there."""
     if choice.bwrap is None:
         return None
     needed = (repo, common_dir, plan_dir)
     shared = not any(p.resolve().is_relative_to(worktrees_home.resolve()) for p in needed)
     hidden = (state_dir, worktrees_root, *([worktrees_home] if shared else []))
+    extra = expand_writable(writable, repo=repo, plan_dir=plan_dir)
+    closed = [(state_dir, "wtmesh's state directory"),
+              *((where, "the worktrees' directory") for where in hidden[1:]),
+              *((git_dir, "the repository's git directory")
+                for git_dir in _git_dirs(repo, common_dir))]
+    for entry, path in zip(writable, extra, strict=True):
+        inside = next((what for where, what in closed
+                       if path.resolve().is_relative_to(where.resolve())), None)
+        if inside is not None:
+            raise UsageError(f"sandbox_writable: {entry!r} is inside {inside}, which no "
+                             "lane may write")
     return Sandbox(choice.bwrap, hidden=hidden,
-                   repo=repo, common_dir=common_dir, plan_dir=plan_dir,
-                   extra_writable=expand_writable(writable, repo=repo, plan_dir=plan_dir))
+                   repo=repo, common_dir=common_dir, plan_dir=plan_dir, extra_writable=extra)
