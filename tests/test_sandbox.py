@@ -587,6 +587,71 @@ echo mine > lane.txt
     assert unit(summary)["status"] == "integrated"
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_a_lane_cannot_signal_wtmesh_or_any_process_outside_its_own(
+        repo: Path, tmp_path: Path, marker: str, mode: str) -> None:
+    """A process of the user's (here a loop the test starts) and wtmesh itself: the lane
+    looks for them among the processes it can see and tries to kill the one it is told of."""
+    bystander = subprocess.Popen(["sh", "-c", "while :; do sleep 1; done", marker],
+                                 stdin=subprocess.DEVNULL)
+    coder = script(tmp_path, "coder", f"""
+try see-wtmesh 'for f in /proc/[0-9]*/cmdline; do tr "\\0" " " < "$f"; echo; done 2>/dev/null |
+  grep -q -- "-m worktree_mesh ru[n]"'
+try kill-bystander 'kill -KILL {bystander.pid}'
+echo mine > lane.txt
+""")
+    try:
+        summary = run(repo, {"lanes": {"coder": {"command": coder}},
+                             "units": [{"id": "u1", "objective": "o"}]}, tmp_path,
+                      "--sandbox", mode)
+        assert said(repo, summary) == expected(mode, "see-wtmesh", "kill-bystander")
+        assert alive(bystander.pid) == (mode == "bwrap")
+        assert unit(summary)["status"] == "integrated"
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_lane_cannot_write_the_users_object_store(repo: Path, tmp_path: Path,
+                                                    mode: str) -> None:
+    """The worktree's own ``.git`` names the user's objects in its alternates: the lane
+    goes there by that path, through git run on the repository, and through a symlink of
+    its own to the repository; its own git (add, commit, stash) works all the same and
+    writes into its ``.git`` alone."""
+    git(repo, "repack", "-a", "-d", "-q")
+    blob = "planted by a lane " + uuid.uuid4().hex
+    coder = script(tmp_path, "coder", f"""
+OBJ=$(cat .git/objects/info/alternates)
+try hash-object 'echo "{blob}" | git -C "$WTMESH_REPO" hash-object -w --stdin'
+try via-alternates 'mkdir -p "$OBJ/ff" && echo x > "$OBJ/ff/planted"'
+try touch-pack 'touch "$OBJ"/pack/*.pack'
+try via-symlink 'ln -s "$WTMESH_REPO" escape && echo evil > escape/evil.txt'
+rm -f escape
+try lane-git 'echo mine > lane.txt && git add lane.txt && git commit -q -m mine && git stash -q -u'
+echo "lane-commit: $(git rev-parse HEAD)"
+echo mine > lane.txt
+""")
+    summary = run(repo, {"delivery_mode": "patch_first", "lanes": {"coder": {"command": coder}},
+                         "units": [{"id": "u1", "objective": "o"}]}, tmp_path,
+                  "--sandbox", mode)
+    attempts = said(repo, summary)
+    lane_commit = attempts.pop("lane-commit")
+    assert attempts == {**expected(mode, "hash-object", "via-alternates", "touch-pack",
+                                   "via-symlink"), "lane-git": "done"}
+    planted = subprocess.run(["git", "hash-object", "--stdin"], cwd=repo, capture_output=True,
+                             input=f"{blob}\n".encode(), check=True).stdout.decode().strip()
+    in_store = {name: subprocess.run(["git", "cat-file", "-e", sha], cwd=repo,
+                                     check=False).returncode == 0
+                for name, sha in (("blob", planted), ("lane-commit", lane_commit))}
+    assert in_store == {"blob": mode == "none", "lane-commit": False}
+    if mode == "bwrap":
+        assert not (repo / ".git" / "objects" / "ff").exists()
+        assert not (repo / "evil.txt").exists()
+    assert unit(summary)["status"] == "integrated"
+    assert unit(summary)["files"] == ["lane.txt"]
+
+
 @needs_bwrap
 def test_a_lane_cannot_see_the_worktrees_of_other_repositories_or_runs(
         repo: Path, tmp_path: Path) -> None:
