@@ -511,6 +511,31 @@ echo mine > lane.txt
 
 
 @needs_bwrap
+def test_a_writable_directory_around_the_repository_leaves_the_repository_read_only(
+        repo: Path, tmp_path: Path) -> None:
+    """A plan opens a directory the repository happens to lie in (``~`` for an agent's
+    config file, the repository kept under HOME): the lane can write there, but not the
+    user's working tree, which only ``{repo}`` itself, or a path inside it, opens."""
+    ops = (repo / "calc" / "ops.py").read_bytes()
+    coder = script(tmp_path, "coder", """
+try around 'echo side > "$WTMESH_PLAN_DIR/side.txt"'
+try tree 'echo evil > "$WTMESH_REPO/evil.txt"'
+try tracked 'echo "raise SystemExit" >> "$WTMESH_REPO/calc/ops.py"'
+try inside 'echo out > "$WTMESH_REPO/build/out.txt"'
+echo mine > lane.txt
+""")
+    summary = run(repo, {"sandbox_writable": ["{plan_dir}", "{repo}/build"],
+                         "lanes": {"coder": {"command": coder}},
+                         "units": [{"id": "u1", "objective": "o"}]}, tmp_path)
+    assert said(repo, summary) == {"around": "done", "inside": "done",
+                                   **expected("bwrap", "tree", "tracked")}
+    assert (tmp_path / "side.txt").read_text() == "side\n"
+    assert (repo / "calc" / "ops.py").read_bytes() == ops
+    assert not (repo / "evil.txt").exists()
+    assert unit(summary)["status"] == "integrated"
+
+
+@needs_bwrap
 @pytest.mark.parametrize("entry", [
     "{repo}/.git/wtmesh", "{repo}/.git/wtmesh/runs", "{repo}/.git", "{repo}/.git/hooks",
     "home", "home/repo"])

@@ -89,8 +89,9 @@ def bwrap_argv(command: Sequence[str], confinement: Confinement,
          are the absolute paths its command names (a script given as ``/tmp/x/lane.py``);
       4. ``hidden``, ``read_only`` and ``writable`` together, parents before children,
          so the deeper path wins: a unit's worktree is writable inside the hidden
-         worktrees root, and inside a writable ``{repo}`` its git dir stays read-only
-         and the state directory hidden. At the same path, writable wins;
+         worktrees root, inside a writable directory around the repository the
+         repository stays read-only, and inside a writable ``{repo}`` its git dir stays
+         read-only and the state directory hidden. At the same path, writable wins;
       5. each hidden path made read-only, so that what is written there fails rather
          than vanishing with the process (its writable binds stay writable).
     bubblewrap makes the directories a mount needs inside the tmpfs mounts (the parents of
@@ -231,8 +232,9 @@ def confinement(*, worktree: Path, unit_dir: Path | None, hidden: Iterable[Path]
     Writable: the worktree (its lanes' own ``.git`` included), the unit's own run-file
     directory (None for a proof), and ``extra_writable``. Hidden: ``hidden`` (the
     state directory with every run's files, the directories of every worktree).
-    Read-only even inside a writable path: the repository's git dir (``for_run``
-    refuses a writable path inside it). Readable: the repository, its common dir, the
+    Read-only even inside a writable path: the repository's working tree (a writable
+    path at it or inside it opens it: the deeper path wins) and its git dir (``for_run``
+    refuses a writable path inside that). Readable: the repository, its common dir, the
     plan's directory, this Python and wtmesh itself, every PATH entry and HOME of
     ``env`` (default: ours)."""
     env = os.environ if env is None else env
@@ -243,13 +245,13 @@ def confinement(*, worktree: Path, unit_dir: Path | None, hidden: Iterable[Path]
                                          if os.path.isabs(p)),
                 *([Path(home)] if home and os.path.isabs(home) else [])]
     opened = tuple(_resolved(p) for p in writable if _ensure_dir(p))
+    guarded = dict.fromkeys(_resolved(p) for p in (repo, *_git_dirs(repo, common_dir)))
     return Confinement(
         cwd=worktree,
         writable=opened,
         hidden=tuple(_resolved(p) for p in hidden if p.is_dir()),
         readable=tuple(_resolved(p) for p in readable),
-        read_only=tuple(p for p in dict.fromkeys(map(_resolved, _git_dirs(repo, common_dir)))
-                        if any(p.is_relative_to(w) for w in opened)),
+        read_only=tuple(p for p in guarded if any(w in p.parents for w in opened)),
         bwrap=bwrap,
     )
 
