@@ -24,6 +24,7 @@ from conftest import git, wtmesh
 
 from worktree_mesh.git import Git
 from worktree_mesh.repo_guard import RepoGuard
+from worktree_mesh.sandbox import probe
 
 RUN = "20260101T000000Z-abcdef"
 OWN = f"refs/wtmesh/{RUN}/"
@@ -519,3 +520,56 @@ def test_user_email_a_lane_sets_never_signs_another_units_commit(
     x = unit_of(summary, "x")
     assert (x["status"], x["failure_code"]) == ("failed", "safety_regression_risk")
     assert git(repo, "config", "user.email") == "owner@example.com"
+
+
+# -- on only where lanes are not sandboxed ---------------------------------------------------
+
+@pytest.mark.parametrize("mode", [pytest.param("bwrap", marks=pytest.mark.skipif(
+    probe() is not None, reason=f"bubblewrap cannot run here: {probe()}")), "none"])
+def test_only_an_unsandboxed_run_watches_the_repository(
+        repo: Path, write_plan: Callable[..., Path], tmp_path: Path, mode: str) -> None:
+    """While the lane runs, the user (this test, outside any sandbox) moves a branch onto a
+    commit of theirs and makes a tag. Sandboxed, no lane could have done that: both stay
+    and the unit lands. Unsandboxed it cannot be told from the lane's doing: both are
+    undone, the unit fails, and its notes name both commits, so neither is lost."""
+    base = git(repo, "rev-parse", "HEAD")
+    git(repo, "branch", "feature")
+    moved_to = commit_elsewhere(repo, base, "README.md", b"the user's\n")
+    tagged = commit_elsewhere(repo, base, "README.md", b"tagged\n")
+    meet = tmp_path / "meet"
+    meet.mkdir()
+    plan = write_plan({"sandbox_writable": [str(meet)], "units": [
+        {"id": "u1", "objective": "o", "unit_scope": "u1.txt", "lanes": {"coder": {
+            "command": f"touch {meet}/started; while [ ! -e {meet}/go ]; do sleep 0.02; done; "
+                       "echo u1 > u1.txt"}}}]})
+    proc = subprocess.Popen([sys.executable, "-m", "worktree_mesh", "run", str(plan), "--json",
+                             "--sandbox", mode], cwd=repo, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        wait_for_file(meet / "started", proc)
+        git(repo, "update-ref", "refs/heads/feature", moved_to, base)
+        git(repo, "tag", "mine", tagged)
+    finally:
+        (meet / "go").touch()
+        out, err = proc.communicate(timeout=300)
+    assert "Traceback" not in err.decode(), err.decode()
+    summary = json.loads(out)
+    u1 = unit_of(summary, "u1")
+    events = ledger(repo, summary["run_id"])
+    if mode == "bwrap":
+        assert proc.returncode == 0, err.decode()
+        assert u1["status"] == "integrated"
+        assert git(repo, "rev-parse", "feature", "mine") == f"{moved_to}\n{tagged}"
+        assert not [e for e in events if e["event"] in ("repo_changed", "warning")]
+        return
+    assert proc.returncode == 1, err.decode()
+    assert (u1["status"], u1["failure_code"]) == ("failed", "safety_regression_risk")
+    assert git(repo, "rev-parse", "feature") == base
+    assert git(repo, "tag", "--list", "mine") == ""
+    notes = next(e["notes"] for e in events
+                 if e["event"] == "unit_finished" and e["unit"] == "u1")
+    assert f"refs/heads/feature moved (was {base[:12]}, now {moved_to[:12]})" in notes, notes
+    assert f"refs/tags/mine created ({tagged[:12]})" in notes, notes
+    # What the notes name brings each back.
+    for named, commit in ((moved_to[:12], moved_to), (tagged[:12], tagged)):
+        assert git(repo, "rev-parse", "--verify", f"{named}^{{commit}}") == commit
