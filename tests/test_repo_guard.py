@@ -573,3 +573,28 @@ def test_only_an_unsandboxed_run_watches_the_repository(
     # What the notes name brings each back.
     for named, commit in ((moved_to[:12], moved_to), (tagged[:12], tagged)):
         assert git(repo, "rev-parse", "--verify", f"{named}^{{commit}}") == commit
+
+
+def test_a_ref_moved_again_while_the_guard_undoes_keeps_the_newer_commit(
+        repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The user commits onto a branch twice: once before the guard looks (it cannot be
+    told from a lane's commit, and is undone), once between the look and the undo. The
+    undo is a compare-and-swap against what it saw: the second commit stays on the
+    branch, and the guard still reports the branch as moved."""
+    base = git(repo, "rev-parse", "HEAD")
+    git(repo, "branch", "feature")
+    guard = guard_for(repo)
+    first = commit_elsewhere(repo, base, "README.md", b"one\n")
+    second = commit_elsewhere(repo, first, "README.md", b"two\n")
+    git(repo, "update-ref", "refs/heads/feature", first)
+    look = guard._take_refs_and_files
+
+    def look_then_the_user_commits_again() -> Any:
+        seen = look()
+        git(repo, "update-ref", "refs/heads/feature", second, first)
+        return seen
+    monkeypatch.setattr(guard, "_take_refs_and_files", look_then_the_user_commits_again)
+    assert any(line.startswith("refs/heads/feature moved") for line in guard.restore())
+    monkeypatch.undo()
+    assert git(repo, "rev-parse", "feature") == second
+    assert f"refs/heads/feature moved (was {base[:12]}, now {second[:12]})" in guard.check()

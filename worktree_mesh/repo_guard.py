@@ -197,8 +197,8 @@ class RepoGuard:
             items += self._describe_refs(now)
             for rel, old, _new in self._file_changes(self._base.ref_files, now.ref_files):
                 _put(self.common / rel, old)
-            for name, was, _now in self._ref_changes(now):
-                self._put_ref(name, was)
+            for name, was, seen in self._ref_changes(now):
+                self._put_ref(name, was, seen)
             index_diff = self._index_diff()
             items += self._describe_index(index_diff)
             self._put_index(index_diff)
@@ -466,15 +466,22 @@ class RepoGuard:
                 if saved is not None and not index.exists():
                     _write_file(index, saved, 0o644)
 
-    def _put_ref(self, name: str, value: str | None) -> None:
-        """``--no-deref``: the ref itself, even where a lane made it a symbolic ref."""
-        if value is None:
-            self._git("update-ref", "--no-deref", "-d", name)
-        elif value.startswith("ref: "):
+    def _put_ref(self, name: str, value: str | None, seen: str | None) -> None:
+        """Put ``name`` back to ``value`` over the ``seen`` one, by compare-and-swap: a
+        ref moved again since the look (a commit of the user's) is left as it now is,
+        and the next check names it. ``--no-deref``: the ref itself, even where a lane
+        made it a symbolic ref (whose value ``update-ref`` cannot compare)."""
+        if value is not None and value.startswith("ref: "):
             self._git("symbolic-ref", name, value[5:])
+            return
+        if seen is None:  # git's "must not exist yet", in the repository's hash length
+            seen = "0" * len(value or "")
+        expected = [] if seen.startswith("ref: ") else [seen]
+        if value is None:
+            self._git("update-ref", "--no-deref", "-d", name, *expected)
         else:
             self._git("update-ref", "--no-deref", "-m", "wtmesh: undo a lane's change",
-                      name, value)
+                      name, value, *expected)
 
     def _put_index(self, diff: _IndexDiff) -> None:
         if self._index_of is None or self._index_base is None:
