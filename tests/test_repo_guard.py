@@ -212,6 +212,16 @@ HOSTILE: dict[str, tuple[str, str, list[str]]] = {
     "a linked worktree's HEAD moved": (
         "git worktree add -q ../linked -b feature",
         'git -C "$REPO/../linked" switch -q --detach', ["HEAD of worktree", "linked moved"]),
+    # Whatever git wrote or did not write in it, an entry under worktrees/ is a
+    # registration (git >= 2.48 writes gitdir relative to the entry).
+    "a registration planted with a relative gitdir": (
+        "", ('mkdir -p "$REPO/.git/worktrees/evil" && cd "$REPO/.git/worktrees/evil" && '
+            'git -C "$REPO" rev-parse HEAD > HEAD && echo ../.. > commondir && '
+            'echo ../../../../elsewhere/.git > gitdir'), [".git/worktrees/evil created"]),
+    "a registration planted without a gitdir": (
+        "", ('mkdir -p "$REPO/.git/worktrees/evil" && '
+            'git -C "$REPO" rev-parse HEAD > "$REPO/.git/worktrees/evil/HEAD"'),
+        [".git/worktrees/evil created"]),
     "a linked worktree unregistered": (
         "git worktree add -q ../linked -b feature", 'rm -rf "$REPO/.git/worktrees/linked"',
         [".git/worktrees/linked removed"]),

@@ -130,7 +130,7 @@ class RepoGuard:
         self._index_of: tuple[Path, Path] | None = None  # (worktree, its git dir)
         self._index_base: _Index | None = None
         self._staged: dict[bytes, tuple[bytes, ...]] = {}  # differed from HEAD at start
-        self._admin_names: dict[str, Path] = {}  # user's worktree registration -> path
+        self._admin_names: dict[str, Path | None] = {}  # user's registration -> worktree
         self._saved_indexes: dict[str, bytes] = {}  # to recreate a removed registration
 
     # -- public ------------------------------------------------------------------------
@@ -241,24 +241,24 @@ class RepoGuard:
                     _record(self.common, f"{rel}/{leaf}", files)
         return files
 
-    def _user_registrations(self) -> dict[str, Path]:
-        """Linked worktrees registered under ``worktrees/`` that are not wtmesh's. One
-        whose ``gitdir`` does not (yet) name an absolute path is being made by ``git
-        worktree add`` and is not counted."""
+    def _user_registrations(self) -> dict[str, Path | None]:
+        """Every entry under ``worktrees/`` but those of wtmesh's, with the path of its
+        worktree where its ``gitdir`` names one (git >= 2.48 may write it relative to
+        the entry). wtmesh itself never adds one, so an entry however incomplete (no
+        ``gitdir``) is the user's or a lane's."""
         root = self.common / "worktrees"
-        found: dict[str, Path] = {}
+        found: dict[str, Path | None] = {}
         try:
             names = sorted(os.listdir(root))
         except OSError:
             return found
         for name in names:
             try:
-                gitdir = Path(os.fsdecode((root / name / "gitdir").read_bytes().strip()))
+                gitdir = os.fsdecode((root / name / "gitdir").read_bytes().strip())
             except OSError:
+                found[name] = None
                 continue
-            if not gitdir.is_absolute():
-                continue
-            worktree = gitdir.parent
+            worktree = Path(os.path.normpath(root / name / gitdir)).parent
             if not any(worktree.is_relative_to(own) for own in self.own_worktrees):
                 found[name] = worktree
         return found
