@@ -36,7 +36,7 @@ def guard_for(repo: Path) -> RepoGuard:
     the integrator's to move; the user's worktree has the target checked out."""
     guard = RepoGuard(Git(repo / ".git"), own_refs=OWN,
                       ignore_refs=["refs/wtmesh/", "refs/heads/wtmesh/", "refs/heads/main"],
-                      own_worktrees=[repo / ".git" / "wtmesh"])
+                      own_worktrees=[repo / ".git" / "wtmesh" / "worktrees"])
     guard.snapshot(index_of=repo)
     return guard
 
@@ -281,9 +281,11 @@ def test_restoring_runs_nothing_a_lane_planted(repo: Path, tmp_path: Path) -> No
 
 
 def test_what_wtmesh_and_the_user_do_as_a_matter_of_course_is_no_change(repo: Path) -> None:
-    """wtmesh's own moves (told to the guard), other runs' refs, stranded branches, its
-    own worktrees, and git's housekeeping (a status that refreshes the index, pack-refs,
-    gc) are not what a lane did."""
+    """wtmesh's own moves (told to the guard), other runs' refs, stranded branches, gc
+    removing a worktree an earlier version registered, and git's housekeeping (a status
+    that refreshes the index, pack-refs, gc) are not what a lane did."""
+    legacy = repo / ".git" / "wtmesh" / "worktrees" / "old-run" / "w1"
+    git(repo, "worktree", "add", "-q", "--detach", str(legacy))
     guard = guard_for(repo)
     head = git(repo, "rev-parse", "HEAD")
     with guard.own_writes() as expect:  # a unit's refs, as the unit runner writes them
@@ -296,7 +298,7 @@ def test_what_wtmesh_and_the_user_do_as_a_matter_of_course_is_no_change(repo: Pa
         git(repo, "update-ref", "refs/heads/main", landed, head)
     git(repo, "update-ref", "refs/wtmesh/another-run/units/x/result", head)
     git(repo, "update-ref", f"refs/heads/wtmesh/{RUN}/integrated", head)
-    git(repo, "worktree", "add", "-q", "--detach", str(repo / ".git/wtmesh/worktrees/w1"))
+    git(repo, "worktree", "remove", "--force", str(legacy))
     (repo / "README.md").touch()
     git(repo, "status", "--porcelain")  # rewrites the index's stat data
     git(repo, "pack-refs", "--all")
@@ -395,6 +397,9 @@ E2E: dict[str, tuple[str, str]] = {
     "the earlier unit's result ref deleted": (
         'git -C "$WTMESH_REPO" update-ref -d "refs/wtmesh/$WTMESH_RUN_ID/units/a/result"',
         "/units/a/result deleted"),
+    "a worktree registered in the state directory": (
+        'git -C "$WTMESH_REPO" worktree add -q --detach "$WTMESH_REPO/.git/wtmesh/evil"',
+        ".git/worktrees/evil created"),
     "a file staged in the user's index": (
         'echo x > "$WTMESH_REPO/staged.txt" && git -C "$WTMESH_REPO" add staged.txt',
         "staged changes to staged.txt"),

@@ -118,8 +118,9 @@ class RepoGuard:
                  own_worktrees: Sequence[Path] = ()) -> None:
         """``own_refs``: this run's ref namespace (``refs/wtmesh/<run-id>/``), compared
         with what ``own_writes`` recorded. ``ignore_refs``: refs (a name, or a prefix
-        ending in ``/``) others move. ``own_worktrees``: directories holding wtmesh's
-        worktrees, whose registrations are not the user's."""
+        ending in ``/``) others move. ``own_worktrees``: where earlier versions of wtmesh
+        kept the worktrees they registered with git (``wtmesh gc`` removes those
+        registrations, during a run too); the current one registers none."""
         self.git = git
         self.common = git.common_dir
         self.own_refs = own_refs

@@ -145,15 +145,16 @@ class Run:
         they run unsandboxed, so what they change in the user's repository outside
         their worktrees is found and undone after each (SPEC 10). Not watched: what
         wtmesh moves itself (its refs of other runs, stranded branches, and the target
-        in commit_first, which the integrator moves); this run's own refs are watched
-        against what it wrote."""
+        in commit_first, which the integrator moves; the registrations of worktrees of
+        earlier versions, which gc removes); this run's own refs are watched against
+        what it wrote."""
         if sandboxed:
             return None
         ignored = ["refs/wtmesh/", "refs/heads/wtmesh/"]
         if self.options.delivery_mode == "commit_first":
             ignored.append(f"refs/heads/{self.options.target}")
         return RepoGuard(self.git, own_refs=f"refs/wtmesh/{self.run_id}/", ignore_refs=ignored,
-                         own_worktrees=[self.state.root])
+                         own_worktrees=[self.state.root / "worktrees"])  # legacy_worktrees
 
     def _watch_repo(self) -> None:
         """The fingerprint lanes are checked against: taken with the run's lock held and
