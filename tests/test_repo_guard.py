@@ -20,7 +20,7 @@ from typing import Any
 
 import filelock
 import pytest
-from conftest import git, wtmesh
+from conftest import git, git_first_on_path, wtmesh
 
 from worktree_mesh.git import Git
 from worktree_mesh.repo_guard import RepoGuard
@@ -613,3 +613,38 @@ def test_a_ref_moved_again_while_the_guard_undoes_keeps_the_newer_commit(
     monkeypatch.undo()
     assert git(repo, "rev-parse", "feature") == second
     assert f"refs/heads/feature moved (was {base[:12]}, now {second[:12]})" in guard.check()
+
+
+def test_a_worktree_left_behind_is_no_longer_watched(
+        repo: Path, write_plan: Callable[..., Path], tmp_path: Path) -> None:
+    """The user makes an untracked a.txt just after the target moved onto unit a's a.txt
+    (a git first on PATH does it as the compare-and-swap returns): wtmesh leaves their
+    worktree behind, its index at the old commit on purpose. The guard must not take
+    that index for a lane's doing and "restore" it to the target, which would stage the
+    reversal of every later landing and break the command that brings it along."""
+    old = git(repo, "rev-parse", "main")
+    marker = tmp_path / "made"
+    env = git_first_on_path(tmp_path, f"""\
+"$REAL_GIT" "$@"; rc=$?
+case " $* " in *" update-ref "*" refs/heads/main "*)
+  if [ $rc = 0 ] && [ ! -e {marker} ]; then touch {marker}; echo "user's" > {repo}/a.txt; fi;;
+esac
+exit $rc
+""")
+    plan = write_plan({"units": [
+        {"id": u, "objective": "o", "unit_scope": f"{u}.txt",
+         "lanes": {"coder": {"command": f"echo {u} > {u}.txt"}}} for u in ("a", "b")]})
+    res = wtmesh("run", plan, "--json", "--max-active", "1", "--sandbox", "none", cwd=repo,
+                 env=env)
+    assert "Traceback" not in res.stderr, res.stderr
+    summary = res.json()
+    assert res.returncode == 3, res.stderr
+    assert [u["status"] for u in summary["units"]] == ["integrated", "integrated"]
+    events = ledger(repo, summary["run_id"])
+    assert [e["event"] for e in events if e["event"] == "left_behind"] == ["left_behind"]
+    assert not [e for e in events if e["event"] in ("repo_changed", "warning")], events
+    assert git(repo, "diff", "--cached", "--name-only", old) == ""  # the index stayed at old
+    (repo / "a.txt").unlink()
+    subprocess.run(summary["not_brought_along"]["command"], shell=True, check=True,
+                   cwd=tmp_path, capture_output=True)
+    assert git(repo, "status", "--porcelain") == ""
