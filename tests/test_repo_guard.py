@@ -648,3 +648,20 @@ exit $rc
     subprocess.run(summary["not_brought_along"]["command"], shell=True, check=True,
                    cwd=tmp_path, capture_output=True)
     assert git(repo, "status", "--porcelain") == ""
+
+
+def test_the_index_of_a_worktree_whose_git_dir_lies_elsewhere_is_watched(tmp_path: Path) -> None:
+    """``git init --separate-git-dir``: the user's worktree has a ``.git`` file. Its index
+    is watched through the git dir the integrator moves it with."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    store = tmp_path / "store.git"
+    git(repo, "init", "-q", "-b", "main", f"--separate-git-dir={store}")
+    (repo / "README.md").write_text("hi\n")
+    git(repo, "add", "README.md")
+    git(repo, "commit", "-q", "-m", "initial")
+    guard = RepoGuard(Git(store), own_refs=OWN, ignore_refs=["refs/heads/main"])
+    guard.snapshot(index_of=repo)
+    as_lane(repo, 'echo x > "$REPO/new.txt" && git -C "$REPO" add new.txt')
+    assert guard.restore() == [f"index of {repo}: staged changes to new.txt"]
+    assert git(repo, "diff", "--cached", "--name-only") == ""

@@ -128,7 +128,7 @@ class RepoGuard:
         self.own_worktrees = tuple(own_worktrees)
         self._lock = threading.RLock()
         self._base: _Print | None = None
-        self._index_of: tuple[Path, Path] | None = None  # (worktree, its git dir)
+        self._index_of: Path | None = None  # the worktree whose index is watched
         self._index_base: _Index | None = None
         self._staged: dict[bytes, tuple[bytes, ...]] = {}  # differed from HEAD at start
         self._admin_names: dict[str, Path | None] = {}  # user's registration -> worktree
@@ -147,12 +147,8 @@ class RepoGuard:
         """Record what no lane may change; ``index_of`` is the worktree whose index the
         integrator keeps at its HEAD (None: no index is watched)."""
         with self._lock:
-            self._index_of = None
+            self._index_of = index_of
             self._admin_names = self._user_registrations()
-            if index_of is not None:
-                admin = self._admin_dir_of(index_of)
-                if admin is not None:
-                    self._index_of = (index_of, admin)
             self._base = self._take()
             self._saved_indexes = {}
             for name in self._admin_names:
@@ -444,7 +440,7 @@ class RepoGuard:
     def _describe_index(self, diff: _IndexDiff) -> list[str]:
         if self._index_of is None:
             return []
-        where = self._index_of[0]
+        where = self._index_of
         items = []
         if diff.paths:
             items.append(f"index of {where}: staged changes to {_some(diff.paths)}")
@@ -517,21 +513,10 @@ class RepoGuard:
 
     def _git_in_index(self, *args: str, input: bytes | None = None) -> proc.Completed:
         assert self._index_of is not None
-        worktree, admin = self._index_of
-        # The git dir and work tree named, never found through the worktree's .git file
-        # (SPEC 10: a lane can rewrite it); literal paths: names are data, not patterns.
-        return self.git.run(*_PINS, f"--git-dir={admin}", f"--work-tree={worktree}", *args,
-                            cwd=worktree, env={"GIT_LITERAL_PATHSPECS": "1"}, input=input,
-                            check=False)
-
-    def _admin_dir_of(self, worktree: Path) -> Path | None:
-        wanted = worktree.resolve()
-        for admin, path in self.git.worktree_admin_entries():
-            if path.resolve() == wanted:
-                return admin
-        if self.common.name == ".git" and self.common.parent.resolve() == wanted:
-            return self.common
-        return None
+        # Through the git dir the integrator brings this worktree along with (Git.run
+        # names it and the work tree); literal paths: names are data, not patterns.
+        return self.git.run(*_PINS, *args, cwd=self._index_of,
+                            env={"GIT_LITERAL_PATHSPECS": "1"}, input=input, check=False)
 
     def _read_index(self) -> _Index | None:
         res = self._git_in_index("ls-files", "-s", "-v", "-z")
