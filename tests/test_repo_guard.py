@@ -184,6 +184,14 @@ HOSTILE: dict[str, tuple[str, str, list[str]]] = {
     "packed ref moved": (("git commit -q --allow-empty -m two && git tag v1 && "
                          "git pack-refs --all"),
                          'git -C "$REPO" update-ref refs/tags/v1 HEAD~1', ["refs/tags/v1 moved"]),
+    # git then reads no ref at all (every git command fails): the version git last
+    # read is put back, and no loose ref is taken for a planted file meanwhile.
+    "packed-refs garbled": (
+        "git tag v1 && git branch feature && git pack-refs --all && git branch loose",
+        'echo garbage > "$REPO/.git/packed-refs"', ["refs cannot be read"]),
+    "packed-refs garbled where there was none": (
+        "git branch loose", 'echo garbage > "$REPO/.git/packed-refs"',
+        ["refs cannot be read"]),
     "wtmesh ref deleted": (f"git update-ref {UNIT_REF} HEAD",
                            f'git -C "$REPO" update-ref -d {UNIT_REF}', [f"{UNIT_REF} deleted"]),
     "wtmesh ref moved": (f"git commit -q --allow-empty -m two && git update-ref {UNIT_REF} HEAD",
@@ -665,3 +673,25 @@ def test_the_index_of_a_worktree_whose_git_dir_lies_elsewhere_is_watched(tmp_pat
     as_lane(repo, 'echo x > "$REPO/new.txt" && git -C "$REPO" add new.txt')
     assert guard.restore() == [f"index of {repo}: staged changes to new.txt"]
     assert git(repo, "diff", "--cached", "--name-only") == ""
+
+
+def test_a_lane_that_garbles_packed_refs_breaks_neither_the_run_nor_the_repository(
+        repo: Path, write_plan: Callable[..., Path]) -> None:
+    """After the lane, git can read no ref (the user's packed branches and tags are
+    gone, and every git command fails). The guard puts packed-refs back; the user's
+    refs, the target and the units' refs survive, and only the lane's unit fails."""
+    git(repo, "tag", "v1")
+    git(repo, "branch", "feature")
+    git(repo, "pack-refs", "--all")
+    before = repo_state(repo, landed=True)
+    code, summary, stderr = run_json(repo, write_plan(three_units(
+        'echo garbage > "$WTMESH_REPO/.git/packed-refs"')))
+    assert code == 1, stderr
+    evil = unit_of(summary, "evil")
+    assert (evil["status"], evil["failure_code"]) == ("failed", "safety_regression_risk")
+    notes = next(e["notes"] for e in ledger(repo, summary["run_id"])
+                 if e["event"] == "unit_finished" and e["unit"] == "evil")
+    assert "refs cannot be read" in notes and "all of it was undone" in notes, notes
+    assert [unit_of(summary, u)["status"] for u in ("a", "c")] == ["integrated"] * 2
+    assert git(repo, "rev-parse", "main") == summary["head"]
+    assert repo_state(repo, landed=True) == before

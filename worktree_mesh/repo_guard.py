@@ -17,6 +17,8 @@ Fingerprinted (paths relative to the common git dir):
   ``config.worktree`` and ``locked``. A new registration under ``worktrees/`` is a change.
 - refs as git reads them (``for-each-ref``: packed and loose alike; a symbolic ref by its
   target), and by bytes any file under ``refs/`` git cannot read as a ref (a planted one).
+  A ``packed-refs`` garbled so that git reads no ref at all is put back as git last
+  read it.
 - the index of the worktree the integrator brings along (``index_of``: the target's, in
   commit_first), by content: each path's entries and its skip-worktree and
   assume-unchanged flags, compared with the tree its HEAD names. ``wtmesh run`` refused
@@ -133,6 +135,9 @@ class RepoGuard:
         self._staged: dict[bytes, tuple[bytes, ...]] = {}  # differed from HEAD at start
         self._admin_names: dict[str, Path | None] = {}  # user's registration -> worktree
         self._saved_indexes: dict[str, bytes] = {}  # to recreate a removed registration
+        # packed-refs as it was when git last read the refs: what to put back when a
+        # lane garbles it so that git reads no ref at all (see _take_refs).
+        self._readable_packed_refs: tuple[_Node | None] | None = None
 
     # -- public ------------------------------------------------------------------------
 
@@ -191,6 +196,12 @@ class RepoGuard:
             self._recreate_indexes(changed_files)
             items = self._describe_file_changes(changed_files)
             now = self._take_refs_and_files()
+            if now.refs_error:
+                items += self._describe_refs(now)
+                self._put_readable_packed_refs()
+                now = self._take_refs_and_files()
+                if now.refs_error:
+                    return items
             items += self._describe_refs(now)
             for rel, old, _new in self._file_changes(self._base.ref_files, now.ref_files):
                 _put(self.common / rel, old)
@@ -220,6 +231,8 @@ class RepoGuard:
     def _take_refs_and_files(self) -> _Print:
         """Refs, then the files under ``refs/`` that were not among them."""
         refs, listed, error = self._take_refs()
+        if error:  # no ref could be listed, so none can be told from a planted file
+            return _Print({}, {}, {}, error)
         return _Print({}, refs, self._unreadable_ref_files(listed), error)
 
     def _take_files(self) -> dict[str, _Node]:
@@ -263,10 +276,12 @@ class RepoGuard:
     def _take_refs(self) -> tuple[dict[str, str], set[str], str | None]:
         """The watched refs and their values, every name listed, and why git could not
         list them (None when it could)."""
+        packed_refs = _read_node(self.common / "packed-refs")  # read before git reads it
         res = self._git("for-each-ref", "--format=%(refname)%00%(symref)%00%(objectname)")
         if res.returncode != 0:
             lines = res.stderr.decode("utf-8", "replace").strip().splitlines()
             return {}, set(), lines[-1] if lines else f"for-each-ref exited {res.returncode}"
+        self._readable_packed_refs = (packed_refs,)
         refs: dict[str, str] = {}
         listed: set[str] = set()
         for line in res.stdout.split(b"\n"):
@@ -354,10 +369,10 @@ class RepoGuard:
 
     def _describe_refs(self, now: _Print) -> list[str]:
         assert self._base is not None
+        if now.refs_error:
+            return [f"refs cannot be read: {now.refs_error}"]
         items = self._describe_file_changes(self._file_changes(self._base.ref_files,
                                                                now.ref_files))
-        if now.refs_error:
-            items.append(f"refs cannot be read: {now.refs_error}")
         return items + [self._describe_ref(*change) for change in self._ref_changes(now)]
 
     def _describe_file_changes(self, changes: list[tuple[str, _Node | None, _Node | None]]
@@ -462,6 +477,17 @@ class RepoGuard:
                 index = self.common / rel / "index"
                 if saved is not None and not index.exists():
                     _write_file(index, saved, 0o644)
+
+    def _put_readable_packed_refs(self) -> None:
+        """packed-refs back as git last read it (git reads no ref past a line it cannot
+        parse). A ref git moved since is a loose file, which takes precedence over it
+        (unless a ``pack-refs`` ran in between); what lanes changed is then put back
+        ref by ref."""
+        if self._readable_packed_refs is None:
+            return
+        (node,) = self._readable_packed_refs
+        if node is None or node.data is not None:  # one too large to keep stays as it is
+            _put(self.common / "packed-refs", node)
 
     def _put_ref(self, name: str, value: str | None, seen: str | None) -> None:
         """Put ``name`` back to ``value`` over the ``seen`` one, by compare-and-swap: a
