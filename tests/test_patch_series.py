@@ -192,8 +192,6 @@ def delivered(template: Path, dest: Path, config: tuple[str, ...],
         "series": names,
         "patches": [(patch_dir / n).read_bytes().split(b"\n", 1)[1]
                     .replace(run_id.encode(), b"RUN") for n in names],
-        "verified": [r["patches"] for r in ledger(repo, run_id)
-                     if r["event"] == "series_verified"],
     }
 
 
@@ -209,7 +207,6 @@ def delivered_without_config(delivery_template: Path, tmp_path_factory: pytest.T
     reference = delivered(delivery_template, out / "repo", (), write_plan)
     assert reference["exit_code"] == 0
     assert set(reference["states"].values()) == {("integrated", None)}
-    assert reference["verified"] == [len(DELIVERY_PLAN["units"])]
     return reference
 
 
@@ -240,7 +237,8 @@ def test_no_setting_changes_the_series(delivery_template: Path,
                                        config: tuple[str, ...]) -> None:
     """Case 7 (diff.context=0 made the series fail git am, format.useAutoBase crashed the
     run): with the setting in the repository's config the run delivers byte for byte
-    the series it delivers without it, and verifies it."""
+    the series it delivers without it, every patch of it checked (a unit whose patch
+    did not reproduce would have failed)."""
     got = delivered(delivery_template, tmp_path / "repo", config, write_plan)
     assert got == delivered_without_config
 
@@ -342,19 +340,12 @@ def two_units(write_plan: Any) -> Path:
         {"id": "u2", "objective": "Add b", "lanes": {"coder": {"command": "echo b > b.txt"}}}]})
 
 
-def test_a_patch_first_run_verifies_its_series(repo: Path, write_plan: Any) -> None:
-    summary = run(repo, two_units(write_plan))
-    assert summary["exit_code"] == 0
-    (verified,) = [r for r in ledger(repo, summary["run_id"]) if r["event"] == "series_verified"]
-    assert verified["patches"] == 2 and verified["head"] == summary["head"]
-    assert no_worktrees_left(repo)  # the check's scratch repository is gone too
-
-
-def test_a_series_that_does_not_reproduce_the_tree_is_not_delivered(
+def test_a_unit_whose_patch_does_not_reproduce_it_is_not_delivered(
         repo: Path, write_plan: Any, tmp_path: Path) -> None:
     """A format-patch that writes something else than the commit (as a setting nobody
-    thought of would): the run says so and fails the series' units delivery_blocked,
-    instead of handing reviewers patches that build another tree."""
+    thought of would) for u1: u1 fails delivery_blocked, once, naming the file, and is
+    not in the series; u2 goes onto base without it, and the series delivered is one a
+    reviewer's git am turns into exactly the integrated tree."""
     env = git_first_on_path(tmp_path, (
         'case " $* " in *" format-patch "*)\n'
         '  out=$(mktemp); "$REAL_GIT" "$@" > "$out" || exit $?\n'
@@ -364,28 +355,45 @@ def test_a_series_that_does_not_reproduce_the_tree_is_not_delivered(
     assert summary["exit_code"] == 1
     units = {u["id"]: u for u in summary["units"]}
     assert {uid: (u["status"], u["failure_code"]) for uid, u in units.items()} == {
-        "u1": ("failed", "delivery_blocked"), "u2": ("failed", "delivery_blocked")}
-    assert summary["counts"]["integrated"] == 0
-    records = ledger(repo, summary["run_id"])
-    (blocked,) = [r for r in records if r["event"] == "series_not_verified"]
-    assert blocked["units"] == ["u1", "u2"]
-    assert "0001-u1.patch" in blocked["notes"] and "a.txt" in blocked["notes"]
-    finished = [r for r in records if r["event"] == "unit_finished"]
-    assert finished[-1]["failure_code"] == "delivery_blocked"
-    assert "a.txt" in finished[-1]["notes"]
+        "u1": ("failed", "delivery_blocked"), "u2": ("integrated", None)}
+    assert units["u1"]["patch"] is None and units["u2"]["patch"] == "0001-u2.patch"
+    finished = [r for r in ledger(repo, summary["run_id"]) if r["event"] == "unit_finished"]
+    assert [r["unit"] for r in finished] == ["u1", "u2"]  # SPEC 5: exactly one each
+    assert "git am" in finished[0]["notes"] and "a.txt" in finished[0]["notes"]
+    assert git(repo, "ls-tree", "--name-only", summary["head"]).count("a.txt") == 0
+    clone = am_series(repo, summary, tmp_path / "reviewer")
+    assert git(clone, "rev-parse", "HEAD^{tree}") == git(repo, "rev-parse",
+                                                          summary["head"] + "^{tree}")
     report = (repo / ".git/wtmesh/runs" / summary["run_id"] / "report.md").read_text()
-    assert "not delivered" in report and "git am --keep-cr" not in report
+    assert "1 patches in" in report and f"{REVIEWER_AM} " in report
     status = wtmesh("status", "--json", cwd=repo).json()
-    assert {u["id"]: u["state"] for u in status["units"]} == {"u1": "failed", "u2": "failed"}
-    assert no_worktrees_left(repo)
+    assert {u["id"]: u["state"] for u in status["units"]} == {"u1": "failed",
+                                                              "u2": "integrated"}
+    assert no_worktrees_left(repo)  # the check's scratch worktree is gone too
 
 
-def test_killed_before_the_check_resume_rewrites_and_verifies_the_series(
+def test_a_batch_delivers_a_series_that_reproduces_what_was_integrated(
+        repo: Path, write_plan: Any, tmp_path: Path) -> None:
+    """--batch: each patch is checked before the batch's commits are made again with
+    trailers; the series of those commits reproduces the tree all the same, whatever
+    the objective says."""
+    plan = write_plan({"delivery_mode": "patch_first", "units": [
+        {"id": f"u{n}", "objective": f"Add {n}\n\n{HOSTILE_BODIES['a quoted git diff']}",
+         "lanes": {"coder": {"command": f"echo {n} > f{n}.txt"}}} for n in (1, 2, 3)]})
+    summary = run(repo, plan, "--batch", "3")
+    assert [u["status"] for u in summary["units"]] == ["integrated"] * 3
+    assert "Wtmesh-Batch: 1/" in git(repo, "log", "--format=%B", summary["head"] + "~2", "-1")
+    clone = am_series(repo, summary, tmp_path / "reviewer")
+    assert git(clone, "rev-parse", "HEAD^{tree}") == git(repo, "rev-parse",
+                                                          summary["head"] + "^{tree}")
+    assert not (clone / "evil.txt").exists()
+
+
+def test_killed_before_a_patch_is_written_resume_rewrites_the_series(
         repo: Path, write_plan: Any) -> None:
-    """A patch file changed while the run was down is written again from the commits,
-    and the resumed run verifies the series before it finishes."""
+    """A patch file changed while the run was down is written again from the commits."""
     plan = two_units(write_plan)
-    first = wtmesh("run", plan, cwd=repo, env={"WTMESH_FAULT": "at:series-check"})
+    first = wtmesh("run", plan, cwd=repo, env={"WTMESH_FAULT": "at:patch:2"})
     assert first.returncode == -9, first.stderr
     (run_dir,) = (repo / ".git/wtmesh/runs").iterdir()
     patch = run_dir / "patches" / "0001-u1.patch"
@@ -394,102 +402,83 @@ def test_killed_before_the_check_resume_rewrites_and_verifies_the_series(
     summary = run(repo, plan, "--resume")
     assert summary["exit_code"] == 0
     assert patch.read_bytes() == written
-    assert [r["event"] for r in ledger(repo, run_dir.name)][-2:] == \
-        ["series_verified", "run_finished"]
+    assert (run_dir / "patches" / "series").read_text() == "0001-u1.patch\n0002-u2.patch\n"
+    finished = [r["unit"] for r in ledger(repo, run_dir.name) if r["event"] == "unit_finished"]
+    assert finished == ["u1", "u2"]
     assert no_worktrees_left(repo)
 
 
 @pytest.fixture
-def series(repo: Path, tmp_path: Path) -> tuple[Git, Sha, Sha, Path]:
-    """Two commits after base on a branch of their own, and their series."""
+def commits(repo: Path) -> tuple[Git, Sha, Sha, Sha]:
+    """Two commits after base on a branch of their own."""
     base = git(repo, "rev-parse", "HEAD")
     git(repo, "checkout", "-q", "-b", "work")
     (repo / "a.txt").write_text("a\n")
     git(repo, "add", "a.txt")
     git(repo, "commit", "-q", "-m", "add a")
+    first = git(repo, "rev-parse", "HEAD")
     (repo / "README.md").write_text((repo / "README.md").read_text() + "more\n")
     git(repo, "commit", "-q", "-am", "more readme")
+    second = git(repo, "rev-parse", "HEAD")
     git(repo, "checkout", "-q", "main")
-    head = git(repo, "rev-parse", "work")
-    handle = Git(repo / ".git")
-    patch_dir = tmp_path / "patches"
-    patch_dir.mkdir()
-    names = []
-    for number, commit in enumerate(git(repo, "rev-list", "--reverse", f"{base}..{head}")
-                                    .split(), 1):
-        names.append(f"{number:04d}-c{number}.patch")
-        (patch_dir / names[-1]).write_bytes(handle.format_patch(commit))
-    (patch_dir / "series").write_text("".join(f"{n}\n" for n in names))
-    return handle, Sha(base), Sha(head), patch_dir
-
-
-def check(series: tuple[Git, Sha, Sha, Path], scratch: Path) -> series_check.SeriesCheck:
-    handle, base, head, patch_dir = series
-    return series_check.verify(handle, base, head, patch_dir, scratch)
+    return Git(repo / ".git"), Sha(base), Sha(first), Sha(second)
 
 
 def test_the_check_touches_nothing_of_the_users(repo: Path, tmp_path: Path,
-                                                series: tuple[Git, Sha, Sha, Path]) -> None:
+                                                commits: tuple[Git, Sha, Sha, Sha]) -> None:
+    handle, base, first, second = commits
     before = repo_snapshot(repo)
-    objects = git(repo, "count-objects", "-v")
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     (scratch / "left by a crash").write_text("x")
-    assert check(series, scratch) == series_check.SeriesCheck(True, 2, "")
-    assert repo_snapshot(repo) == before
-    assert git(repo, "count-objects", "-v") == objects  # am's commits went elsewhere
+    assert series_check.undelivered(handle, scratch, base, first,
+                                    handle.format_patch(first)) is None
+    assert series_check.undelivered(handle, scratch, first, second,
+                                    handle.format_patch(second)) is None
+    after = repo_snapshot(repo)
+    assert {**after, "state_dir": None} == {**before, "state_dir": None}
     assert not scratch.exists()
+    assert not list((repo / ".git/wtmesh/admin").iterdir())  # its admin dir is gone
 
 
-@pytest.mark.parametrize(("tamper", "says"), [
-    (lambda d: _edit(d / "0001-c1.patch", b"\n+a\n", b"\n+A\n"),
-     "git am of 0001-c1.patch does not give the tree of the integrated commit"),
-    (lambda d: _edit(d / "0002-c2.patch", b"\n+more\n", b"\n+MORE\n"), "README.md"),
-    (lambda d: _edit(d / "0002-c2.patch", b"@@\n ", b"@@\n not the context "),
-     "git am stops at 0002-c2.patch"),
-    (lambda d: (d / "0002-c2.patch").unlink(),
-     "0002-c2.patch, which is not in the patch directory"),
-    (lambda d: _edit(d / "series", b"0002-c2.patch\n", b""),
-     "the series lists 1 patches for 2 integrated commits"),
-    (lambda d: _edit(d / "series", b"0002-c2.patch", b"../0002-c2.patch"),
-     "not a file of the patch directory"),
-], ids=["changed line", "added line", "does not apply", "missing", "short", "outside"])
-def test_a_series_that_does_not_reproduce_is_caught(series: tuple[Git, Sha, Sha, Path],
-                                                    tmp_path: Path, tamper: Any,
-                                                    says: str) -> None:
-    tamper(series[3])
-    got = check(series, tmp_path / "scratch")
-    assert not got.ok and says in got.notes, got
+@pytest.mark.parametrize(("which", "old", "new", "says"), [
+    (1, b"\n+a\n", b"\n+A\n", "does not give the unit's tree: a.txt"),
+    (2, b"\n+more\n", b"\n+MORE\n", "does not give the unit's tree: README.md"),
+    (2, b"@@\n ", b"@@\n not the context ", "fails: "),
+], ids=["changed line", "added line", "does not apply"])
+def test_a_patch_that_does_not_reproduce_is_caught(commits: tuple[Git, Sha, Sha, Sha],
+                                                   tmp_path: Path, which: int, old: bytes,
+                                                   new: bytes, says: str) -> None:
+    handle, base, first, second = commits
+    parent, commit = (base, first) if which == 1 else (first, second)
+    patch = handle.format_patch(commit)
+    assert old in patch
+    got = series_check.undelivered(handle, tmp_path / "scratch", parent, commit,
+                                   patch.replace(old, new, 1))
+    assert got is not None and says in got, got
     assert not (tmp_path / "scratch").exists()
-
-
-def _edit(path: Path, old: bytes, new: bytes) -> None:
-    data = path.read_bytes()
-    assert old in data
-    path.write_bytes(data.replace(old, new, 1))
 
 
 def test_the_check_is_a_default_git_am_whatever_the_users_global_config(
         repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The reviewer's command on a stock git: the user's own am, apply and core settings
-    (here all set to change what am makes, or to make it fail) do not decide the check."""
+    """The reviewer's command on a stock git: the user's own am, apply and core settings,
+    global or the repository's (here all set to change what am makes, or to make it
+    fail), do not decide the check."""
     base = git(repo, "rev-parse", "HEAD")
     (repo / "crlf.txt").write_bytes(b"one\r\ntwo\r\n")
     (repo / "trail.txt").write_text("x  \n \ty\n")
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "whitespace and CRLF")
     head = git(repo, "rev-parse", "HEAD")
-    patch_dir = tmp_path / "patches"
-    patch_dir.mkdir()
     handle = Git(repo / ".git")
-    (patch_dir / "0001-c.patch").write_bytes(handle.format_patch(head))
-    (patch_dir / "series").write_text("0001-c.patch\n")
+    patch = handle.format_patch(head)
     user_config = tmp_path / "gitconfig"
     user_config.write_text("[apply]\n\twhitespace = fix\n[am]\n\tkeepcr = false\n"
                            "\tthreeWay = true\n[commit]\n\tgpgSign = true\n[gpg]\n"
                            "\tprogram = false\n[core]\n\tautocrlf = true\n\tsafecrlf = true\n"
                            "[mailinfo]\n\tscissors = true\n")
     monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(user_config))
-    got = series_check.verify(Git(repo / ".git"), Sha(base), Sha(head), patch_dir,
-                              tmp_path / "scratch")
-    assert got == series_check.SeriesCheck(True, 1, "")
+    git(repo, "config", "apply.whitespace", "error")
+    git(repo, "config", "am.keepcr", "false")
+    assert series_check.undelivered(Git(repo / ".git"), tmp_path / "scratch", Sha(base),
+                                    Sha(head), patch) is None

@@ -126,7 +126,7 @@ def check_against_reference(repo: Path, mode: str, reference: dict[str, Any]) ->
 
 
 # "strand" is only reached when the user's worktree cannot follow: tests/test_bring_along.py.
-PATCH_FIRST_ONLY = ("patch", "series-check")
+PATCH_FIRST_ONLY = ("patch",)
 POINTS_BY_MODE = {
     "commit_first": [p for p in faults.POINTS if p not in (*PATCH_FIRST_ONLY, "strand")],
     "patch_first": [p for p in faults.POINTS if p not in ("bring-along", "strand")],

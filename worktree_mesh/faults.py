@@ -22,7 +22,6 @@ POINTS = (
     "land",          # the landing ref moved (and the worktree), its ledger event not yet
     "strand",        # the stranded event is written, the stranded branch not yet made
     "patch",         # patch_first: landed, the patch file not yet written
-    "series-check",  # patch_first: every unit finished, the series not yet verified
 )
 
 _lock = threading.Lock()

@@ -5,9 +5,10 @@ its diff onto the current head in the run's integration worktree (three-way, in 
 temporary index, where the plain apply fails), commit that tree as a candidate, run the
 proof on exactly that commit there, and only then land it — ``commit_first`` by moving the
 target with a compare-and-swap (then bringing the user's checked-out worktree along),
-``patch_first`` by moving a scratch ref and writing a ``git format-patch`` file. Units
-proven one after another while the integrator was catching up land in one such step. The
-head never points at a tree whose proof failed, and what lands is the tree the proof ran on.
+``patch_first`` by moving a scratch ref and writing a ``git format-patch`` file (whose
+``git am`` was checked to give the candidate's tree, ``series_check``). Units proven one
+after another while the integrator was catching up land in one such step. The head never
+points at a tree whose proof failed, and what lands is the tree the proof ran on.
 
 Bringing the user's worktree along (SPEC 11), when the target is checked out:
 
@@ -57,7 +58,7 @@ from typing import Any
 
 import filelock
 
-from . import diffs, faults, mail_safe, proc
+from . import diffs, faults, mail_safe, proc, series_check
 from .errors import EnvironmentRefused, UsageError
 from .git import INDEX_LOCK_WAIT_S, Git, Sha
 from .integration_worktree import IntegrationWorktree
@@ -395,7 +396,8 @@ class Integrator:
 
     def _link(self, unit: Unit, work: UnitWork, tip: Sha, tip_tree: Sha) -> _Link:
         """``work``'s diff applied onto ``tip`` and committed as a candidate; or why it
-        makes no commit (it conflicts, or changes nothing there)."""
+        makes no commit (it conflicts, changes nothing there, or in patch_first its
+        patch would not give its tree)."""
         self.report("apply_started", unit=unit.id, onto=tip)
         tree = self._apply(work, tip, tip_tree)
         if tree is None:
@@ -416,6 +418,16 @@ class Integrator:
                 return _Link(unit, work, None, _failed(unit, "scope_violation",
                                                        "; ".join(escapes)))
         commit = self.git.commit_tree(tree, [tip], commit_message(unit, self.run_id))
+        if self.mode == "patch_first":
+            # Before its proof: a patch that does not give this tree is never delivered.
+            # In a batch the commit that lands is made again with trailers added
+            # (_mark_batch): fixed text and the unit id ([A-Za-z0-9._-]), which git am
+            # reads as message, so its patch reproduces exactly when this one does.
+            scratch = self.run_dir.worktrees / "patch-check"
+            blocked = series_check.undelivered(self.git, scratch, tip, commit,
+                                               self.git.format_patch(commit))
+            if blocked is not None:
+                return _Link(unit, work, None, _failed(unit, "delivery_blocked", blocked))
         faults.point("apply")
         return _Link(unit, work, commit, None, tree)
 

