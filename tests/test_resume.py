@@ -263,15 +263,18 @@ def test_interrupt_stops_lanes_and_resumes(template: Path, tmp_path: Path) -> No
     repo = fresh(template, tmp_path / "repo")
     plan = tmp_path / "plan.json"
     marker = tmp_path / "started"
-    plan.write_text(json.dumps({"units": [
+    # The marker is in /tmp: a sandboxed lane (with a /tmp of its own) writes it here only
+    # through sandbox_writable.
+    plan.write_text(json.dumps({"sandbox_writable": [str(tmp_path)], "units": [
         {"id": "slow", "objective": "o", "lanes": {"coder": {
             "command": f"touch {marker}; if [ $WTMESH_ATTEMPT = 1 ]; then sleep 60; fi; "
                        "echo s > slow.txt"}}}]}))
     proc = subprocess.Popen([sys.executable, "-m", "worktree_mesh", "run", str(plan)],
                             cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 20
-    while not marker.exists() and time.monotonic() < deadline:
+    deadline = time.monotonic() + 120  # only keeps a broken run from hanging the suite
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert marker.exists(), "the lane never started"
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
