@@ -189,6 +189,7 @@ def test_a_link_that_escapes_only_with_another_units_link_does_not_land(
 # -- embedded repositories and gitlinks --------------------------------------------------
 
 COMMIT = "git add -A && git commit -q -m inner"
+EMBEDDED = "embedded git repository (its files cannot land)"
 
 
 def test_case_10_an_embedded_repository_does_not_land_as_a_gitlink(
@@ -210,7 +211,7 @@ def test_every_kind_of_embedded_repository_fails_the_unit(repo: Path,
     """Without a commit (``git add -A`` fails: it was an internal error), a ``.git``
     file or link borrowing the user's repository (a gitlink to a commit that does
     exist), ``git init`` in a tracked directory, one deep in a new directory, and names
-    git refuses because a file system may read them as ``.git``."""
+    git refuses because a file system may read them as ``.git`` (NTFS also at a ``\\``)."""
     units = run_units(repo, write_plan, {
         "u-nocommit": ("e1/", "git init -q e1/lib && echo x > e1/lib/f"),
         "u-gitfile": ("e2/", ('mkdir -p e2/lib && echo "gitdir: $WTMESH_REPO/.git" > '
@@ -222,13 +223,15 @@ def test_every_kind_of_embedded_repository_fails_the_unit(repo: Path,
                           f"echo y > y && {COMMIT}")),
         "u-case": ("e5/", "mkdir -p e5/.GIT && echo '[core]' > e5/.GIT/config"),
         "u-short": ("e6/", "mkdir -p 'e6/git~1' && echo x > 'e6/git~1/config'"),
+        "u-backslash": ("e7/", "mkdir e7 && echo x > 'e7/x\\.git'"),
     }, max_active=3)
     assert {uid: outcome(u) for uid, u in units.items()} == {
         uid: ("failed", "scope_violation") for uid in units}
-    named = {uid: u["notes"].rsplit(": ", 1)[1] for uid, u in units.items()}
-    assert named == {"u-nocommit": "e1/lib", "u-gitfile": "e2/lib", "u-gitlink": "e3/lib",
-                     "u-tracked": "calc", "u-deep": "e4/new/deep/lib",
-                     "u-case": "e5/.GIT", "u-short": "e6/git~1"}
+    named = {"u-nocommit": "e1/lib", "u-gitfile": "e2/lib", "u-gitlink": "e3/lib",
+             "u-tracked": "calc", "u-deep": "e4/new/deep/lib", "u-case": "e5/.GIT",
+             "u-short": "e6/git~1", "u-backslash": "e7/x\\.git"}
+    assert {uid: u["notes"] for uid, u in units.items()} == {
+        uid: f"{EMBEDDED}: {path}" for uid, path in named.items()}
     assert git(repo, "log", "--format=%s", "main") == "initial"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -72,8 +73,14 @@ def is_dotgit(name: str) -> bool:
     return _as_read(name) in (".git", "git~1")
 
 
+def _names_in(path: str) -> list[str]:
+    """The names of ``path`` as git's check of a path for ``.git`` splits it: at ``/`` and
+    at ``\\`` too (verify_path, with core.protectNTFS on everywhere: NTFS reads both)."""
+    return re.split(r"[/\\]", path)
+
+
 def _enters_git_dir(path: str) -> bool:
-    return any(is_dotgit(part) for part in path.split("/"))
+    return any(is_dotgit(name) for name in _names_in(path))
 
 
 # -- where a symlink points, in the tree it lands in --------------------------------------
@@ -212,9 +219,10 @@ def embedded_repositories(worktree: Path, paths: Iterable[str]) -> list[str]:
     """Repositories inside ``worktree`` (not its top) that ``paths`` (relative to it; a
     directory may end in ``/``) lie in or are: a directory holding a ``.git`` of any
     kind (directory, file, link), named by that directory; or a name a file system may
-    take for ``.git`` (``.GIT``, ``git~1``), named itself. ``git add -A`` records the
-    first as a gitlink (its files never land) or, before its first commit, fails
-    ("does not have a commit checked out"); it refuses the second ("invalid path").
+    take for ``.git`` (``.GIT``, ``git~1``, ``x\\.git``: NTFS splits at ``\\`` too),
+    named itself. ``git add -A`` records the first as a gitlink (its files never land)
+    or, before its first commit, fails ("does not have a commit checked out"); it
+    refuses the second ("invalid path").
     Only real directories are entered, as git's own walk does: never a symlink."""
     found: dict[str, None] = {}
     plain: set[str] = set()  # real directories without a .git
@@ -226,7 +234,7 @@ def embedded_repositories(worktree: Path, paths: Iterable[str]) -> list[str]:
                 continue
             if here in found:
                 break
-            if is_dotgit(names[depth - 1]):
+            if _enters_git_dir(names[depth - 1]):
                 found[here] = None
                 break
             try:
