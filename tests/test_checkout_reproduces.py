@@ -91,9 +91,12 @@ def test_hostile_link_shapes_each_fail_naming_the_link(repo: Path, write_plan: A
                          "v6/zwnj")),
         "u-loops": ("v4/", "mkdir v4 && ln -s loop v4/loop && ln -s b v4/a && ln -s a v4/b"),
         "u-41": ("v5/", f"mkdir v5 && {chain} && echo end > v5/l41"),
-        # git refuses a symlinked .gitmodules, however spelt ("invalid path").
+        # git refuses a symlinked .gitmodules, however spelt ("invalid path"): in any case,
+        # as NTFS short names (the fallback form too), after a backslash.
         "u-modules": (["v7/", ".gitmodules"], ("mkdir v7 && ln -s calc/ops.py .gitmodules && "
                                               "ln -s x v7/.GITMODULES")),
+        "u-short-modules": ("v8/", ("mkdir v8 && ln -s x 'v8/GI7EBA~1' && "
+                                    "ln -s x 'v8/x\\gitmod~2'")),
     }, max_active=3)
     assert {uid: outcome(u) for uid, u in units.items()} == {
         uid: ("failed", "scope_violation") for uid in units}
@@ -110,6 +113,7 @@ def test_hostile_link_shapes_each_fail_naming_the_link(repo: Path, write_plan: A
     # From v5/l1 on, 40 links or fewer lead to the file: only v5/l0 cannot resolve.
     assert notes["u-41"] == loop + "v5/l0 (via v5/l1, v5/l2, v5/l3, ...)"
     assert notes["u-modules"] == "symlink git refuses to record: .gitmodules, v7/.GITMODULES"
+    assert notes["u-short-modules"] == "symlink git refuses to record: v8/GI7EBA~1, v8/x\\gitmod~2"
     assert git(repo, "log", "--format=%s", "main") == "initial"
 
 

@@ -13,7 +13,13 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from worktree_mesh.diffs import MAX_LINK_FOLLOWS, is_dotgit, resolve
+from worktree_mesh.diffs import (
+    MAX_LINK_FOLLOWS,
+    embedded_repositories,
+    is_dotgit,
+    links_git_refuses,
+    resolve,
+)
 from worktree_mesh.git import Git
 
 
@@ -111,6 +117,38 @@ def test_names_taken_for_git(name: str) -> None:
                                   ".git~1", "..git"])
 def test_names_not_taken_for_git(name: str) -> None:
     assert not is_dotgit(name)
+
+
+# Names a lane can give a file or a link that git refuses to record ("invalid path", its
+# verify_path: core.protectNTFS is on everywhere). The checks before a snapshot must name
+# each one: otherwise wtmesh's own ``git add -A`` fails, and the unit ends as if wtmesh
+# could not run it. Either separator counts, '/' or '\\', as NTFS reads both.
+REFUSED_ANY = [".GIT", ".git ", "git~1", "GIT~1.", "x\\.git", ".git\\config", "x\\GIT~1 \\y"]
+REFUSED_AS_LINK = [".gitmodules", ".GITMODULES", ".gitmodules. ", ".gitmodules::$DATA",
+                   ".gitmodules:x\\y", "gitmod~1", "GITMOD~4 .", "gi7eba~1", "GI7EB~12",
+                   "gi7~1234", "~1234567", "x\\.gitmodules", "x\\gi7eba~9"]
+ACCEPTED = ["gitmodules", ".gitmodulesx", "gitmod~5", "gi7eba~0", "gi7ebax~1", "gi7eba~1x",
+            ".gitmodules\\x", " .git", "a\\b", ".github", ".git~1"]
+
+
+@pytest.mark.parametrize("kind", ["file", "link"])
+def test_every_name_git_refuses_to_record_is_named_first(tmp_path: Path, kind: str) -> None:
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    verdicts = {}
+    for i, name in enumerate([*REFUSED_ANY, *REFUSED_AS_LINK, *ACCEPTED]):
+        path = f"d{i}/{name}"
+        (tmp_path / f"d{i}").mkdir()
+        if kind == "file":
+            (tmp_path / path).write_text("x\n")
+        else:
+            os.symlink("x", tmp_path / path)
+        refused = subprocess.run(["git", "add", "--", f"d{i}"], cwd=tmp_path,
+                                 capture_output=True).returncode != 0
+        named = bool(embedded_repositories(tmp_path, [path])
+                     or links_git_refuses(tmp_path, [path]))
+        verdicts[name] = (refused, named)
+    refusals = REFUSED_ANY + (REFUSED_AS_LINK if kind == "link" else [])
+    assert verdicts == {name: (name in refusals,) * 2 for name in verdicts}
 
 
 # -- the resolver against the file system ---------------------------------------------

@@ -194,13 +194,45 @@ def _name_link(link: str, resolution: Resolution, shown: int = 3) -> str:
     return f"{quote_path(link)} (via {', '.join(others[:shown])}{more})"
 
 
+def _ntfs_reads_as(rest: str, name: str, short_prefix: str) -> bool:
+    """Does NTFS read the start of ``rest`` (a path from a separator on) as ``.<name>``?
+    git's is_ntfs_dot_generic, step by step: ``.<name>`` in any case; or a short name,
+    ``<name[:6]>~1`` to ``~4``, or the fallback of exactly eight characters (a prefix of
+    ``short_prefix``, ``~``, digits not starting with 0); then nothing but dots and spaces
+    up to the end or an alternate data stream (``:``)."""
+    low = "".join(ch.lower() if ch.isascii() else ch for ch in rest)  # git's tolower
+
+    def only_dots_and_spaces(at: int) -> bool:
+        return not low[at:].split(":", 1)[0].strip(". ")
+
+    if low.startswith("." + name):
+        return only_dots_and_spaces(1 + len(name))
+    if low[:6] == name[:6] and low[6:7] == "~" and low[7:8] in ("1", "2", "3", "4"):
+        return only_dots_and_spaces(8)
+    head = low[:8]
+    tilde = head.find("~")
+    return (len(head) == 8 and 0 <= tilde <= 6 and head[:tilde] == short_prefix[:tilde]
+            and head[tilde + 1] in "123456789"
+            and all(ch in "0123456789" for ch in head[tilde + 2:])
+            and only_dots_and_spaces(8))
+
+
+def _is_gitmodules(path: str) -> bool:
+    """Would git refuse a symlink at ``path`` as a ``.gitmodules``? Its verify_path asks
+    is_ntfs_dotgitmodules of the path from the start and after each ``/`` or ``\\``;
+    the code points HFS+ ignores are dropped first (is_hfs_dotgitmodules, on where
+    core.protectHFS is, as on a Mac)."""
+    folded = "".join(ch for ch in path if ch not in _HFS_IGNORABLE)
+    starts = [0, *(at + 1 for at, ch in enumerate(folded) if ch in "/\\")]
+    return any(_ntfs_reads_as(folded[at:], "gitmodules", "gi7eba") for at in starts)
+
+
 def links_git_refuses(worktree: Path, paths: Iterable[str]) -> list[str]:
-    """Those of ``paths`` that are symlinks named ``.gitmodules`` (as a file system may
-    read the name): ``git add`` refuses them ("invalid path"), as git reads that file
-    when it writes submodules into a checkout."""
+    """Those of ``paths`` that are symlinks a file system may take for ``.gitmodules``:
+    ``git add`` refuses them ("invalid path"), as git reads that file when it writes
+    submodules into a checkout."""
     return [path for path in dict.fromkeys(paths)
-            if _as_read(path.rstrip("/").rsplit("/", 1)[-1]) in (".gitmodules", "gitmod~1")
-            and os.path.islink(worktree / path)]
+            if _is_gitmodules(path.rstrip("/")) and os.path.islink(worktree / path)]
 
 
 # -- gitlinks and embedded repositories ------------------------------------------------
