@@ -253,20 +253,34 @@ def test_an_embedded_repository_from_the_fixer_fails_the_unit(repo: Path,
     assert git(repo, "log", "--format=%s", "main") == "initial"
 
 
-def test_a_gitlink_staged_by_hand_to_a_missing_commit_does_not_land(
-        repo: Path, write_plan: Any) -> None:
+GHOST = "1234567890abcdef1234567890abcdef12345678"
+STAGE_GHOST = (f"mkdir -p vendor/ghost && git update-index --add "
+               f"--cacheinfo 160000,{GHOST},vendor/ghost")
+
+
+def test_a_gitlink_a_lane_stages_is_its_own(repo: Path, write_plan: Any) -> None:
     """No repository in the worktree at all: the lane stages a gitlink to a made-up
-    commit straight into the index, over an empty directory ``git add -A`` leaves be."""
-    ghost = "1234567890abcdef1234567890abcdef12345678"
+    commit straight into its index, over an empty directory. That index is the lane's
+    ``.git``'s, not the one wtmesh snapshots from: the worktree holds no change."""
     units = run_units(repo, write_plan, {
-        "u-ghost": ("vendor/", (f"mkdir -p vendor/ghost && git update-index --add "
-                               f"--cacheinfo 160000,{ghost},vendor/ghost"))})
-    # With the shared index the snapshot takes the staged link and the scope check
-    # refuses it; a snapshot made from a fresh index would not see it at all.
-    assert outcome(units["u-ghost"]) in {("failed", "scope_violation"), ("no_diff", None)}
-    if units["u-ghost"]["status"] == "failed":
-        assert units["u-ghost"]["notes"] == \
-            "gitlink to a commit that is not in the repository: vendor/ghost"
+        "u-ghost": ("vendor/", f"{STAGE_GHOST} && git ls-files -s vendor | grep -q ^160000")})
+    assert outcome(units["u-ghost"]) == ("no_diff", None)
+    assert units["u-ghost"]["notes"] == "the coder changed nothing"
+    assert git(repo, "log", "--format=%s", "main") == "initial"
+
+
+def test_a_gitlink_a_lane_stages_in_wtmeshs_own_index_does_not_land(
+        repo: Path, write_plan: Any) -> None:
+    """Unsandboxed, a lane can find wtmesh's admin dir for its worktree and stage the
+    gitlink in the very index the snapshot is taken from: the scope check refuses it."""
+    find_admin = ('for a in "$WTMESH_REPO"/.git/wtmesh/admin/*/; do '
+                  '[ "$(cat "$a/worktree")" = "$WTMESH_WORKTREE" ] && admin=$a; done; '
+                  '[ -n "$admin" ] && export GIT_INDEX_FILE="$admin/index"')
+    units = run_units(repo, write_plan, {
+        "u-ghost": ("vendor/", f"{find_admin} && {STAGE_GHOST}")}, sandbox="none")
+    assert outcome(units["u-ghost"]) == ("failed", "scope_violation")
+    assert units["u-ghost"]["notes"] == \
+        "gitlink to a commit that is not in the repository: vendor/ghost"
     assert git(repo, "log", "--format=%s", "main") == "initial"
 
 
