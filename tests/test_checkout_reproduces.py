@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import PY, git, wtmesh
 
 from worktree_mesh import diffs
@@ -19,27 +21,33 @@ from worktree_mesh.git import Git, Sha, discover
 from worktree_mesh.scope import Scope
 
 
-def run_plan(repo: Path, write_plan: Any, data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def ledger(repo: Path, run_id: str) -> list[dict[str, Any]]:
+    path = repo / ".git/wtmesh/runs" / run_id / "ledger.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def run_plan(repo: Path, write_plan: Any, data: dict[str, Any], *args: str,
+             env: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
     """Each unit's record in the ``--json`` summary, with the notes its
-    ``unit_finished`` ledger event gives."""
-    res = wtmesh("run", write_plan(data), "--json", cwd=repo)
+    ``unit_finished`` ledger event gives and the run's id."""
+    res = wtmesh("run", write_plan(data), "--json", *args, cwd=repo, env=env)
     assert "Traceback" not in res.stderr, res.stderr
     summary = res.json()
-    ledger = repo / ".git/wtmesh/runs" / summary["run_id"] / "ledger.jsonl"
-    notes = {event["unit"]: event.get("notes", "")
-             for event in map(json.loads, ledger.read_text().splitlines())
+    notes = {event["unit"]: event.get("notes", "") for event in ledger(repo, summary["run_id"])
              if event["event"] == "unit_finished"}
-    return {unit["id"]: {**unit, "notes": notes[unit["id"]]} for unit in summary["units"]}
+    return {unit["id"]: {**unit, "notes": notes[unit["id"]], "run_id": summary["run_id"]}
+            for unit in summary["units"]}
 
 
 def run_units(repo: Path, write_plan: Any,
-              units: dict[str, tuple[str | list[str], str | list[str]]],
-              **plan: Any) -> dict[str, dict[str, Any]]:
-    """Run ``{id: (unit_scope, coder command)}`` in plan order."""
+              units: dict[str, tuple[str | list[str], str | list[str]]], *args: str,
+              env: dict[str, str] | None = None, **plan: Any) -> dict[str, dict[str, Any]]:
+    """Run ``{id: (unit_scope, coder command)}`` in plan order; ``args``: the command
+    line's."""
     return run_plan(repo, write_plan, {
         "units": [{"id": uid, "objective": f"hostile {uid}", "unit_scope": scope,
                    "lanes": {"coder": {"command": command, "timeout_s": 120}}}
-                  for uid, (scope, command) in units.items()], **plan})
+                  for uid, (scope, command) in units.items()], **plan}, *args, env=env)
 
 
 def outcome(unit: dict[str, Any]) -> tuple[str, str | None]:
@@ -188,6 +196,41 @@ def test_a_link_that_escapes_only_with_another_units_link_does_not_land(
         "symlink pointing outside the repository: s2/esc (via s2/up)"
     landed = tree_paths(repo)
     assert {"s1/up", "s2/esc"} <= landed and not {"s1/esc", "s2/up"} & landed
+
+
+@pytest.mark.parametrize("batch", ["1", "auto"])
+def test_in_a_batch_a_link_is_checked_on_the_tree_that_would_land(
+        repo: Path, write_plan: Any, tmp_path: Path, batch: str) -> None:
+    """A batch applies every unit onto the chain so far: a link escapes through a unit
+    ahead of it in the chain. Where that unit lands, the link's unit fails; where the
+    proof takes that unit out, the link's unit goes round again without it and lands,
+    as one unit at a time gives. All four start together; with the landing window
+    long, the batch gathers all four."""
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+
+    def lane(*links: str, then: str = "") -> list[str] | str:
+        command = [PY, "-c", BARRIER, str(barrier), "4", *links]
+        return shlex.join(command) + then if then else command
+
+    units = run_units(repo, write_plan, {
+        "a1-up": ("s1/up", lane("s1/up=..")),
+        "b1-esc": ("s1/esc", lane("s1/esc=up/../outside.txt")),
+        "c2-up": (["s2/up", "broken.txt"], lane("s2/up=..", then=" && echo > broken.txt")),
+        "d2-esc": ("s2/esc", lane("s2/esc=up/../outside.txt")),
+    }, "--batch", batch, env={"WTMESH_LANDING_WINDOW_S": "600"}, max_active=4,
+        proof_command="test ! -e broken.txt", sandbox_writable=[str(barrier)])
+    assert {uid: outcome(u) for uid, u in units.items()} == {
+        "a1-up": ("integrated", None), "b1-esc": ("failed", "scope_violation"),
+        "c2-up": ("failed", "proof_failed"), "d2-esc": ("integrated", None)}
+    assert units["b1-esc"]["notes"] == \
+        "symlink pointing outside the repository: s1/esc (via s1/up)"
+    assert tree_paths(repo) >= {"s1/up", "s2/esc"}
+    assert not {"s1/esc", "s2/up", "broken.txt"} & tree_paths(repo)
+    if batch == "auto":  # one chain held all four; d2-esc was proven without c2-up
+        proven = [event["units"] for event in ledger(repo, units["a1-up"]["run_id"])
+                  if event["event"] == "proof_started"]
+        assert proven == [["a1-up", "c2-up"], ["a1-up"], ["d2-esc"]]
 
 
 # -- embedded repositories and gitlinks --------------------------------------------------
