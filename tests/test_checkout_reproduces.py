@@ -248,8 +248,7 @@ def test_case_10_an_embedded_repository_does_not_land_as_a_gitlink(
         "u10": ("vendor/", (f"git init -q vendor/lib && cd vendor/lib && echo code > lib.py "
                            f"&& {COMMIT}"))})
     assert outcome(units["u10"]) == ("failed", "scope_violation")
-    assert units["u10"]["notes"] == \
-        "embedded git repository (its files cannot land): vendor/lib"
+    assert units["u10"]["notes"] == f"{EMBEDDED}: vendor/lib"
     assert git(repo, "rev-parse", "main") == base
 
 
@@ -292,7 +291,7 @@ def test_an_embedded_repository_from_the_fixer_fails_the_unit(repo: Path,
                   "fixer": {"command": f"cd lib && git init -q && {COMMIT}"}}}]}
     unit = run_plan(repo, write_plan, plan)["u1"]
     assert outcome(unit) == ("failed", "scope_violation")
-    assert unit["notes"].endswith(": lib")
+    assert unit["notes"] == f"{EMBEDDED}: lib"
     assert git(repo, "log", "--format=%s", "main") == "initial"
 
 
@@ -369,7 +368,9 @@ def make_repo_with_submodule(tmp_path: Path) -> Path:
 def test_a_submodule_moved_to_a_commit_only_its_worktree_has_does_not_land(
         tmp_path: Path, write_plan: Any) -> None:
     """A lane populates the repository's submodule and commits in it: the gitlink would
-    move to a commit this repository lacks. Deleting the submodule lands as a deletion."""
+    move to a commit this repository lacks, and the submodule is a repository embedded in
+    the worktree, which the unit fails on first. Deleting the submodule lands as a
+    deletion."""
     repo = make_repo_with_submodule(tmp_path)
     before = git(repo, "rev-parse", "HEAD:vendor/sub")
     units = run_units(repo, write_plan, {
@@ -378,7 +379,7 @@ def test_a_submodule_moved_to_a_commit_only_its_worktree_has_does_not_land(
                               "git commit -q -am bump")),
     })
     assert outcome(units["u-bump"]) == ("failed", "scope_violation")
-    assert units["u-bump"]["notes"].endswith(": vendor/sub")
+    assert units["u-bump"]["notes"] == f"{EMBEDDED}: vendor/sub"
     assert git(repo, "rev-parse", "main:vendor/sub") == before
     units = run_units(repo, write_plan, {
         "u-drop": ("**", "git rm -q vendor/sub")})
