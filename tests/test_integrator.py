@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import filelock
 import pytest
 from conftest import (
     PROOF,
@@ -284,14 +285,23 @@ def test_patch_dir_option(repo: Path, write_plan: Any, tmp_path: Path) -> None:
     assert (out / "series").read_text() == "0001-u1.patch\n"
 
 
-def test_second_run_waits_for_the_lock_then_times_out(repo: Path, write_plan: Any) -> None:
-    import filelock
-    lock_path = repo / ".git/wtmesh/integrator.lock"
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
+def integrator_lock(repo: Path) -> filelock.FileLock:
+    """The lock another run holds while it integrates."""
+    path = repo / ".git/wtmesh/integrator.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return filelock.FileLock(str(path))
+
+
+def run_one_unit_while_locked(repo: Path, write_plan: Any) -> tuple[Result, Path]:
+    """A one-unit run that waits one second for the lock another run holds; and its plan."""
     plan = write_plan({"units": [
         {"id": "u1", "objective": "o", "lanes": {"coder": {"command": "echo a > a.txt"}}}]})
-    with filelock.FileLock(str(lock_path)):
-        res = wtmesh("run", plan, "--lock-timeout", "1", cwd=repo)
+    with integrator_lock(repo):
+        return wtmesh("run", plan, "--lock-timeout", "1", cwd=repo), plan
+
+
+def test_second_run_waits_for_the_lock_then_times_out(repo: Path, write_plan: Any) -> None:
+    res, _plan = run_one_unit_while_locked(repo, write_plan)
     assert res.returncode == 3
     assert "waiting for the integrator lock" in res.stdout
     assert "timed out" in res.stderr and "Traceback" not in res.stderr
@@ -302,13 +312,7 @@ def test_a_start_that_times_out_on_the_lock_offers_no_resume(repo: Path,
                                                              write_plan: Any) -> None:
     """Refused while waiting to start, the run was never made: naming a --resume for it
     would send the user after a run that does not exist."""
-    import filelock
-    lock_path = repo / ".git/wtmesh/integrator.lock"
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    plan = write_plan({"units": [
-        {"id": "u1", "objective": "o", "lanes": {"coder": {"command": "echo a > a.txt"}}}]})
-    with filelock.FileLock(str(lock_path)):
-        res = wtmesh("run", plan, "--lock-timeout", "1", cwd=repo)
+    res, plan = run_one_unit_while_locked(repo, write_plan)
     line = one_error_line(res, 3)
     assert "timed out" in line and "--resume" not in line, line
     assert not list((repo / ".git/wtmesh").glob("runs/*/ledger.jsonl"))
@@ -320,8 +324,6 @@ def test_a_run_that_times_out_on_the_lock_later_is_resumed_as_it_says(
         repo: Path, write_plan: Any, tmp_path: Path) -> None:
     """Once the run exists, a lock timeout at its first landing names the run to resume,
     and resuming it with that id lands the unit."""
-    import filelock
-    lock_path = repo / ".git/wtmesh/integrator.lock"
     started, locked = tmp_path / "lane-started", tmp_path / "locked"
     plan = write_plan({"sandbox_writable": [str(tmp_path)],  # the lane and the test meet
                        "units": [{"id": "u1", "objective": "o", "lanes": {"coder": {
@@ -332,7 +334,7 @@ def test_a_run_that_times_out_on_the_lock_later_is_resumed_as_it_says(
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         wait_for_file(started, run_proc)
-        with filelock.FileLock(str(lock_path)):
+        with integrator_lock(repo):
             locked.touch()
             _out, err = run_proc.communicate(timeout=120)
     finally:
