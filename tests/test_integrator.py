@@ -105,8 +105,8 @@ def test_proof_failure_takes_the_change_back(repo: Path, write_plan: Any) -> Non
     # nothing to wtmesh, but the files it moves are.
     ("git mv README.md README.txt", "proof left tracked files modified (README.md)"),
 ])
-def test_proof_that_changes_tracked_files_or_head_fails(repo: Path, write_plan: Any,
-                                                        proof: str, why: str) -> None:
+def test_proof_that_changes_tracked_files_fails(repo: Path, write_plan: Any,
+                                                 proof: str, why: str) -> None:
     plan = write_plan({"proof_command": proof, "units": [
         {"id": "u1", "objective": "o", "lanes": {"coder": {"command": "echo a > a.txt"}}}]})
     # Unsandboxed, where nothing stops a proof's git from writing: it is caught after.
