@@ -328,14 +328,16 @@ def test_a_gitlink_a_lane_stages_in_wtmeshs_own_index_does_not_land(
 
 def test_the_scope_check_refuses_gitlinks_to_commits_it_lacks(repo: Path) -> None:
     """Whatever makes the snapshot: a result commit whose tree has a gitlink to a missing
-    commit, or to an object that is not a commit, fails; one to a commit here passes."""
+    commit, or to an object that is not a commit, fails, naming it; one to a commit here
+    passes."""
     g = Git(discover(repo).common_dir)
     start = Sha(git(repo, "rev-parse", "HEAD"))
     blob = git(repo, "rev-parse", "HEAD:README.md")
     env = {**os.environ, "GIT_INDEX_FILE": str(repo / ".git" / "scratch-index")}
     verdicts = {}
     for name, sha in [("missing", "1234567890abcdef1234567890abcdef12345678"),
-                      ("blob", blob), ("here", start)]:
+                      ("blob", blob), ("here", start),
+                      ("odd\tname", "1234567890abcdef1234567890abcdef12345678")]:
         for args in (["read-tree", start],
                      ["update-index", "--add", "--cacheinfo", f"160000,{sha},vendor/{name}"]):
             subprocess.run(["git", *args], cwd=repo, check=True, env=env)
@@ -346,7 +348,9 @@ def test_the_scope_check_refuses_gitlinks_to_commits_it_lacks(repo: Path) -> Non
     assert verdicts == {
         "missing": ("gitlink to a commit that is not in the repository: vendor/missing",),
         "blob": ("gitlink to a commit that is not in the repository: vendor/blob",),
-        "here": ()}
+        "here": (),
+        # Named as every other violation names a path, as git spells it.
+        "odd\tname": ('gitlink to a commit that is not in the repository: "vendor/odd\\tname"',)}
 
 
 def make_repo_with_submodule(tmp_path: Path) -> Path:

@@ -300,7 +300,7 @@ def collect(git: Git, start: Sha, final: Sha, scope: Scope) -> UnitDiff:
     lost = _lost_gitlinks(git, changes)
     if lost:
         violations.append("gitlink to a commit that is not in the repository: "
-                          + ", ".join(lost))
+                          + ", ".join(map(quote_path, lost)))
     added, removed = _line_stats(raw)
     return UnitDiff(raw, hashlib.sha256(raw).hexdigest(), tuple(files), added, removed,
                     tuple(violations), _touches_links(changes))
