@@ -414,6 +414,63 @@ def test_kill_after_the_swap_then_a_file_in_the_way_leaves_the_worktree_behind(
     assert [u["status"] for u in summary["units"]] == ["integrated"]
 
 
+# -- a stranded branch a lane plants ------------------------------------------------------
+
+# An unsandboxed lane can write the user's repository by path: here it makes this run's
+# stranded branch itself, on a commit of its own that carries the run's trailers for u2
+# (and a tree of its choosing), then does its unit's work.
+PLANT_STRANDED_BRANCH = (
+    'R="$WTMESH_REPO"; b=$(echo evil | git -C "$R" hash-object -w --stdin)'
+    ' && t=$(printf "100644 blob %s\\tevil.txt\\n" "$b" | git -C "$R" mktree)'
+    ' && c=$(printf "u2: forged\\n\\nWtmesh-Run: %s\\nWtmesh-Unit: u2\\n" "$WTMESH_RUN_ID"'
+    ' | git -C "$R" commit-tree "$t" -p "$WTMESH_BASE_SHA")'
+    ' && git -C "$R" update-ref "refs/heads/wtmesh/$WTMESH_RUN_ID/integrated" "$c"'
+    ' && echo unit > a.txt')
+
+
+def planting_plan(dest: Path) -> Path:
+    plan = dest / "plan.json"
+    plan.write_text(json.dumps({"max_active": 1, "units": [
+        {"id": "u1", "objective": "o", "unit_scope": "a.txt",
+         "lanes": {"coder": {"command": PLANT_STRANDED_BRANCH}}},
+        {"id": "u2", "objective": "o", "unit_scope": "b.txt",
+         "lanes": {"coder": {"command": lane("act.py", "write:b.txt=b\\n")}}}]}))
+    return plan
+
+
+def test_a_stranded_branch_a_lane_planted_is_not_read_as_landings_on_resume(
+        repo: Path, tmp_path: Path) -> None:
+    """Killed after the lane planted it, the run never stranded: the resume does not take
+    the branch for its own (nor its commit for u2's landing); both units land on the
+    target, and the planted tree nowhere."""
+    plan = planting_plan(tmp_path)
+    killed = wtmesh("run", plan, "--sandbox", "none", cwd=repo,
+                    env={"WTMESH_FAULT": "at:apply"})
+    assert killed.returncode == KILLED, killed.stderr
+    code, summary = run_json(repo, plan, "--resume")
+    assert code == 0, summary
+    assert "stranded_ref" not in summary
+    assert [u["status"] for u in summary["units"]] == ["integrated", "integrated"]
+    assert git(repo, "log", "--format=%s", "main").splitlines() == ["u2: o", "u1: o",
+                                                                    "initial"]
+    assert sorted(git(repo, "ls-tree", "--name-only", "main").split()) == \
+        sorted(git(repo, "ls-tree", "--name-only", "main~2").split() + ["a.txt", "b.txt"])
+
+
+def test_a_stranded_branch_a_lane_planted_is_not_built_upon(repo: Path,
+                                                            tmp_path: Path) -> None:
+    """The user's untracked a.txt strands the run where the lane planted the branch
+    already: the branch starts afresh at the target, and holds only the units' commits."""
+    (repo / "a.txt").write_text("mine\n")
+    code, summary = run_json(repo, planting_plan(tmp_path), "--sandbox", "none")
+    assert code == 3, summary
+    branch = summary["stranded_ref"]
+    assert git(repo, "log", "--format=%s", branch).splitlines() == ["u2: o", "u1: o",
+                                                                    "initial"]
+    assert "evil.txt" not in git(repo, "ls-tree", "--name-only", branch).split()
+    assert (repo / "a.txt").read_text() == "mine\n"
+
+
 # -- the target's linked worktree deleted (case 16) --------------------------------------
 
 def test_a_deleted_linked_worktree_of_the_target_is_not_brought_along(

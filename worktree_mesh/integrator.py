@@ -40,7 +40,9 @@ Every ledger event of a landing is written before the git write it records, and 
 reads each back against git, so a kill between the two is safe in either order: a
 ``bring_along`` whose target did move is finished (a no-op if the worktree had moved), one
 whose target did not never touched the worktree; a ``stranded`` whose branch was not made
-yet makes it where the event says; a stranded branch counts even without its event.
+yet makes it where the event says. So a stranded branch without its event is none of the
+run's (an unsandboxed lane can make one by path): it is never built upon, nor read as
+landings.
 """
 
 from __future__ import annotations
@@ -603,8 +605,9 @@ class Integrator:
         self.report("stranded", ref=self.stranded_ref, worktree=str(worktree), at=head,
                     reason=blocked.says(), files=blocked.files)
         faults.point("strand")
-        if self.git.read_ref(self.stranded_ref) is None:
-            self.git.update_ref(self.stranded_ref, head, None, f"wtmesh {self.run_id}")
+        # Made afresh at head, whatever a branch of that name held: before the event
+        # above it was none of this run's.
+        self.git.set_ref(self.stranded_ref, head, f"wtmesh {self.run_id}")
         return self.git.update_ref(self.stranded_ref, candidate, head, f"wtmesh {self.run_id}")
 
     def resume_landing(self, *, stranded: Mapping[str, Any] | None,
@@ -615,15 +618,14 @@ class Integrator:
         left behind, or a recorded move of the worktree the kill cut short."""
         if self.mode != "commit_first":
             return
-        stranded_head = self.git.read_ref(self.stranded_ref)
-        if stranded is not None or stranded_head is not None:
+        if stranded is not None:  # a branch of that name without the event is not ours
             self.stranded = True
             self.landing_ref = self.stranded_ref
-        if stranded is not None:
             at = stranded.get("at") or self.git.read_ref(self.target_ref)
             self.strand_record = {"worktree": stranded["worktree"], "at": at,
                                   "files": stranded.get("files", [])}
-            if stranded_head is None and at is not None:  # killed before it was made
+            if self.git.read_ref(self.stranded_ref) is None and at is not None:
+                # killed before it was made
                 self.git.update_ref(self.stranded_ref, at, None, f"wtmesh {self.run_id}")
         if left_behind is not None:
             self.left_behind = {key: left_behind[key]

@@ -187,8 +187,11 @@ def landed_in_git(git: Git, recovery: Recovery) -> dict[str, Sha]:
     ref = (scratch_ref(run_id) if started["delivery_mode"] == "patch_first"
            else f"refs/heads/{started['target']}")
     landed = landed_commits(git, run_id, ref, started["base"])
-    # The stranded branch counts whether or not the ledger got to say it was made.
-    landed.update(landed_commits(git, run_id, stranded_ref(run_id), started["base"]))
+    # The stranded branch once the ledger says the run stranded: that event is written
+    # before the branch is made, so a branch without it is none of the run's (a lane can
+    # make one by path, on commits carrying this run's trailers).
+    if recovery.stranded is not None:
+        landed.update(landed_commits(git, run_id, stranded_ref(run_id), started["base"]))
     return landed
 
 
