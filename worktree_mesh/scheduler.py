@@ -125,15 +125,15 @@ class Run:
             base=options.base, repo=repo,
             patch_dir=patch_dir, lock_timeout_s=options.lock_timeout_s, report=self.emit,
             batched=options.batch != 1, guard=self.guard, sandbox=sandbox)
+        # Asked of the user's configuration now, before any lane could have changed it:
+        # who commits, and what wtmesh's private git dirs need to know.
+        git.identity_env()
+        git.private  # noqa: B018 - created once, shared with the lanes' runner below
         # The lanes' own git work (filling and resetting worktrees, taking snapshots and
         # diffs) runs nicer than the integrator's: landing is the one serial step, so
         # when the CPU is short it goes first. The lane commands keep normal priority.
         # One worker per lane and per fill, so that a fill (seconds) never holds up a
         # lane's snapshot.
-        # Asked of the user's configuration now, before any lane could have changed it:
-        # who commits, and what wtmesh's private git dirs need to know.
-        git.identity_env()
-        git.private  # noqa: B018 - created once, shared with the lanes' runner below
         self.lane_git_runner = proc.LowPriorityRunner(
             workers=options.max_active + fill_slots())
         lane_git = git.running_with(self.lane_git_runner)
