@@ -326,7 +326,7 @@ def test_a_gitlink_a_lane_stages_in_wtmeshs_own_index_does_not_land(
     assert git(repo, "log", "--format=%s", "main") == "initial"
 
 
-def test_the_scope_check_refuses_gitlinks_to_commits_it_lacks(repo: Path) -> None:
+def test_the_scope_check_refuses_gitlinks_to_commits_it_lacks(repo: Path, tmp_path: Path) -> None:
     """Whatever makes the snapshot: a result commit whose tree has a gitlink to a missing
     commit, or to an object that is not a commit, fails, naming it; one to a commit here
     passes."""
@@ -344,7 +344,8 @@ def test_the_scope_check_refuses_gitlinks_to_commits_it_lacks(repo: Path) -> Non
         tree = subprocess.run(["git", "write-tree"], cwd=repo, check=True, capture_output=True,
                               text=True, env=env).stdout.strip()
         result = g.commit_tree(tree, [start], "result")
-        verdicts[name] = diffs.collect(g, start, result, Scope.parse("**")).violations
+        verdicts[name] = diffs.collect(g, start, result, Scope.parse("**"),
+                                       tmp_path / name / "unit.diff").violations
     assert verdicts == {
         "missing": ("gitlink to a commit that is not in the repository: vendor/missing",),
         "blob": ("gitlink to a commit that is not in the repository: vendor/blob",),

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import git, lane, wtmesh
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from unidiff.patch import PatchSet
 
+from worktree_mesh import diffs
 from worktree_mesh.git import Git, discover
 
 
@@ -138,7 +144,8 @@ def test_a_large_diff_lands_intact(repo: Path, write_plan: Any) -> None:
     assert (repo / "gen/m299.py").read_text().count("\n") == 200
 
 
-def test_one_diff_tree_gives_the_same_patch_and_changes_as_two(repo: Path) -> None:
+def test_one_diff_tree_gives_the_same_patch_and_changes_as_two(repo: Path,
+                                                               tmp_path: Path) -> None:
     """The unit's diff and its file list come from one ``diff-tree --raw -p -z``; they are
     exactly what the separate patch and raw calls give, odd names and all."""
     before = git(repo, "rev-parse", "HEAD")
@@ -152,8 +159,44 @@ def test_one_diff_tree_gives_the_same_patch_and_changes_as_two(repo: Path) -> No
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "many kinds")
     g = Git(discover(repo).common_dir)
-    patch, changes = g.diff_and_changes(before, "HEAD")
-    assert patch == g.diff(before, "HEAD")
+    out = tmp_path / "out"
+    changes, offset = g.diff_to(before, "HEAD", out)
+    assert out.read_bytes()[offset:] == g.diff(before, "HEAD")
     assert changes == g.changes(before, "HEAD")
     assert len(changes) == 7
-    assert g.diff_and_changes("HEAD", "HEAD") == (b"", [])
+    assert g.diff_to("HEAD", "HEAD", out) == ([], 0)
+    assert out.read_bytes() == b""
+
+
+# Lines chosen to look like a diff's own: headers, hunk headers, markers, blanks, CRs.
+DIFF_LIKE_LINES = st.sampled_from(["", " ", "+", "-", "--- a/x", "+++ b/x", "@@ -1 +1 @@",
+                                   "\\ No newline at end of file", "diff --git a/x b/x",
+                                   "a", "b", "c\r", "+a", "-b"])
+FILE_LINES = st.lists(DIFF_LIKE_LINES, max_size=12)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(FILE_LINES, st.booleans(), FILE_LINES, st.booleans()),
+                min_size=1, max_size=3))
+def test_lines_counted_as_a_stream_are_unidiffs_counts(tmp_path: Path, files: list[
+        tuple[list[str], bool, list[str], bool]]) -> None:
+    """``LineCount`` reads a diff a line at a time and keeps nothing: on git's diffs of
+    files whose lines look like a diff's own, it counts what unidiff's ``PatchSet``
+    counts."""
+    case = tmp_path / "case"
+    shutil.rmtree(case, ignore_errors=True)
+    for side in ("old", "new"):
+        (case / side).mkdir(parents=True)
+    for number, (old, old_eol, new, new_eol) in enumerate(files):
+        for side, lines, eol in (("old", old, old_eol), ("new", new, new_eol)):
+            text = "\n".join(lines) + ("\n" if eol and lines else "")
+            (case / side / f"f{number}.txt").write_bytes(text.encode())
+    raw = subprocess.run(["git", "diff", "--no-index", "--no-color", "old", "new"], cwd=case,
+                         capture_output=True, check=False).stdout
+    count = diffs.LineCount()
+    for line in raw.splitlines(keepends=True):
+        count.feed(line)
+    patch = PatchSet(raw.decode("utf-8", "surrogateescape"))
+    assert (count.added, count.removed) == (sum(f.added for f in patch),
+                                            sum(f.removed for f in patch))

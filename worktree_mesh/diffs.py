@@ -1,8 +1,8 @@
 """A unit's change: the raw diff (the artifact), its file list and stats, and its scope check.
 
-The raw bytes from git are what gets applied; unidiff only reads them for statistics (it
-loses binary payloads and rewrites headers when serialised, so nothing is written back
-through it). Paths come from ``diff-tree -z`` so odd and non-UTF-8 names stay exact.
+The raw bytes from git are what gets applied, streamed to the unit's file and never held
+whole in memory; only the hunks' headers are parsed (with unidiff's grammar), for the
+statistics. Paths come from ``diff-tree -z`` so odd and non-UTF-8 names stay exact.
 """
 
 from __future__ import annotations
@@ -11,15 +11,16 @@ import hashlib
 import os
 import re
 import stat
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from unidiff.errors import UnidiffParseError
-from unidiff.patch import PatchSet
+from unidiff.constants import RE_HUNK_HEADER
 
 from .git import Change, Git, Sha
 from .scope import Scope
+from .state import atomic_file
 from .text import quote_path
 
 SYMLINK_MODE = "120000"
@@ -28,8 +29,9 @@ GITLINK_MODE = "160000"
 
 @dataclass(frozen=True)
 class UnitDiff:
-    raw: bytes
+    """What wtmesh knows of a unit's diff, which lies on disk (``collect``'s ``dest``)."""
     sha256: str
+    size: int  # bytes
     files: tuple[str, ...]  # every path touched; both sides of a rename
     added: int
     removed: int
@@ -38,18 +40,46 @@ class UnitDiff:
 
     @property
     def empty(self) -> bool:
-        return not self.raw.strip()
+        return self.size == 0
 
     def stats(self) -> dict[str, int]:
         return {"files": len(self.files), "added": self.added, "removed": self.removed}
 
 
-def _line_stats(raw: bytes) -> tuple[int, int]:
-    try:
-        patch = PatchSet(raw.decode("utf-8", "surrogateescape"))
-    except UnidiffParseError:
-        return 0, 0
-    return sum(f.added for f in patch), sum(f.removed for f in patch)
+class LineCount:
+    """Lines added and removed in a unified diff, fed one line at a time: the hunks'
+    headers read with unidiff's grammar, their bodies counted, nothing else kept, so that
+    a diff costs no memory by its size (unidiff's ``PatchSet`` keeps an object per line).
+    Outside a hunk (headers, binary patches) nothing is counted."""
+
+    def __init__(self) -> None:
+        self.added = self.removed = 0
+        self._old_left = self._new_left = 0  # lines of the current hunk still to come
+
+    def feed(self, line: bytes) -> None:
+        if self._old_left > 0 or self._new_left > 0:
+            kind = line[:1]
+            if kind == b"+":
+                self.added += 1
+                self._new_left -= 1
+                return
+            if kind == b"-":
+                self.removed += 1
+                self._old_left -= 1
+                return
+            if kind == b" " or line in (b"\n", b"\r\n"):  # context (an empty one, bare)
+                self._old_left -= 1
+                self._new_left -= 1
+                return
+            if kind == b"\\":  # "\ No newline at end of file"
+                return
+            self._old_left = self._new_left = 0  # not a hunk's line: the hunk ended short
+        if line.startswith(b"@@ "):
+            header = RE_HUNK_HEADER.match(line.decode("utf-8", "surrogateescape"))
+            if header is not None:
+                _, old_length, _, new_length, _ = header.groups()
+                self._old_left = int(old_length) if old_length is not None else 1
+                self._new_left = int(new_length) if new_length is not None else 1
 
 
 # Code points HFS+ ignores in names, so ".g\u200cit" is ".git" on a Mac (git's
@@ -282,8 +312,10 @@ def embedded_repositories(worktree: Path, paths: Iterable[str]) -> list[str]:
     return list(found)
 
 
-def collect(git: Git, start: Sha, final: Sha, scope: Scope) -> UnitDiff:
-    raw, changes = git.diff_and_changes(start, final)
+def collect(git: Git, start: Sha, final: Sha, scope: Scope, dest: Path) -> UnitDiff:
+    """The change from ``start`` to ``final``, written to ``dest`` (the unit's diff: the
+    raw bytes from git, which is what gets applied), checked against ``scope``."""
+    changes, sha256, size, count = _write_diff(git, start, final, dest)
     files: list[str] = []
     for change in changes:
         for path in change.paths:
@@ -301,6 +333,26 @@ def collect(git: Git, start: Sha, final: Sha, scope: Scope) -> UnitDiff:
     if lost:
         violations.append("gitlink to a commit that is not in the repository: "
                           + ", ".join(map(quote_path, lost)))
-    added, removed = _line_stats(raw)
-    return UnitDiff(raw, hashlib.sha256(raw).hexdigest(), tuple(files), added, removed,
+    return UnitDiff(sha256, size, tuple(files), count.added, count.removed,
                     tuple(violations), _touches_links(changes))
+
+
+def _write_diff(git: Git, start: Sha, final: Sha,
+                dest: Path) -> tuple[list[Change], str, int, LineCount]:
+    """git's diff to ``dest`` in one pass, hashed and counted on the way, never whole in
+    memory: a unit's diff costs memory by the length of its longest line, not its size."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    raw = dest.with_name(f".{dest.name}.{os.getpid()}.{threading.get_native_id()}.raw")
+    try:
+        changes, offset = git.diff_to(start, final, raw)
+        digest, size, count = hashlib.sha256(), 0, LineCount()
+        with open(raw, "rb") as source, atomic_file(dest) as out:
+            source.seek(offset)
+            for line in source:
+                out.write(line)
+                digest.update(line)
+                size += len(line)
+                count.feed(line)
+    finally:
+        raw.unlink(missing_ok=True)
+    return changes, digest.hexdigest(), size, count

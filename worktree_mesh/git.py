@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NewType
+from typing import BinaryIO, NewType
 
 from . import proc
 
@@ -71,6 +71,8 @@ _REDIRECTING_ENV = (
 
 # Neutral diff options: plumbing (diff-tree) ignores diff.* UI settings; these flags cover
 # the rest (external diff, textconv, prefixes, context, rename detection, submodules).
+_RECORDS_READ = 1 << 16  # bytes read at a time while looking for the end of diff-tree's records
+
 _DIFF_OPTIONS = (
     "-r", "-p", "--binary", "--full-index", "--no-ext-diff", "--no-textconv",
     "--src-prefix=a/", "--dst-prefix=b/", "-U3", "-M", "--no-color", "--submodule=short",
@@ -260,13 +262,16 @@ class Git:
         return self._runner(argv, cwd=cwd, env=full_env, input=input, check=check)
 
     def run_on_objects(self, *args: str, env: Mapping[str, str] | None = None,
-                       input: bytes | None = None, check: bool = True) -> proc.Completed:
+                       input: bytes | None = None, check: bool = True,
+                       stdout: BinaryIO | None = None) -> proc.Completed:
         """Run git on objects alone, in wtmesh's private bare git dir (see the module's
-        docstring): no user or lane configuration applies."""
+        docstring): no user or lane configuration applies. With ``stdout``, its output
+        goes to that open file instead of into memory."""
         private = self.private
         argv = ["git", *_CONFIG, f"--git-dir={private.shadow()}", *args]
         full_env = {**self.env, **private.env, **(env or {})}
-        return self._runner(argv, cwd=None, env=full_env, input=input, check=check)
+        return self._runner(argv, cwd=None, env=full_env, input=input, check=check,
+                            stdout=stdout)
 
     @property
     def private(self) -> PrivateGit:
@@ -429,14 +434,26 @@ class Git:
                                   "--no-abbrev", self.object_id(old), self.object_id(new))
         return _parse_raw(res.stdout.split(b"\0"))[0]
 
-    def diff_and_changes(self, old: str, new: str) -> tuple[bytes, list[Change]]:
-        """``diff`` and ``changes`` from one ``diff-tree``: with ``--raw -p -z`` git prints
-        the NUL-separated records, one more NUL, then exactly the patch ``diff`` gives."""
-        out = self.run_on_objects(*DELIVERY_CONFIG, "diff-tree", "-z", "--raw", "--no-abbrev",
-                                  *_DIFF_OPTIONS, self.object_id(old),
-                                  self.object_id(new)).stdout
-        changes, used = _parse_raw(out.split(b"\0"))
-        return out[used + 1:] if changes else b"", changes
+    def diff_to(self, old: str, new: str, out: Path) -> tuple[list[Change], int]:
+        """``diff`` and ``changes`` from one ``diff-tree``, written to ``out`` as it comes,
+        never held in memory (a diff can be larger than is worth holding): with ``--raw -p
+        -z`` git prints the NUL-separated records, one more NUL, then exactly the patch
+        ``diff`` gives. The changes, and the offset in ``out`` where the patch begins."""
+        with open(out, "w+b") as fh:
+            self.run_on_objects(*DELIVERY_CONFIG, "diff-tree", "-z", "--raw", "--no-abbrev",
+                                *_DIFF_OPTIONS, self.object_id(old), self.object_id(new),
+                                stdout=fh)
+            fh.seek(0)
+            # No record or path is empty, so the first two NULs in a row end the records.
+            head = bytearray()
+            while (end := head.find(b"\0\0", max(0, len(head) - _RECORDS_READ - 1))) < 0:
+                block = fh.read(_RECORDS_READ)
+                if not block:
+                    return [], len(head)  # nothing differs: git printed nothing
+                head += block
+        changes, used = _parse_raw(bytes(head[:end + 1]).split(b"\0"))
+        assert used == end + 1, "diff-tree's records end where their NULs say"
+        return changes, used + 1
 
     def apply_to_tree(self, base: str, patch: Path, index: Path) -> Sha | None:
         """Apply ``patch`` onto ``base`` in a temporary index; the resulting tree, or None
@@ -466,11 +483,12 @@ class Git:
         return self.run(*DELIVERY_CONFIG, "apply", *how, *_APPLY_OPTIONS, str(patch), cwd=cwd,
                         env=env, check=False)
 
-    def format_patch(self, commit: str) -> bytes:
-        """``commit`` as one mail in ``git format-patch`` form, the same whatever the
-        user's diff.* and format.* settings (format.useAutoBase, for one, makes it fail)."""
-        return self.run_on_objects(*DELIVERY_CONFIG, "format-patch", "-1",
-                                   *_FORMAT_PATCH_OPTIONS, commit).stdout
+    def format_patch(self, commit: str, out: BinaryIO) -> None:
+        """``commit`` as one mail in ``git format-patch`` form, written to ``out`` (a patch
+        is as large as its diff), the same whatever the user's diff.* and format.*
+        settings (format.useAutoBase, for one, makes it fail)."""
+        self.run_on_objects(*DELIVERY_CONFIG, "format-patch", "-1", *_FORMAT_PATCH_OPTIONS,
+                            commit, stdout=out)
 
     # -- worktrees -----------------------------------------------------------------------
 

@@ -68,7 +68,7 @@ from .plan import Plan, Unit
 from .proof import Prover
 from .repo_guard import RepoGuard, own_writes
 from .sandbox import Sandbox
-from .state import RunDir, StateDir, scratch_ref, stranded_ref, write_atomic
+from .state import RunDir, StateDir, atomic_file, scratch_ref, stranded_ref, write_atomic
 from .unit_runner import UnitWork
 
 Report = Callable[..., None]
@@ -426,8 +426,7 @@ class Integrator:
             # (_mark_batch): fixed text and the unit id ([A-Za-z0-9._-]), which git am
             # reads as message, so its patch reproduces exactly when this one does.
             scratch = self.run_dir.worktrees / "patch-check"
-            blocked = series_check.undelivered(self.git, scratch, tip, commit,
-                                               self.git.format_patch(commit))
+            blocked = series_check.undelivered(self.git, scratch, tip, commit)
             if blocked is not None:
                 return _Link(unit, work, None, _failed(unit, "delivery_blocked", blocked))
         faults.point("apply")
@@ -674,7 +673,8 @@ class Integrator:
         names: dict[str, str] = {}
         for number, (unit_id, commit) in enumerate(landed, 1):
             names[unit_id] = f"{number:04d}-{unit_id}.patch"
-            write_atomic(self.patch_dir / names[unit_id], self.git.format_patch(commit))
+            with atomic_file(self.patch_dir / names[unit_id]) as out:
+                self.git.format_patch(commit, out)
         write_atomic(self.patch_dir / "series",
                      "".join(f"{name}\n" for name in names.values()).encode())
         return names
@@ -685,7 +685,8 @@ class Integrator:
         series = self.patch_dir / "series"
         names = series.read_text("utf-8").splitlines() if series.exists() else []
         name = f"{len(names) + 1:04d}-{unit.id}.patch"
-        write_atomic(self.patch_dir / name, self.git.format_patch(commit))
+        with atomic_file(self.patch_dir / name) as out:
+            self.git.format_patch(commit, out)
         write_atomic(series, "".join(f"{n}\n" for n in [*names, name]).encode())
         return name
 

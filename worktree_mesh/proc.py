@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 if TYPE_CHECKING:  # sandbox uses this module to probe bubblewrap
     from .sandbox import Confinement, NamespaceInit
@@ -74,17 +74,21 @@ def run(
     env: Mapping[str, str] | None = None,
     input: bytes | None = None,
     check: bool = True,
+    stdout: BinaryIO | None = None,
 ) -> Completed:
+    """Run ``argv`` to the end. Its output is captured, or with ``stdout`` written to that
+    open file, for output that may be larger than is worth holding in memory (a diff)."""
     proc = subprocess.run(
         list(argv),
         cwd=cwd,
         env=dict(env) if env is not None else None,
         input=input,
         stdin=None if input is not None else subprocess.DEVNULL,
-        capture_output=True,
+        stdout=subprocess.PIPE if stdout is None else stdout,
+        stderr=subprocess.PIPE,
         check=False,
     )
-    result = Completed(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
+    result = Completed(tuple(argv), proc.returncode, proc.stdout or b"", proc.stderr)
     if check and proc.returncode != 0:
         raise CommandError(result)
     return result
@@ -116,9 +120,9 @@ class LowPriorityRunner:
 
     def __call__(self, argv: Sequence[str], *, cwd: str | Path | None = None,
                  env: Mapping[str, str] | None = None, input: bytes | None = None,
-                 check: bool = True) -> Completed:
+                 check: bool = True, stdout: BinaryIO | None = None) -> Completed:
         return self._pool.submit(run, argv, cwd=cwd, env=env, input=input,
-                                 check=check).result()
+                                 check=check, stdout=stdout).result()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

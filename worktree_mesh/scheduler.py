@@ -338,9 +338,8 @@ class Run:
     def _work_from_ref(self, unit: Unit, result: Sha, attempts: int) -> UnitWork:
         start = self.git.resolve_commit(f"{result}^")
         assert start is not None
-        unit_diff = diffs.collect(self.git, start, result, unit.scope)
         diff_path = self.run_dir.unit_dir(unit.id) / "unit.diff"
-        write_atomic(diff_path, unit_diff.raw)
+        unit_diff = diffs.collect(self.git, start, result, unit.scope, diff_path)
         status, code, notes = "accepted", None, "lanes finished before the interruption"
         if unit_diff.empty:
             status, code, notes = "no_diff", None, "the lanes changed nothing"

@@ -39,19 +39,27 @@ _COMMITTER = {"GIT_COMMITTER_NAME": "wtmesh", "GIT_COMMITTER_EMAIL": "wtmesh@loc
 _SHOWN_PATHS = 5  # how many differing files a note names
 
 
-def undelivered(git: Git, scratch: Path, parent: Sha, commit: Sha, patch: bytes) -> str | None:
-    """None when ``git am`` of ``patch`` onto ``parent``, in a worktree made at
-    ``scratch`` for the check, gives the tree of ``commit``; else what it gives instead."""
+def undelivered(git: Git, scratch: Path, parent: Sha, commit: Sha,
+                patch: Path | None = None) -> str | None:
+    """None when ``git am`` of ``commit``'s patch (or of the mail in ``patch``) onto
+    ``parent``, in a worktree made at ``scratch`` for the check, gives the tree of
+    ``commit``; else what it gives instead."""
     git.worktree_remove(scratch)  # a check cut off by a crash
+    mail = scratch.with_name(f"{scratch.name}.patch")
     try:
+        if patch is None:
+            with open(mail, "wb") as out:  # on disk: a patch is as large as its diff
+                git.format_patch(commit, out)
+            patch = mail
         return _check(git, scratch, parent, commit, patch)
     except (CommandError, OSError) as exc:  # not shown to reproduce: not delivered
         return f"its patch could not be checked: {exc}"
     finally:
         git.worktree_remove(scratch)
+        mail.unlink(missing_ok=True)
 
 
-def _check(git: Git, scratch: Path, parent: Sha, commit: Sha, patch: bytes) -> str | None:
+def _check(git: Git, scratch: Path, parent: Sha, commit: Sha, patch: Path) -> str | None:
     scratch.mkdir(parents=True)
     git.private.make_admin(scratch, parent)
     git.run("read-tree", parent, cwd=scratch)
@@ -62,7 +70,7 @@ def _check(git: Git, scratch: Path, parent: Sha, commit: Sha, patch: bytes) -> s
         listing = b"".join(p.encode("utf-8", "surrogateescape") + b"\0" for p in present)
         git.run("checkout-index", "-q", "-f", "-u", "-z", "--stdin", cwd=scratch,
                 input=listing)
-    applied = git.run("am", *_AM_OPTIONS, cwd=scratch, env=_COMMITTER, input=patch,
+    applied = git.run("am", *_AM_OPTIONS, str(patch), cwd=scratch, env=_COMMITTER,
                       check=False)
     made = git.run("rev-list", f"{parent}..HEAD", "--", cwd=scratch).text.split()
     if applied.returncode != 0 or len(made) != 1:

@@ -12,13 +12,16 @@ state directory whatever the environment says later.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import os
 import re
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from .errors import EnvironmentRefused, UsageError
 
@@ -201,11 +204,19 @@ def _not_writable(directory: Path) -> str | None:
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Whole-file writes go through a temporary file and ``os.replace``."""
+    with atomic_file(path) as fh:
+        fh.write(data)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """A file to write ``path`` through, in pieces: it takes ``path``'s place, synced, only
+    once the block ends without an exception; until then ``path`` is as it was."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as fh:
-            fh.write(data)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

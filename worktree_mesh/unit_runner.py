@@ -94,9 +94,8 @@ class LocalExecutor:
             write_atomic(job.unit_dir / "unit.json",
                          json.dumps(job.unit.as_record(), indent=2).encode() + b"\n")
             result = self._lanes(job, worktree, attempt, lanes, report)
-            unit_diff = diffs.collect(self.git, job.start, result, job.unit.scope)
             diff_path = job.unit_dir / "unit.diff"
-            write_atomic(diff_path, unit_diff.raw)
+            unit_diff = diffs.collect(self.git, job.start, result, job.unit.scope, diff_path)
             if unit_diff.empty:
                 raise _Ended("no_diff", None, "the lanes changed nothing")
             if unit_diff.violations:
