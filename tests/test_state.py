@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -28,7 +29,9 @@ any_id = unit_ids | near_ids
 
 @given(st.lists(any_id, unique=True, max_size=30))
 def test_unit_directory_names_are_one_per_id(ids: list[str]) -> None:
-    assert len({safe_name(uid) for uid in ids}) == len(ids)
+    """Even where the file system ignores case (two ids apart only by case included)."""
+    ids += [uid.swapcase() for uid in ids if uid.swapcase() not in ids]
+    assert len({safe_name(uid).casefold() for uid in ids}) == len(ids)
 
 
 @given(any_id)
@@ -43,7 +46,35 @@ def test_dot_ids_and_their_underscored_twins_are_apart() -> None:
 
 @given(st.lists(any_id, unique=True, max_size=30))
 def test_unit_ref_prefixes_are_one_per_id(ids: list[str]) -> None:
-    assert len({unit_ref_prefix("r", uid) for uid in ids}) == len(ids)
+    """Even as loose refs where the file system ignores case."""
+    ids += [uid.swapcase() for uid in ids if uid.swapcase() not in ids]
+    assert len({unit_ref_prefix("r", uid).casefold() for uid in ids}) == len(ids)
+
+
+def test_ids_apart_only_by_case_get_directories_apart_and_readable() -> None:
+    assert [safe_name(uid) for uid in ("Fix-Parser", "fix-parser", "FIX")] == \
+        ["^fix-^parser", "fix-parser", "^f^i^x"]
+
+
+def test_two_units_apart_only_by_case_keep_their_own_files(
+        repo: Path, write_plan: Callable[..., Path]) -> None:
+    """``Fix`` and ``fix`` run side by side, each with its own directory and refs, whose
+    names stay apart where the file system ignores case; both land."""
+    plan = write_plan({"max_active": 2, "units": [
+        {"id": uid, "objective": "o", "unit_scope": f"{uid}.txt",
+         "lanes": {"coder": {"command": f"echo {uid} > {uid}.txt"}}}
+        for uid in ("Fix", "fix")]})
+    res = wtmesh("run", plan, "--json", cwd=repo)
+    assert res.returncode == 0, res.stderr
+    assert [u["status"] for u in res.json()["units"]] == ["integrated", "integrated"]
+    units = repo / ".git/wtmesh/runs" / res.json()["run_id"] / "units"
+    assert sorted(p.name for p in units.iterdir()) == ["^fix", "fix"]
+    assert [json.loads((units / name / "unit.json").read_text())["id"]
+            for name in ("^fix", "fix")] == ["Fix", "fix"]
+    refs = git(repo, "for-each-ref", "--format=%(refname)", "refs/wtmesh/").split()
+    assert len({ref.casefold() for ref in refs}) == len(refs) >= 2
+    assert git(repo, "show", "main:Fix.txt") == "Fix"
+    assert git(repo, "show", "main:fix.txt") == "fix"
 
 
 # -- the state directory itself ----------------------------------------------------------

@@ -32,22 +32,27 @@ def new_run_id(now: dt.datetime | None = None) -> str:
 
 
 def safe_name(unit_id: str) -> str:
-    """A unit's directory name, one per id. Unit ids are ``[A-Za-z0-9._-]+`` but may be
-    ``.`` or ``..``, which name no directory of their own; those are spelled ``+`` and
-    their hex bytes, as in ``unit_ref_prefix``. ``+`` never occurs in an id, so the
-    spelling is no other id's (prefixing ``_`` made ``..`` and ``_..`` share one)."""
-    return unit_id if unit_id.strip(".") else "+" + unit_id.encode().hex()
+    """A unit's directory name, one per id, even where the file system ignores case
+    (macOS, Windows): unit ids are ``[A-Za-z0-9._-]+``, so ``A`` and ``a`` are two ids;
+    each capital is spelled ``^`` and its small letter. An id of dots alone (``.``,
+    ``..``) names no directory of its own; it is spelled ``+`` and its hex bytes, as in
+    ``unit_ref_prefix``. Neither ``^`` nor ``+`` occurs in an id, so no spelling is
+    another id's (prefixing ``_`` made ``..`` and ``_..`` share one)."""
+    if not unit_id.strip("."):
+        return "+" + unit_id.encode().hex()
+    return re.sub("[A-Z]", lambda capital: "^" + capital[0].lower(), unit_id)
 
 
 def unit_ref_prefix(run_id: str, unit_id: str) -> str:
     """``refs/wtmesh/<run-id>/units/<id>``, with the id made a valid ref component.
 
     Valid unit ids such as ``a..b``, ``x.lock`` or ``.h`` are not valid in a ref name
-    (git-check-ref-format); such an id is spelled ``+`` and its hex bytes instead. ``+``
+    (git-check-ref-format), and ids apart only by case are one loose ref where the file
+    system ignores case; such an id is spelled ``+`` and its hex bytes instead. ``+``
     never occurs in a unit id, so the spelling cannot collide with another id.
     """
     refusable = (unit_id.startswith(".") or unit_id.endswith((".", ".lock"))
-                 or ".." in unit_id)
+                 or ".." in unit_id or unit_id != unit_id.lower())
     component = "+" + unit_id.encode().hex() if refusable else unit_id
     return f"refs/wtmesh/{run_id}/units/{component}"
 
