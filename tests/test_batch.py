@@ -158,28 +158,39 @@ def test_resume_keeps_the_batch_the_run_started_with(repo: Path, tmp_path: Path)
     assert sizes == [3, 2], sizes  # the five units left, still three at most at a time
 
 
-def repair_plan(tmp_path: Path, proofs: Path, proof_s: float = 0.0) -> Path:
-    """Eight units, all ready when integration starts (the first one is slow). u02 breaks
-    the proof; u03 would repair it. One at a time u03 is proven without u02, so u02 fails
-    and u03 lands: the case where proving only a batch's tip would differ. The proof
-    takes ``proof_s`` seconds."""
+def after(repo: Path, count: int, *event: str) -> str:
+    """A shell prefix that waits until the run's ledger in ``repo`` holds ``count``
+    events matching ``event`` (KEY=VALUE...). The ledger lies in the state directory,
+    which the sandbox hides: a test whose lanes or proof wait so runs ``--sandbox none``."""
+    return shlex.join([PY, str(LANES / "wait_for_events.py"), str(repo / ".git" / "wtmesh"),
+                       str(count), *event]) + " && "
+
+
+def repair_plan(tmp_path: Path, repo: Path, proofs: Path, proof_s: float = 0.0) -> Path:
+    """Eight units, all ready when integration starts (the first one's lane ends once
+    the other seven wait to land). u02 breaks the proof; u03 would repair it. One at a
+    time u03 is proven without u02, so u02 fails and u03 lands: the case where proving
+    only a batch's tip would differ. The proof takes ``proof_s`` seconds."""
     units = [unit_writing(i, [f"u{i:02d}.txt"] + {2: ["broken.txt"], 3: ["fixed.txt"]}.get(i, []),
-                          1.5 if i == 0 else 0.2)
+                          0)
              for i in range(8)]
+    units[0]["lanes"]["coder"]["command"] = after(repo, 7, "event=unit_state",
+                                                  "phase=waiting") + units[0]["lanes"][
+        "coder"]["command"]
     proof = (f"sleep {proof_s}; t=$(git rev-parse HEAD^{{tree}}); "
              f"if [ -e broken.txt ] && [ ! -e fixed.txt ]; then "
              f"echo \"$t fail\" >> {proofs}; exit 1; fi; echo \"$t pass\" >> {proofs}")
     plan = tmp_path / "plan.json"
-    plan.write_text(json.dumps({"max_active": 8, "proof_command": proof, "units": units,
-                                "sandbox_writable": [str(proofs.parent)]}))
+    plan.write_text(json.dumps({"max_active": 8, "proof_command": proof, "units": units}))
     return plan
 
 
 def test_one_at_a_time_proves_every_unit_and_lands_ready_ones_together(
         tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo")
-    plan = repair_plan(tmp_path, tmp_path / "proofs")
-    res = wtmesh("run", plan, "--json", cwd=repo, env={"WTMESH_LANDING_WINDOW_S": "600"})
+    plan = repair_plan(tmp_path, repo, tmp_path / "proofs")
+    res = wtmesh("run", plan, "--json", "--sandbox", "none", cwd=repo,
+                 env={"WTMESH_LANDING_WINDOW_S": "600"})
     assert res.returncode == 1, res.stderr
     states = {u["id"]: (u["status"], u["failure_code"]) for u in res.json()["units"]}
     assert states.pop("u02") == ("failed", "proof_failed")
@@ -201,8 +212,8 @@ def test_one_at_a_time_proves_every_unit_and_lands_ready_ones_together(
 def test_one_at_a_time_lands_each_unit_alone_when_proofs_are_slow(
         tmp_path: Path, proof_s: float, env: dict[str, str]) -> None:
     repo = make_repo(tmp_path / "repo")
-    plan = repair_plan(tmp_path, tmp_path / "proofs", proof_s)
-    res = wtmesh("run", plan, "--json", cwd=repo, env=env)
+    plan = repair_plan(tmp_path, repo, tmp_path / "proofs", proof_s)
+    res = wtmesh("run", plan, "--json", "--sandbox", "none", cwd=repo, env=env)
     assert res.returncode == 1, res.stderr
     assert [u["status"] for u in res.json()["units"]].count("integrated") == 7
     # Each integrated unit moved main on its own.
@@ -218,17 +229,25 @@ def recording_plan(tmp_path: Path, units: list[dict[str, Any]]) -> Path:
     return plan
 
 
-@pytest.mark.parametrize(("window", "proofs", "moves"), [
-    ("600", 1, 1),  # each unit that ends finds the next one still in its lanes: one batch
-    ("0", 3, 3),  # no window: each unit is proven as soon as it is ready
+@pytest.mark.parametrize(("window", "lane_waits_for", "proofs", "moves"), [
+    # Each unit that ends finds the next one still in its lanes: one batch.
+    ("600", "phase=waiting", 1, 1),
+    # No window: each unit is proven as soon as it is ready (here, each lane ends only
+    # once the unit before it has landed).
+    ("0", "event=landed", 3, 3),
 ])
 def test_auto_batch_gathers_units_whose_lanes_are_still_running(
-        tmp_path: Path, window: str, proofs: int, moves: int) -> None:
+        tmp_path: Path, window: str, lane_waits_for: str, proofs: int, moves: int) -> None:
     repo = make_repo(tmp_path / "repo")
-    # Lanes that end a second apart: without gathering, the first unit is proven alone.
-    plan = recording_plan(tmp_path, [unit_writing(i, [f"u{i:02d}.txt"], 1.0 * i)
-                                     for i in range(3)])
-    res = wtmesh("run", plan, "--json", "--batch", "auto", cwd=repo,
+    # Each lane ends after the unit before it is ready (or landed): without gathering,
+    # the first unit is proven alone.
+    units = [unit_writing(i, [f"u{i:02d}.txt"], 0) for i in range(3)]
+    for i in (1, 2):
+        units[i]["lanes"]["coder"]["command"] = after(
+            repo, 1, f"unit=u{i - 1:02d}", lane_waits_for) + units[i]["lanes"]["coder"][
+            "command"]
+    plan = recording_plan(tmp_path, units)
+    res = wtmesh("run", plan, "--json", "--batch", "auto", "--sandbox", "none", cwd=repo,
                  env={"WTMESH_LANDING_WINDOW_S": window})
     assert res.returncode == 0, res.stderr
     assert len((tmp_path / "proofs").read_text().split()) == proofs
@@ -283,19 +302,26 @@ exec "$REAL_GIT" "$@"
 def test_after_a_failure_the_rest_go_round_with_the_units_ready_since(
         tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo")
-    # u00..u03 are ready together (u00 is slow); u01 breaks the proof. Bisecting that
-    # batch takes three 0.5 s proofs, during which u04 becomes ready: u02 and u03 are
-    # then proven with it, once, not once without it and once more for it.
-    units = [unit_writing(i, [f"u{i:02d}.txt"] + (["broken.txt"] if i == 1 else []),
-                          {0: 1.5, 4: 2.2}.get(i, 0.2)) for i in range(5)]
+    # u00..u03 are ready together (u00's lane ends once the other three wait to land);
+    # u01 breaks the proof. u04 becomes ready during the bisection of that batch (its
+    # lane ends once the second proof has started, and the proof of u00 alone waits for
+    # it): u02 and u03 are then proven with it, once, not once without it and once more
+    # for it.
+    units = [unit_writing(i, [f"u{i:02d}.txt"] + (["broken.txt"] if i == 1 else []), 0)
+             for i in range(5)]
+    for i, waits_for in ((0, after(repo, 3, "event=unit_state", "phase=waiting")),
+                         (4, after(repo, 2, "event=proof_started"))):
+        units[i]["lanes"]["coder"]["command"] = waits_for + units[i]["lanes"]["coder"][
+            "command"]
     proofs = tmp_path / "proofs"
-    proof = (f"sleep 0.5; t=$(git rev-parse HEAD^{{tree}}); "
+    u04_ready = after(repo, 1, "event=unit_state", "unit=u04", "phase=waiting")
+    proof = (f"if [ ! -e u01.txt ]; then {u04_ready} :; fi; t=$(git rev-parse HEAD^{{tree}}); "
              f"if [ -e broken.txt ]; then echo \"$t fail\" >> {proofs}; exit 1; fi; "
              f"echo \"$t pass\" >> {proofs}")
     plan = tmp_path / "plan.json"
-    plan.write_text(json.dumps({"max_active": 5, "proof_command": proof, "units": units,
-                                "sandbox_writable": [str(tmp_path)]}))
-    summary = run(repo, plan, "--batch", "auto")
+    plan.write_text(json.dumps({"max_active": 5, "proof_command": proof, "units": units}))
+    # Unsandboxed: the lanes and the proof read the run's ledger, which the sandbox hides.
+    summary = run(repo, plan, "--batch", "auto", "--sandbox", "none")
     assert [u["status"] for u in summary["units"]] == [
         "integrated", "failed", "integrated", "integrated", "integrated"]
     ledger = repo / ".git/wtmesh/runs" / summary["run_id"] / "ledger.jsonl"
