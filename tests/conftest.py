@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +22,35 @@ LANES = Path(__file__).resolve().parent / "lanes"
 PY = sys.executable
 
 
+class _ApiStandIn:
+    """A port on 127.0.0.1 that accepts connections and closes them: where every
+    preset's model API points in the tests, so that a preset's check that its API can be
+    reached never goes to the internet (the real-CLI tests point them at a scripted
+    server instead)."""
+
+    def __init__(self) -> None:
+        self._socket = socket.create_server(("127.0.0.1", 0), backlog=128)
+        self.url = f"http://127.0.0.1:{self._socket.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            connection, _ = self._socket.accept()
+            connection.close()
+
+
+API_STAND_IN = _ApiStandIn()
+# Each CLI's base-URL variable (AGENT-CLIS.md, "Pointing each CLI at a model server").
+API_BASE_VARIABLES = ("ANTHROPIC_BASE_URL", "GOOGLE_GEMINI_BASE_URL", "OPENAI_BASE_URL",
+                      "OPENAI_API_BASE")
+
+
 def make_hermetic(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
     """No user or system git config, a fixed identity and dates: every test sees the same
-    git whatever machine it runs on."""
+    git whatever machine it runs on. No model API on the internet either."""
     home.mkdir(parents=True, exist_ok=True)
+    for variable in API_BASE_VARIABLES:
+        monkeypatch.setenv(variable, API_STAND_IN.url)
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
     monkeypatch.setenv("GIT_CONFIG_GLOBAL", "/dev/null")

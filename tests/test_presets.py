@@ -18,7 +18,7 @@ from fake_clis.harness import NAMES, PresetLane, git_only
 
 from worktree_mesh import plan as plan_mod
 from worktree_mesh import presets
-from worktree_mesh.presets.base import Lane, Transcript
+from worktree_mesh.presets.base import Lane, Transcript, Usage
 from worktree_mesh.presets.outcome import decide
 from worktree_mesh.presets.prompt import VERDICT_MARKER, find_marked_verdict, is_question
 
@@ -391,3 +391,15 @@ def test_precedence_denial_before_cap_before_error(tmp_path: Path) -> None:
     assert decide(lane, both, changed=True).failure_code == "lane_failed"
     both.unavailable = "401"
     assert decide(lane, both, changed=True).failure_code == "tooling_unavailable"
+
+
+@pytest.mark.parametrize("changed", [True, False])
+def test_what_the_cli_spent_is_in_the_result_whatever_the_decision(tmp_path: Path,
+                                                                   changed: bool) -> None:
+    lane = Lane(preset="claude", role="coder", unit={"id": "u1", "objective": "o"},
+                worktree=tmp_path, result_path=tmp_path / "r.json", work_dir=tmp_path / "w",
+                diff=None)
+    spent = Usage(tokens_in=1200, tokens_out=80, cost_usd=0.0123)
+    record = decide(lane, Transcript(message="m", usage=spent), changed=changed).record("u1")
+    assert record["usage"] == {"tokens_in": 1200, "tokens_out": 80, "cost_usd": 0.0123}
+    assert "usage" not in decide(lane, Transcript(message="m"), changed=changed).record("u1")

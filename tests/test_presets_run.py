@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from conftest import PROOF, git, state_dir, wtmesh
 from fake_clis.harness import FAKES, FLAG_ERROR, NAMES, git_only, install
+from model_server import closed_port
 
 EDIT = "calc/extra.py=VALUE = 1\\n"
 
@@ -27,10 +28,10 @@ def plan_for(coder: dict[str, Any], fixer: dict[str, Any] | None = None) -> dict
 
 
 def run(repo: Path, plan: Path, tmp_path: Path, *, path: str | None = None,
-        **fake: str) -> dict[str, Any]:
+        env: dict[str, str] | None = None, **fake: str) -> dict[str, Any]:
     env = {"PATH": path or f"{install(tmp_path / 'fakebin')}{os.pathsep}{os.environ['PATH']}",
            "FAKE_EDIT": EDIT, "FAKE_SCENARIO": "success", "FAKE_RECORD": "",
-           **{f"FAKE_{k.upper()}": v for k, v in fake.items()}}
+           **{f"FAKE_{k.upper()}": v for k, v in fake.items()}, **(env or {})}
     res = wtmesh("run", plan, "--json", cwd=repo, env=env)
     assert "Traceback" not in res.stderr, res.stderr
     assert res.returncode in (0, 1), res.stderr
@@ -101,6 +102,25 @@ def test_missing_cli_fails_the_unit_as_tooling_unavailable(
     unit = only_unit(summary)
     assert (unit["status"], unit["failure_code"]) == ("rejected", "tooling_unavailable")
     assert unit["attempts"] == 1  # not worth a retry
+
+
+@pytest.mark.parametrize(("preset", "variable"), [("claude", "ANTHROPIC_BASE_URL"),
+                                                 ("gemini", "GOOGLE_GEMINI_BASE_URL")])
+def test_an_unreachable_model_api_fails_at_once_and_is_not_retried(
+        repo: Path, write_plan: Any, tmp_path: Path, preset: str, variable: str) -> None:
+    """Nothing listens where the API should be: the CLI is never started (it would retry
+    until the lane's timeout), the unit fails tooling_unavailable in one line, once."""
+    record = tmp_path / "calls.jsonl"
+    summary = run(repo, write_plan(plan_for({"preset": preset, "retries": 2})), tmp_path,
+                  record=str(record), env={variable: f"http://127.0.0.1:{closed_port()}"})
+    unit = only_unit(summary)
+    assert (unit["status"], unit["failure_code"]) == ("rejected", "tooling_unavailable")
+    assert unit["attempts"] == 1
+    assert "result: reject (tooling_unavailable): cannot reach the model API: 127.0.0.1:" \
+        in lane_log(repo, summary, "coder-1")
+    calls = [json.loads(line)["argv"] for line in record.read_text().splitlines()] \
+        if record.exists() else []
+    assert all("--version" in argv for argv in calls), calls  # only its version was asked
 
 
 def test_turn_cap_is_not_retried(repo: Path, write_plan: Any, tmp_path: Path) -> None:

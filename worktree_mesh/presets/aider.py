@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 from .. import proc
 from ..scope import Scope
@@ -81,6 +82,9 @@ class Aider:
             argv += ["--model", lane.model]
         argv += [*lane.args, *scope_files(lane)]
         return Invocation(tuple(argv))
+
+    def api_url(self, lane: Lane, env: Mapping[str, str]) -> str | None:
+        return None  # the provider is chosen by configuration wtmesh does not read yet
 
     def read(self, lane: Lane, done: Completed) -> Transcript:
         output = done.stdout

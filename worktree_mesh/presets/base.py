@@ -88,6 +88,20 @@ class Transcript:
     schema_failed: str | None = None  # the CLI could not produce the verdict's shape
     error: str | None = None  # any other failure the CLI reported
     verdict: Any = None  # a structured verdict (schema feature), when the CLI has one
+    usage: Usage | None = None  # tokens and cost, as the CLI reported them (SPEC 17)
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What one lane attempt spent, as its CLI said (None: it did not say)."""
+
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    cost_usd: float | None = None
+
+    def record(self) -> dict[str, Any]:
+        return {"tokens_in": self.tokens_in, "tokens_out": self.tokens_out,
+                "cost_usd": self.cost_usd}
 
 
 class Preset(Protocol):
@@ -100,6 +114,12 @@ class Preset(Protocol):
     def invocation(self, lane: Lane) -> Invocation: ...
 
     def read(self, lane: Lane, done: Completed) -> Transcript: ...
+
+    def api_url(self, lane: Lane, env: Mapping[str, str]) -> str | None:
+        """The model API the CLI will call with this lane and environment (a base URL),
+        so that the runner can say at once when it cannot be reached instead of letting
+        the CLI retry until the lane's timeout; None when it cannot be told."""
+        ...
 
 
 # Failure text that means the CLI cannot be used as configured (no key, not logged in, a

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from .base import (
@@ -98,6 +99,9 @@ class Claude:
         argv += lane.args
         env = {"DISABLE_AUTOUPDATER": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}
         return Invocation(tuple(argv), env=env, stdin=lane.prompt_path)
+
+    def api_url(self, lane: Lane, env: Mapping[str, str]) -> str | None:
+        return env.get("ANTHROPIC_BASE_URL") or "https://api.anthropic.com"
 
     def read(self, lane: Lane, done: Completed) -> Transcript:
         t = Transcript()

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from .base import (
@@ -50,6 +51,9 @@ class Codex:
             argv += ["-m", lane.model]
         argv += [*lane.args, "-"]
         return Invocation(tuple(argv), stdin=lane.prompt_path)
+
+    def api_url(self, lane: Lane, env: Mapping[str, str]) -> str | None:
+        return None  # the provider is chosen by configuration wtmesh does not read yet
 
     def read(self, lane: Lane, done: Completed) -> Transcript:
         t = Transcript()

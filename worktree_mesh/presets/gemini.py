@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,9 @@ class Gemini:
         argv += lane.args
         env = {"GEMINI_CLI_SYSTEM_SETTINGS_PATH": str(path), "GEMINI_TRUST_WORKSPACE": "true"}
         return Invocation(tuple(argv), env=env, stdin=lane.prompt_path)
+
+    def api_url(self, lane: Lane, env: Mapping[str, str]) -> str | None:
+        return env.get("GOOGLE_GEMINI_BASE_URL") or "https://generativelanguage.googleapis.com"
 
     def read(self, lane: Lane, done: Completed) -> Transcript:
         t = Transcript()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from .base import (
@@ -89,6 +90,9 @@ class Opencode:
         env = {"OPENCODE_DISABLE_AUTOUPDATE": "1", "OPENCODE_CONFIG_CONTENT": config(lane),
                "OPENCODE_PERMISSION": json.dumps(PERMISSION)}
         return Invocation(tuple(argv), env=env, stdin=lane.prompt_path)
+
+    def api_url(self, lane: Lane, env: Mapping[str, str]) -> str | None:
+        return None  # the provider is chosen by configuration wtmesh does not read yet
 
     def read(self, lane: Lane, done: Completed) -> Transcript:
         t = Transcript()

@@ -23,10 +23,11 @@ around it: the fix is a permission, not a bigger cap.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from .base import Lane, Transcript
+from .base import Lane, Transcript, Usage
 from .prompt import DEFAULT_REJECT_CODE, VERDICT_CODES, is_question, parse_verdict_text
 
 MAX_NOTES = 2000
@@ -37,11 +38,16 @@ class Outcome:
     decision: str  # accept | reject | no_diff
     failure_code: str | None
     notes: str
+    usage: Usage | None = None
 
     def record(self, unit_id: str) -> dict[str, Any]:
         # The preset does not run the proof: the integrator does, on the integrated tree.
-        return {"id": unit_id, "decision": self.decision, "proof_status": "skipped",
-                "failure_code": self.failure_code, "notes": self.notes[:MAX_NOTES]}
+        record: dict[str, Any] = {"id": unit_id, "decision": self.decision,
+                                  "proof_status": "skipped", "failure_code": self.failure_code,
+                                  "notes": self.notes[:MAX_NOTES]}
+        if self.usage is not None:
+            record["usage"] = self.usage.record()
+        return record
 
 
 def reject(code: str, notes: str) -> Outcome:
@@ -49,6 +55,12 @@ def reject(code: str, notes: str) -> Outcome:
 
 
 def decide(lane: Lane, transcript: Transcript, *, changed: bool) -> Outcome:
+    """The lane's result, carrying what the CLI said it spent, whatever the decision."""
+    outcome = _decide(lane, transcript, changed=changed)
+    return dataclasses.replace(outcome, usage=transcript.usage)
+
+
+def _decide(lane: Lane, transcript: Transcript, *, changed: bool) -> Outcome:
     t = transcript
     if t.unavailable:
         return reject("tooling_unavailable", f"{lane.preset}: {t.unavailable}")

@@ -9,14 +9,18 @@ copied line by line into the lane's logs while the runner keeps it for parsing.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fnmatch
 import importlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
+import urllib.parse
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
@@ -28,6 +32,7 @@ from .outcome import Outcome, decide, reject
 from .prompt import VERDICT_SCHEMA, render
 
 VERSION_TIMEOUT_S = 60.0
+API_CONNECT_TIMEOUT_S = 10.0
 STDERR_TAIL = 8192
 _GIT = ("git", "-c", "core.hooksPath=/dev/null")
 
@@ -105,6 +110,31 @@ def probe_version(binary: str) -> str:
     if done.returncode != 0:
         raise OSError(f"`{binary} --version` exited {done.returncode}: {first_line(text)}")
     return first_line(text, "(no version printed)")
+
+
+def api_unreachable(url: str | None) -> str | None:
+    """Why nothing answers at ``url``'s host and port (a TCP connection, through a proxy
+    the environment names, if any, is not tried: then None), or None when something does.
+    Offline, or with a base URL pointing nowhere, the CLIs retry with backoff until the
+    lane's timeout (codex and gemini for ever): a lane must end at once instead, and not
+    be retried."""
+    if not url:
+        return None
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname
+    if not host or urllib.request.getproxies().get(parts.scheme or "https"):
+        return None
+    port = parts.port or (80 if parts.scheme == "http" else 443)
+    where = f"{host}:{port}"
+    try:
+        with socket.create_connection((host, port), timeout=API_CONNECT_TIMEOUT_S):
+            return None
+    except socket.gaierror as exc:
+        return f"{where} (the name does not resolve: {exc.strerror or exc})"
+    except TimeoutError:
+        return f"{where} (no answer in {API_CONNECT_TIMEOUT_S:g} s)"
+    except OSError as exc:
+        return f"{where} ({exc.strerror or exc})"
 
 
 def _pump(src: IO[bytes], sinks: Sequence[IO[bytes]], tail: bytearray | None) -> None:
@@ -193,8 +223,11 @@ def attempt(lane: Lane, preset: Preset) -> Outcome:
     if lane.role == "fixer":
         lane.schema_path.write_text(json.dumps(VERDICT_SCHEMA, indent=2) + "\n", "utf-8")
     call = preset.invocation(lane)
-    log("running: " + " ".join(call.argv) + (f" < {call.stdin}" if call.stdin else ""))
     env = {**os.environ, **call.env}
+    unreachable = api_unreachable(preset.api_url(lane, env))
+    if unreachable:
+        return reject("tooling_unavailable", f"cannot reach the model API: {unreachable}")
+    log("running: " + " ".join(call.argv) + (f" < {call.stdin}" if call.stdin else ""))
     before = head(lane.worktree)
     try:
         done = run_cli([binary, *call.argv[1:]], cwd=lane.worktree, env=env,
@@ -217,7 +250,7 @@ def attempt(lane: Lane, preset: Preset) -> Outcome:
                       f"{first_line(str(exc), 'no detail')})")
     outcome = decide(lane, transcript, changed=has_changes(lane.worktree))
     if undone:
-        outcome = Outcome(outcome.decision, outcome.failure_code, f"{outcome.notes} ({undone})")
+        outcome = dataclasses.replace(outcome, notes=f"{outcome.notes} ({undone})")
     return outcome
 
 
