@@ -13,6 +13,7 @@ import pytest
 from conftest import git, wtmesh
 from fake_clis.harness import git_only, install
 
+from worktree_mesh.presets.versions import TESTED
 from worktree_mesh.starter import detect_proofs
 
 
@@ -127,15 +128,27 @@ def test_preset_defaults_to_an_agent_cli_on_path(tmp_path: Path) -> None:
     bin_dir = install(git_only(tmp_path / "bin"), "gemini", "opencode")
     res = init(repo, env={"PATH": str(bin_dir)})
     assert res.returncode == 0, res.stderr
-    assert "coder: preset gemini  (found on PATH)" in res.stdout
+    assert ("coder: preset gemini  (found on PATH: gemini 0.40.0 (untested: the presets were "
+            "tested with 0.61.0))") in res.stdout
     assert written(repo)["lanes"]["coder"]["preset"] == "gemini"
+
+
+def test_init_says_when_the_cli_is_the_version_the_presets_were_tested_with(
+        tmp_path: Path) -> None:
+    repo = new_repo(tmp_path / "shop", PYTHON_REPO)
+    bin_dir = install(git_only(tmp_path / "bin"), "claude")
+    res = init(repo, env={"PATH": str(bin_dir), "FAKE_VERSION": TESTED["claude"].version})
+    assert res.returncode == 0, res.stderr
+    assert (f"coder: preset claude  (found on PATH: claude {TESTED['claude'].version} "
+            "(tested))") in res.stdout
 
 
 def test_no_agent_cli_on_path_still_writes_a_valid_plan(tmp_path: Path) -> None:
     repo = new_repo(tmp_path / "shop", {"README.md": "hello\n"})
     res = init(repo, env={"PATH": str(git_only(tmp_path / "bin"))})
     assert res.returncode == 0, res.stderr
-    assert "coder: preset codex  (not on PATH: install it before `wtmesh run`)" in res.stdout
+    assert ("coder: preset codex  (not on PATH: install it before `wtmesh run`: "
+            f"npm install -g @openai/codex@{TESTED['codex'].version})") in res.stdout
     assert "proof: none found" in res.stdout
     assert "proof_command" not in written(repo)
     assert wtmesh("validate", "plan.json", cwd=repo).returncode == 0

@@ -21,6 +21,7 @@ from worktree_mesh import presets
 from worktree_mesh.presets.base import Lane, Transcript, Usage
 from worktree_mesh.presets.outcome import decide
 from worktree_mesh.presets.prompt import VERDICT_MARKER, find_marked_verdict, is_question
+from worktree_mesh.presets.versions import TESTED
 
 EDIT = "calc/extra.py=VALUE = 1\\n"
 
@@ -403,3 +404,13 @@ def test_what_the_cli_spent_is_in_the_result_whatever_the_decision(tmp_path: Pat
     record = decide(lane, Transcript(message="m", usage=spent), changed=changed).record("u1")
     assert record["usage"] == {"tokens_in": 1200, "tokens_out": 80, "cost_usd": 0.0123}
     assert "usage" not in decide(lane, Transcript(message="m"), changed=changed).record("u1")
+
+
+def test_the_readme_names_the_versions_the_presets_are_tested_with() -> None:
+    """The versions live in versions.py; the README's table must say the same."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    rows = {cells[0].strip(): cells for line in readme.splitlines()
+            if line.startswith("| ") and len(cells := line.strip("|").split("|")) == 4}
+    for name, pinned in TESTED.items():
+        assert rows[name][2].strip() == pinned.version, name
+        assert rows[name][3].strip() == f"`{pinned.install_command}`", name

@@ -16,6 +16,8 @@ from conftest import PROOF, git, state_dir, wtmesh
 from fake_clis.harness import FAKES, FLAG_ERROR, NAMES, git_only, install
 from model_server import closed_port
 
+from worktree_mesh.presets.versions import TESTED
+
 EDIT = "calc/extra.py=VALUE = 1\\n"
 
 
@@ -182,3 +184,29 @@ def test_preset_args_take_placeholders(repo: Path, write_plan: Any, tmp_path: Pa
                                  "-"]
     assert call["env"]["WTMESH_LANE"] == "coder" and call["env"]["WTMESH_UNIT_ID"] == "u1"
     assert "Add a constant" in call["prompt"] and "- `calc/`" in call["prompt"]
+
+
+@pytest.mark.parametrize("tested", [True, False])
+def test_the_first_line_names_each_cli_version_and_warns_of_an_untested_one(
+        repo: Path, write_plan: Any, tmp_path: Path, tested: bool) -> None:
+    """The run's first line names the version of each preset's CLI and whether the presets
+    were tested with it; an untested one gets a warning, and the run goes on."""
+    plan = write_plan(plan_for({"preset": "claude"}, {"preset": "gemini"}))
+    env = {"PATH": f"{install(tmp_path / 'fakebin')}{os.pathsep}{os.environ['PATH']}",
+           "FAKE_EDIT": EDIT, "FAKE_SCENARIO": "success", "FAKE_RECORD": ""}
+    if tested:
+        env["FAKE_VERSION"] = TESTED["claude"].version  # gemini's fake says its own
+    res = wtmesh("run", plan, cwd=repo, env=env)
+    assert res.returncode == 0, res.stderr
+    first = res.stdout.splitlines()[0]
+    claude = (f"claude {TESTED['claude'].version} (tested)" if tested else
+              f"claude 2.1.0 (untested: the presets were tested with "
+              f"{TESTED['claude'].version})")
+    assert first.endswith(f"; {claude}, gemini "
+                          + (TESTED["claude"].version if tested else "0.40.0")
+                          + f" (untested: the presets were tested with "
+                            f"{TESTED['gemini'].version})"), first
+    warnings = [line for line in (res.stdout + res.stderr).splitlines()
+                if line.startswith("wtmesh: warning: ")]
+    assert [w.split()[2] for w in warnings] == (["gemini"] if tested else ["claude", "gemini"])
+    assert "1 integrated" in res.stdout

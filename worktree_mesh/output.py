@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from . import sandbox
 from .cleanup import GcReport
 from .integrator import wait_message
+from .presets import versions
 from .series_check import REVIEWER_AM
 from .text import printable, printable_data
 
@@ -51,7 +52,7 @@ def _describe(record: dict[str, Any]) -> str | None:
         return (f"run {record['run_id']}: {len(record['units'])} units, "
                 f"{record['delivery_mode']} onto {record['target']} "
                 f"from {record['base'][:12]}, {record['max_active']} at a time"
-                + sandbox_note(record))
+                + sandbox_note(record) + preset_note(record))
     if event == "warning":
         return f"wtmesh: warning: {record['message']}"
     if event == "backpressure":
@@ -106,6 +107,16 @@ def sandbox_note(record: dict[str, Any]) -> str:
     """The run's first line says whether its lanes are sandboxed, and if not, why."""
     said = record.get("sandbox")
     return f"; {sandbox.describe(said)}" if isinstance(said, dict) else ""
+
+
+def preset_note(record: dict[str, Any]) -> str:
+    """Each preset's CLI version, and whether the presets were tested with it."""
+    said = record.get("presets")
+    if not isinstance(said, dict) or not said:
+        return ""
+    return "; " + ", ".join(
+        versions.Installed(name, info.get("version"), info.get("problem")).describe()
+        for name, info in said.items() if name in versions.TESTED and isinstance(info, dict))
 
 
 def first_line(text: str) -> str:

@@ -31,6 +31,7 @@ from .git import Git, Sha
 from .integrator import Integrator, Landing, target_worktree
 from .ledger import Ledger
 from .plan import Unit, integration_order
+from .presets import versions
 from .readiness import FINAL_STATES, Readiness
 from .repo_guard import RepoGuard
 from .report import render_report
@@ -252,6 +253,7 @@ class Run:
                      json.dumps(self.options.plan.raw, indent=2).encode() + b"\n")
         self.ledger = Ledger(self.run_dir.ledger, self.run_id)
         opts = self.options
+        clis = self._preset_clis()
         self.emit("run_started", plan=str(opts.plan.path), delivery_mode=opts.delivery_mode,
                   target=opts.target, base=opts.base, max_active=opts.max_active,
                   budget=opts.budget, batch=opts.batch,
@@ -260,9 +262,20 @@ class Run:
                   patch_dir=str(self.patch_dir) if self.patch_dir else None,
                   units=[u.id for u in self.order], pid=os.getpid(),
                   repo=str(opts.repo.toplevel) if opts.repo.toplevel else None,
-                  sandbox=opts.sandbox.as_record())
+                  sandbox=opts.sandbox.as_record(),
+                  presets={cli.preset: cli.record() for cli in clis})
+        for cli in clis:  # flags and output formats drift between releases
+            if cli.version is not None and not cli.tested:
+                self.emit("warning", message=f"{cli.describe()}; it may not behave as the "
+                          f"{cli.preset} preset expects")
         self.integrator.start_patch_series()
         self._watch_repo()
+
+    def _preset_clis(self) -> list[versions.Installed]:
+        """The CLI of each preset the plan uses, as found on PATH."""
+        return versions.installed_all(
+            lane.preset for unit in self.order for lane in (unit.coder, unit.fixer)
+            if lane is not None and lane.preset is not None)
 
     def resume(self, recovery: Recovery) -> None:
         """Continue an interrupted run: stop what it left running, undo a half-done move of

@@ -21,7 +21,7 @@ import click
 from . import plan as plan_mod
 from .errors import EnvironmentRefused, UsageError
 from .git import Git, NotARepository, discover
-from .presets import PRESETS
+from .presets import PRESETS, versions
 from .state import write_atomic
 
 PLAN_NAME = "plan.json"
@@ -46,6 +46,7 @@ class Starter:
     preset: str
     preset_found: bool
     also: tuple[Proof, ...] = field(default_factory=tuple)  # other candidates found
+    cli: versions.Installed | None = None  # the preset's CLI, when found
 
 
 def _read(path: Path) -> str:
@@ -149,7 +150,8 @@ def build(root: Path, git: Git, preset: str | None) -> Starter:
     plan = starter_plan(proof, name, setup)
     problems = plan_mod.problems(plan)
     assert not problems, problems  # a bug in this module, not in the user's repository
-    return Starter(root / PLAN_NAME, plan, proof, name, found, tuple(proofs[1:]))
+    return Starter(root / PLAN_NAME, plan, proof, name, found, tuple(proofs[1:]),
+                   versions.installed(name) if found else None)
 
 
 def init(repo: Path | None, preset: str | None, force: bool) -> Starter:
@@ -179,8 +181,9 @@ def describe(starter: Starter) -> list[str]:
                      "set proof_command so every change is tested before it lands")
     for other in starter.also:
         lines.append(f"         also possible: {other.command}  ({other.why})")
-    where = ("found on PATH" if starter.preset_found
-             else "not on PATH: install it before `wtmesh run`")
+    where = (f"found on PATH: {starter.cli.describe()}" if starter.cli is not None
+             else f"not on PATH: install it before `wtmesh run`: "
+                  f"{versions.TESTED[starter.preset].install_command}")
     lines.append(f"  coder: preset {starter.preset}  ({where})")
     if "setup" in starter.plan:
         lines.append("  setup: node_modules copied into each worktree")

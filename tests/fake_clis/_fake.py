@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -34,7 +35,9 @@ class Fake:
             if self.scenario == "badversion":
                 sys.stderr.write(f"{name}: broken install\n")
                 sys.exit(1)
-            print(version)
+            # FAKE_VERSION: the number to claim, in this CLI's own way of printing it.
+            claimed = os.environ.get("FAKE_VERSION")
+            print(re.sub(r"\d+\.\d+\.\d+", claimed, version) if claimed else version)
             sys.exit(0)
 
     @property
