@@ -155,7 +155,7 @@ def test_turn_or_budget_cap_is_timeout_retry_exhausted(
 @pytest.mark.parametrize(("name", "says"), [
     ("codex", "command `bash -lc 'curl https://example.com'`"),
     ("claude", "Bash `npm install left-pad`"),
-    ("gemini", "1 tool call(s) needing approval"),
+    ("gemini", "run_shell_command `git push origin main`"),
     ("opencode", "bash"),
 ])
 def test_permission_denial_requires_clarification(lane: PresetLane, name: str,
@@ -233,21 +233,36 @@ def test_claude_argv(lane: PresetLane) -> None:
 
 
 def test_gemini_argv_and_settings(lane: PresetLane, tmp_path: Path) -> None:
-    admin = tmp_path / "admin-settings.json"
-    admin.write_text(json.dumps({"tools": {"exclude": ["web_fetch"]},
-                                 "security": {"auth": {"selectedType": "gemini-api-key"}}}))
+    user_home = tmp_path / "user"
+    (user_home / ".gemini").mkdir(parents=True)
+    (user_home / ".gemini" / "settings.json").write_text(json.dumps(
+        {"ui": {"hideTips": True}, "model": {"maxSessionTurns": 500}}))
     call = lane.run("gemini", "--model=gemini-2.5-pro", "--max-turns=9", edit=EDIT,
-                    extra_env={"GEMINI_CLI_SYSTEM_SETTINGS_PATH": str(admin)}).call
+                    extra_env={"HOME": str(user_home)}).call
     assert call["argv"] == ["-p", "Follow the task given on stdin.", "--approval-mode", "yolo",
-                            "-o", "json", "-m", "gemini-2.5-pro"]
+                            "-o", "stream-json", "-m", "gemini-2.5-pro"]
     settings = call["settings"]
     assert settings["model"]["maxSessionTurns"] == 9
     assert settings["privacy"]["usageStatisticsEnabled"] is False
-    # An administrator's settings stay underneath ours.
-    assert "web_fetch" in settings["tools"]["exclude"]
-    assert "run_shell_command(git push)" in settings["tools"]["exclude"]
+    assert settings["telemetry"]["enabled"] is False
+    # The user's own settings stay underneath ours; an API key is the auth chosen.
+    assert settings["ui"] == {"hideTips": True}
     assert settings["security"]["auth"]["selectedType"] == "gemini-api-key"
-    assert call["env"]["GEMINI_TRUST_WORKSPACE"] == "true"
+    assert call["env"]["GEMINI_CLI_TRUST_WORKSPACE"] == "true"
+    home = Path(call["env"]["GEMINI_CLI_HOME"])
+    assert home == lane.unit_dir / "coder-1.preset" / "gemini-home"
+    assert "GEMINI_CLI_SYSTEM_SETTINGS_PATH" not in call["env"]
+
+
+def test_gemini_keeps_the_auth_the_user_chose(lane: PresetLane, tmp_path: Path) -> None:
+    user_home = tmp_path / "user"
+    (user_home / ".gemini").mkdir(parents=True)
+    (user_home / ".gemini" / "settings.json").write_text(json.dumps(
+        {"security": {"auth": {"selectedType": "vertex-ai"}}}))
+    chosen = lane.run("gemini", edit=EDIT, extra_env={"HOME": str(user_home)}).call
+    assert chosen["settings"]["security"]["auth"]["selectedType"] == "vertex-ai"
+    by_env = lane.run("gemini", edit=EDIT, extra_env={"GOOGLE_GENAI_USE_VERTEXAI": "true"}).call
+    assert "security" not in by_env["settings"]
 
 
 def test_opencode_argv_and_configuration(lane: PresetLane) -> None:

@@ -45,7 +45,9 @@ INIT_EXIT_TIMEOUT_S = 30.0
 PRESET_WRITABLE: Mapping[str, tuple[str, ...]] = {
     "claude": ("~/.claude", "~/.cache/claude"),
     "codex": ("~/.codex",),
-    "gemini": ("~/.gemini",),
+    # gemini: nothing in HOME; the preset gives it a home of the lane's own (GEMINI_CLI_HOME
+    # in the lane's work directory, writable already).
+    "gemini": (),
     "opencode": ("~/.local/share/opencode", "~/.config/opencode", "~/.cache/opencode",
                  "~/.local/state/opencode"),
     "aider": ("~/.aider", "~/.cache/aider"),
