@@ -96,18 +96,19 @@ def run_gemini(repo: Path, tmp_path: Path, gemini_bin: Path,
 
     def run(turns: Iterable[Turn], *, coder: dict[str, Any] | None = None,
             fixer: dict[str, Any] | None = None, key: str | None = "fake-key",
-            base_url: str | None = None) -> Run:
+            base_url: str | None = None, sandbox_mode: str = "auto") -> Run:
         server = Timed(turns).__enter__()
         servers.append(server)
         env = {"PATH": f"{gemini_bin}{os.pathsep}{os.environ['PATH']}",
                "GOOGLE_GEMINI_BASE_URL": base_url or server.url,
                **({"GEMINI_API_KEY": key} if key else {})}
         started = time.monotonic()
-        res = wtmesh("run", plan_for(tmp_path, coder, fixer), "--json", cwd=repo, env=env,
-                     timeout=3 * TIMEOUT_S)
+        res = wtmesh("run", plan_for(tmp_path, coder, fixer), "--json",
+                     "--sandbox", sandbox_mode, cwd=repo, env=env, timeout=3 * TIMEOUT_S)
         assert "Traceback" not in res.stderr, res.stderr
         assert res.returncode in (0, 1), res.stderr
-        assert "lanes sandboxed (bwrap)" in res.stderr.splitlines()[0]
+        sandboxed = "lanes sandboxed (bwrap)" in res.stderr.splitlines()[0]
+        assert sandboxed == (sandbox_mode != "none"), res.stderr
         return Run(repo, res.json(), server, started, res.stderr)
 
     yield run
@@ -192,11 +193,16 @@ def test_a_git_commit_is_denied_and_requires_clarification(run_gemini: Any) -> N
     assert "denied by policy" in answer and "must not stage, commit" in answer
 
 
-def test_the_turn_cap_ends_a_run_that_keeps_calling_tools(run_gemini: Any) -> None:
+@pytest.mark.parametrize("sandbox_mode", ["auto", "none"])
+def test_the_turn_cap_ends_a_run_that_keeps_calling_tools(run_gemini: Any,
+                                                          sandbox_mode: str) -> None:
     """model.maxSessionTurns takes effect (the settings are read): gemini stops after 3
-    turns with exit 53, the unit fails timeout_retry_exhausted and is not retried."""
+    turns with exit 53, the unit fails timeout_retry_exhausted and is not retried.
+    Unsandboxed too: there the lane's files lie under the host's /tmp (group- and
+    other-writable), where gemini skips a system settings file even for root; in the
+    sandbox's private /tmp, root alone would get away with one."""
     endless = [ToolCall("run_shell_command", {"command": f"echo step {i}"}) for i in range(12)]
-    ran = run_gemini(endless, coder={"max_turns": 3, "retries": 1})
+    ran = run_gemini(endless, coder={"max_turns": 3, "retries": 1}, sandbox_mode=sandbox_mode)
     assert (ran.unit["status"], ran.unit["failure_code"]) == (
         "rejected", "timeout_retry_exhausted"), ran.unit
     assert ran.unit["attempts"] == 1
