@@ -7,9 +7,11 @@ formats drift between releases, so an untested version may still work, or may no
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -81,9 +83,7 @@ def installed(preset: str, path: str | None = None) -> Installed:
     if binary is None:
         return Installed(preset, None, "not on PATH")
     try:
-        done = subprocess.run([binary, "--version"], capture_output=True,
-                              stdin=subprocess.DEVNULL, timeout=VERSION_PROBE_TIMEOUT_S,
-                              check=False)
+        done = _ask_version(binary)
     except subprocess.TimeoutExpired:
         return Installed(preset, None, f"did not say its version in "
                                        f"{VERSION_PROBE_TIMEOUT_S:g} s")
@@ -93,6 +93,16 @@ def installed(preset: str, path: str | None = None) -> Installed:
     if done.returncode != 0 or said is None:
         return Installed(preset, None, f"--version exited {done.returncode} with no version")
     return Installed(preset, said.group(1))
+
+
+def _ask_version(binary: str) -> subprocess.CompletedProcess[bytes]:
+    """``BINARY --version`` in a home of its own: asked only its version, gemini still
+    writes ~/.gemini, and asking must change nothing of the user's."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("XDG_")}
+    with tempfile.TemporaryDirectory(prefix="wtmesh-version-") as home:
+        return subprocess.run([binary, "--version"], capture_output=True,
+                              env={**env, "HOME": home}, stdin=subprocess.DEVNULL,
+                              timeout=VERSION_PROBE_TIMEOUT_S, check=False)
 
 
 def installed_all(presets: Iterable[str], path: str | None = None) -> list[Installed]:
