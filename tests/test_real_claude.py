@@ -1,0 +1,201 @@
+"""The claude preset with the real Claude Code CLI (the version pinned in
+``presets/versions.py``), through the real ``wtmesh run``, sandboxed, against the scripted
+model server speaking the Anthropic messages dialect (``wire_claude.py``).
+
+One run per case; the CLI is installed once into the cache outside the repository
+(``real_cli.py``) and skipped, with the reason, where it cannot be.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import real_cli
+from conftest import PROOF, git, state_dir, wtmesh
+from model_server import Fail, ModelServer, Text, ToolCall, Turn, closed_port
+from wire_claude import Anthropic, tool_names
+
+FAKE_KEY = "sk-ant-test-not-a-real-key"
+# Generous: two cores shared by several test runs; no test waits for it unless it fails.
+TIMEOUT_S = 240
+EXTRA = "VALUE = 1\n"
+
+
+@pytest.fixture(scope="module")
+def claude_bin() -> Path:
+    return real_cli.bin_dir("claude")
+
+
+def plan_for(coder: dict[str, Any] | None = None,
+             fixer: dict[str, Any] | None = None) -> dict[str, Any]:
+    lanes: dict[str, Any] = {"coder": {"preset": "claude", "timeout_s": TIMEOUT_S,
+                                       **(coder or {})}}
+    if fixer is not None:
+        lanes["fixer"] = {"preset": "claude", "timeout_s": TIMEOUT_S, **fixer}
+    return {"proof_command": PROOF, "lanes": lanes,
+            "units": [{"id": "u1", "objective": "Add a constant VALUE = 1 in calc/extra.py",
+                       "unit_scope": ["calc/"]}]}
+
+
+@dataclass
+class Ran:
+    summary: dict[str, Any]
+    server: ModelServer
+    model: Anthropic
+    run_dir: Path
+
+    @property
+    def unit(self) -> dict[str, Any]:
+        (unit,) = self.summary["units"]
+        return unit
+
+    def lane_log(self, lane: str = "coder-1") -> str:
+        return (self.run_dir / "units" / "u1" / f"{lane}.stdout.log").read_text()
+
+    def result(self, lane: str = "coder-1") -> dict[str, Any]:
+        record: dict[str, Any] = json.loads(
+            (self.run_dir / "units" / "u1" / f"{lane}.result.json").read_text())
+        return record
+
+    def events(self) -> list[dict[str, Any]]:
+        lines = (self.run_dir / "ledger.jsonl").read_text().splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+
+Run = Callable[..., Ran]
+
+
+@pytest.fixture
+def run(repo: Path, write_plan: Any, claude_bin: Path,
+        monkeypatch: pytest.MonkeyPatch) -> Run:
+    """``run(plan, turns, **env)``: ``wtmesh run`` with the real claude first on PATH and
+    the scripted server as its API, a fake key; ``env`` overrides (None removes)."""
+    def run_plan(plan: dict[str, Any], turns: Iterable[Turn], **env: str | None) -> Ran:
+        model = Anthropic()
+        with ModelServer(model, turns) as server:
+            monkeypatch.setenv("PATH", f"{claude_bin}{os.pathsep}{os.environ['PATH']}")
+            monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+            monkeypatch.setenv("ANTHROPIC_API_KEY", FAKE_KEY)
+            for name, value in env.items():
+                if value is None:
+                    monkeypatch.delenv(name, raising=False)
+                else:
+                    monkeypatch.setenv(name, value)
+            res = wtmesh("run", write_plan(plan), "--json", cwd=repo, timeout=TIMEOUT_S * 3)
+        assert "Traceback" not in res.stderr, res.stderr
+        assert res.returncode in (0, 1), (res.returncode, res.stderr)
+        summary: dict[str, Any] = res.json()
+        return Ran(summary, server, model, state_dir(repo) / "runs" / summary["run_id"])
+    return run_plan
+
+
+def write_extra(path: str = "calc/extra.py") -> ToolCall:
+    return ToolCall("Write", {"file_path": "{cwd}/" + path, "content": EXTRA})
+
+
+def verdict(decision: str, code: str | None, notes: str) -> ToolCall:
+    return ToolCall("StructuredOutput", {"decision": decision, "failure_code": code,
+                                         "notes": notes})
+
+
+def test_coder_edit_lands_on_main(repo: Path, run: Run) -> None:
+    """AGENT-CLIS bug 1: with worktrees outside .git, claude's Write is no "sensitive
+    file" denial; the edit lands, sandboxed."""
+    ran = run(plan_for(), [write_extra(), Text("Added VALUE.")])
+    assert (ran.unit["status"], ran.unit["failure_code"]) == ("integrated", None), ran.unit
+    assert ran.events()[0]["sandbox"]["active"]
+    assert git(repo, "show", "main:calc/extra.py") == EXTRA.strip()
+    assert git(repo, "show", "--name-only", "--format=", "main") == "calc/extra.py"
+    assert "sensitive" not in ran.lane_log()
+    print(f"\ntime to first edit: {time_to_first_edit(ran):.1f} s")
+
+
+def time_to_first_edit(ran: Ran) -> float:
+    """From the lane's start to claude's request that the server answered with the Write
+    call (a measure, printed, never asserted)."""
+    started = next(e for e in ran.events() if e["event"] == "lane_started")
+    start = dt.datetime.fromisoformat(started["ts"].replace("Z", "+00:00")).timestamp()
+    edit = ran.model.first_call_of("Write", "Edit")
+    assert edit is not None
+    return edit.at - start
+
+
+def test_fixer_accepts_through_the_schema_tool(run: Run) -> None:
+    """The fixer's --json-schema becomes claude's StructuredOutput tool; the verdict the
+    model gives through it is the lane's."""
+    ran = run(plan_for(fixer={}), [write_extra(), Text("Added VALUE."),
+                                   verdict("accept", None, "the constant is there"),
+                                   Text("Reviewed.")])
+    assert (ran.unit["status"], ran.unit["failure_code"]) == ("integrated", None), ran.unit
+    review = ran.model.first_call_of("StructuredOutput")
+    assert review is not None and "StructuredOutput" in tool_names(review.request)
+    assert "+VALUE = 1" in review.request.raw.decode()  # the coder's diff, inline
+    assert ran.result("fixer-1")["notes"] == "the constant is there"
+
+
+def test_fixer_rejects_through_the_schema_tool(repo: Path, run: Run) -> None:
+    head = git(repo, "rev-parse", "main")
+    ran = run(plan_for(fixer={}), [write_extra(), Text("Added VALUE."),
+                                   verdict("reject", "proof_missing", "nothing tests VALUE"),
+                                   Text("Reviewed.")])
+    assert (ran.unit["status"], ran.unit["failure_code"]) == ("rejected", "proof_missing")
+    assert ran.result("fixer-1")["notes"] == "nothing tests VALUE"
+    assert git(repo, "rev-parse", "main") == head
+
+
+def test_a_denied_command_asks_for_clarification(run: Run) -> None:
+    """A command off the allow-list (a commit) is denied in print mode and reported in
+    permission_denials: the unit needs a person, not a retry."""
+    commit = ToolCall("Bash", {"command": "git commit -am wip", "description": "Commit"})
+    ran = run(plan_for({"retries": 2}), [commit, Text("I could not commit.")])
+    assert (ran.unit["status"], ran.unit["failure_code"]) == (
+        "rejected", "requires_clarification"), ran.unit
+    assert ran.unit["attempts"] == 1
+    assert "Bash `git commit -am wip`" in ran.result()["notes"]
+
+
+def test_the_turn_cap_ends_the_lane(run: Run) -> None:
+    read = ToolCall("Read", {"file_path": "{cwd}/README.md"})
+    ran = run(plan_for({"max_turns": 2, "retries": 0}), [read] * 6)
+    assert (ran.unit["status"], ran.unit["failure_code"]) == (
+        "rejected", "timeout_retry_exhausted"), ran.unit
+    assert "--max-turns 2" in ran.result()["notes"]
+    assert len(ran.model.answered) < 6  # claude stopped itself, before the script ran out
+
+
+def test_no_key_is_tooling_unavailable(run: Run) -> None:
+    ran = run(plan_for({"retries": 2}), [write_extra()], ANTHROPIC_API_KEY=None)
+    assert (ran.unit["status"], ran.unit["failure_code"]) == (
+        "rejected", "tooling_unavailable"), ran.unit
+    assert ran.unit["attempts"] == 1
+    assert "Not logged in" in ran.result()["notes"]
+    assert ran.model.answered == []
+
+
+def test_an_auth_error_is_tooling_unavailable_not_retried(run: Run) -> None:
+    ran = run(plan_for({"retries": 2}), [Fail(401, "invalid x-api-key")] * 12)
+    assert (ran.unit["status"], ran.unit["failure_code"]) == (
+        "rejected", "tooling_unavailable"), ran.unit
+    assert ran.unit["attempts"] == 1
+    (refused,) = ran.model.answered
+    assert refused.request.headers.get("x-api-key") == FAKE_KEY
+
+
+def test_an_unreachable_api_fails_before_claude_runs(run: Run) -> None:
+    """Pointed at a closed port claude retries for minutes (AGENT-CLIS bug 5); the
+    runner's check ends the lane at once, with the real CLI on PATH, not retried."""
+    ran = run(plan_for({"retries": 2}), [write_extra()],
+              ANTHROPIC_BASE_URL=f"http://127.0.0.1:{closed_port()}")
+    assert (ran.unit["status"], ran.unit["failure_code"]) == (
+        "rejected", "tooling_unavailable"), ran.unit
+    assert ran.unit["attempts"] == 1
+    assert ran.result()["notes"].startswith("cannot reach the model API: 127.0.0.1:")
+    log = ran.lane_log()
+    assert "claude --version: 2." in log and "running: claude" not in log
