@@ -199,3 +199,21 @@ def test_an_unreachable_api_fails_before_claude_runs(run: Run) -> None:
     assert ran.result()["notes"].startswith("cannot reach the model API: 127.0.0.1:")
     log = ran.lane_log()
     assert "claude --version: 2." in log and "running: claude" not in log
+
+
+def test_usage_and_cost_come_from_claudes_result(run: Run) -> None:
+    """The lane's result carries what claude said it spent: every message's tokens, cache
+    writes and reads counted as input, and claude's own cost figure."""
+    ran = run(plan_for(), [write_extra(), Text("Added VALUE.")])
+    assert ran.unit["status"] == "integrated", ran.unit
+    usage = ran.result()["usage"]
+    assert usage == {**ran.model.expected_usage(),
+                     "cost_usd": claude_result(ran)["total_cost_usd"]}
+    assert usage["tokens_in"] > 0 and usage["cost_usd"] > 0
+
+
+def claude_result(ran: Ran, lane: str = "coder-1") -> dict[str, Any]:
+    """The result object claude printed (kept by the preset beside the lane's result)."""
+    kept = ran.run_dir / "units" / "u1" / f"{lane}.preset" / "cli.stdout"
+    said: dict[str, Any] = json.loads(kept.read_text())
+    return said

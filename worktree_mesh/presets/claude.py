@@ -9,7 +9,9 @@
   it, ``--max-budget-usd``; issues report the turn cap being overshot, so the lane's
   timeout stays the hard bound.
 - Output: ``--output-format json``, one result object with a ``subtype``; the fixer's
-  verdict uses ``--json-schema`` and comes back in ``structured_output``.
+  verdict uses ``--json-schema`` and comes back in ``structured_output``. What the lane
+  spent: ``total_cost_usd`` and the tokens of ``modelUsage`` (every model call: subagents
+  and internal calls too, as the cost; ``usage`` covers the main loop only).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from .base import (
     Invocation,
     Lane,
     Transcript,
+    Usage,
     first_line,
     unavailable_reason,
 )
@@ -51,6 +54,36 @@ def result_object(text: str) -> dict[str, Any] | None:
         if isinstance(value, dict) and value.get("type") == "result":
             return value
     return None
+
+
+# Cache writes and reads are input the model was given, billed as such.
+_INPUT = ("inputTokens", "cacheCreationInputTokens", "cacheReadInputTokens")
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def usage_of(result: dict[str, Any]) -> Usage | None:
+    """Tokens and cost from the result object: ``modelUsage`` summed over models (in
+    camelCase), else the main loop's ``usage`` (snake_case); None when it says neither."""
+    per_model = result.get("modelUsage")
+    models = [m for m in per_model.values() if isinstance(m, dict)] \
+        if isinstance(per_model, dict) else []
+    main = result.get("usage")
+    if not models and isinstance(main, dict):
+        models = [{"inputTokens": main.get("input_tokens"),
+                   "cacheCreationInputTokens": main.get("cache_creation_input_tokens"),
+                   "cacheReadInputTokens": main.get("cache_read_input_tokens"),
+                   "outputTokens": main.get("output_tokens")}]
+    cost = result.get("total_cost_usd")
+    cost_usd = float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) \
+        else None
+    if not models and cost_usd is None:
+        return None
+    return Usage(tokens_in=sum(_count(m.get(k)) for m in models for k in _INPUT),
+                 tokens_out=sum(_count(m.get("outputTokens")) for m in models),
+                 cost_usd=cost_usd)
 
 
 def _denial(entry: Any) -> str:
@@ -112,6 +145,7 @@ class Claude:
             t.error = f"no JSON result ({why})"
             return t
         t.message = str(result.get("result") or "")
+        t.usage = usage_of(result)
         subtype = str(result.get("subtype", ""))
         t.denials = [_denial(d) for d in result.get("permission_denials") or []]
         errors = "; ".join(str(e) for e in result.get("errors") or []) or t.message
