@@ -22,6 +22,8 @@ from conftest import PROOF, git, state_dir, wtmesh
 from model_server import Fail, ModelServer, Text, ToolCall, Turn, closed_port
 from wire_claude import Anthropic, tool_names
 
+from worktree_mesh.presets.versions import TESTED
+
 FAKE_KEY = "sk-ant-test-not-a-real-key"
 # Generous: two cores shared by several test runs; no test waits for it unless it fails.
 TIMEOUT_S = 240
@@ -217,3 +219,44 @@ def claude_result(ran: Ran, lane: str = "coder-1") -> dict[str, Any]:
     kept = ran.run_dir / "units" / "u1" / f"{lane}.preset" / "cli.stdout"
     said: dict[str, Any] = json.loads(kept.read_text())
     return said
+
+
+def test_sandboxed_claude_writes_its_config_dir_and_nothing_else(
+        run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In the sandbox HOME is read-only but ~/.claude: claude's global config (a file in
+    HOME, ~/.claude.json, replaced by rename, so it cannot be bound alone) goes into
+    ~/.claude instead, and claude saves it there; HOME gets nothing else."""
+    home = Path(os.environ["HOME"])
+    monkeypatch.setenv("WTMESH_WORKTREES", str(tmp_path / "worktrees"))  # not in HOME
+    debug = home / ".claude" / "debug.log"
+    ran = run(plan_for({"args": [f"--debug-file={debug}"]}),
+              [write_extra(), Text("Added VALUE.")])
+    assert ran.unit["status"] == "integrated", ran.unit
+    failed_writes = [line for line in debug.read_text().splitlines()
+                     if "read-only file system" in line]
+    assert failed_writes == []
+    saved = json.loads((home / ".claude" / ".claude.json").read_text())
+    assert saved["firstStartVersion"] == TESTED["claude"].version
+    assert sorted(p.name for p in home.iterdir()) == [".claude"]
+
+
+def test_sandboxed_claude_keeps_a_key_saved_by_login(run: Run) -> None:
+    """A key that ``claude /login`` saved in ~/.claude.json still signs the requests when
+    the config is moved into ~/.claude (it is carried along)."""
+    saved_key = "sk-ant-saved-by-login"
+    (Path(os.environ["HOME"]) / ".claude.json").write_text(
+        json.dumps({"primaryApiKey": saved_key}))
+    ran = run(plan_for(), [write_extra(), Text("Added VALUE.")], ANTHROPIC_API_KEY=None)
+    assert ran.unit["status"] == "integrated", ran.unit
+    assert {a.request.headers.get("x-api-key") for a in ran.model.answered} == {saved_key}
+
+
+def test_unsandboxed_claude_keeps_its_config_where_the_user_has_it(run: Run) -> None:
+    """Not sandboxed, HOME is writable: claude runs as the user runs it, with its global
+    config in ~/.claude.json (no CLAUDE_CONFIG_DIR, which would hide the user's)."""
+    home = Path(os.environ["HOME"])
+    ran = run({**plan_for(), "sandbox": "none"}, [write_extra(), Text("Added VALUE.")])
+    assert ran.unit["status"] == "integrated", ran.unit
+    assert not ran.events()[0]["sandbox"]["active"]
+    assert json.loads((home / ".claude.json").read_text())["firstStartVersion"]
+    assert not (home / ".claude" / ".claude.json").exists()

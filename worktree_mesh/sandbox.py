@@ -40,10 +40,10 @@ INIT_EXIT_TIMEOUT_S = 30.0
 # The directories each preset's CLI writes its configuration, sessions and caches to on
 # every run (SPEC 10: "presets add their CLI's own"); made when missing. Directories only:
 # a file bound alone cannot be replaced by a rename, which is how CLIs rewrite their
-# config files (claude's ~/.claude.json); such a file needs its directory in
-# ``sandbox_writable``.
+# config files; the claude preset moves claude's ~/.claude.json into ~/.claude for that
+# (CLAUDE_CONFIG_DIR). The rest of what claude writes goes to the private /tmp.
 PRESET_WRITABLE: Mapping[str, tuple[str, ...]] = {
-    "claude": ("~/.claude", "~/.cache/claude"),
+    "claude": ("~/.claude",),
     "codex": ("~/.codex",),
     # gemini: nothing in HOME; the preset gives it a home of the lane's own (GEMINI_CLI_HOME
     # in the lane's work directory, writable already).

@@ -5,6 +5,11 @@
   denies (and reports in ``permission_denials``). Commits, pushes and branch moves are also
   on ``--disallowedTools``.
 - Non-interactive: ``-p`` (skips the trust dialog), the prompt on stdin.
+- Config: claude rewrites its global config ``~/.claude.json`` (a file in HOME) by
+  rename. Where HOME is read-only (the sandbox, which lets it write ``~/.claude`` only)
+  every save fails, so the preset points ``CLAUDE_CONFIG_DIR`` at ``~/.claude``, where
+  claude then keeps that file, and carries the user's ``~/.claude.json`` there (a key
+  saved by ``claude /login`` lives in it). A ``CLAUDE_CONFIG_DIR`` the user set is theirs.
 - Bounds: ``--max-turns`` (default 60 for a coder, 30 for a fixer) and, when the plan sets
   it, ``--max-budget-usd``; issues report the turn cap being overshot, so the lane's
   timeout stays the hard bound.
@@ -17,7 +22,9 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from .base import (
@@ -86,6 +93,39 @@ def usage_of(result: dict[str, Any]) -> Usage | None:
                  cost_usd=cost_usd)
 
 
+def config_env(env: Mapping[str, str]) -> dict[str, str]:
+    """``CLAUDE_CONFIG_DIR`` when claude could not save its global config in HOME but can
+    in ``~/.claude``; nothing when HOME is writable (claude as the user runs it) or the
+    user chose a config directory."""
+    home = env.get("HOME")
+    if not home or env.get("CLAUDE_CONFIG_DIR") or os.access(home, os.W_OK):
+        return {}
+    config_dir = Path(home) / ".claude"
+    if not os.access(config_dir, os.W_OK):
+        return {}
+    carry(Path(home) / ".claude.json", config_dir / ".claude.json")
+    return {"CLAUDE_CONFIG_DIR": str(config_dir)}
+
+
+def carry(user_config: Path, moved: Path) -> None:
+    """Copy the user's global config to where claude will look for it, unless the copy
+    is as new (claude saves into the copy; the user's changes are newer). Replaced by
+    rename, so that a claude reading it at the same time sees one whole file."""
+    try:
+        source = user_config.stat()
+        if moved.exists() and moved.stat().st_mtime_ns >= source.st_mtime_ns:
+            return
+        data = user_config.read_bytes()
+        partial = moved.with_name(f"{moved.name}.wtmesh.{os.getpid()}")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds keys
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.utime(partial, ns=(source.st_atime_ns, source.st_mtime_ns))
+        os.replace(partial, moved)
+    except OSError:
+        return  # none to carry, or it cannot be: claude starts afresh and says what it lacks
+
+
 def _denial(entry: Any) -> str:
     if not isinstance(entry, dict):
         return str(entry)
@@ -130,7 +170,8 @@ class Claude:
         if lane.role == "fixer":
             argv += ["--json-schema", json.dumps(VERDICT_SCHEMA)]
         argv += lane.args
-        env = {"DISABLE_AUTOUPDATER": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}
+        env = {"DISABLE_AUTOUPDATER": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+               **config_env(os.environ)}
         return Invocation(tuple(argv), env=env, stdin=lane.prompt_path)
 
     def api_url(self, lane: Lane, env: Mapping[str, str]) -> str | None:
