@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shlex
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ import pytest
 import real_cli
 from conftest import PROOF, git, state_dir, wtmesh
 from model_server import Fail, ModelServer, Text, ToolCall, Turn, closed_port
-from wire_claude import Anthropic, tool_names
+from wire_claude import Anthropic, tool_names, tool_result
 
 from worktree_mesh.presets.versions import TESTED
 
@@ -260,3 +261,20 @@ def test_unsandboxed_claude_keeps_its_config_where_the_user_has_it(run: Run) -> 
     assert not ran.events()[0]["sandbox"]["active"]
     assert json.loads((home / ".claude.json").read_text())["firstStartVersion"]
     assert not (home / ".claude" / ".claude.json").exists()
+
+
+def test_the_coder_may_run_the_proof_git_and_what_the_plan_allows(run: Run) -> None:
+    """The unit's proof command and read-only git are on claude's allow-list, a lane's
+    ``--allowedTools`` in ``args`` adds to it (it does not replace wtmesh's list), and
+    all of it works in the sandbox: what the agent runs to check its change is not
+    denied (a denial would fail the unit)."""
+    def bash(command: str) -> ToolCall:
+        return ToolCall("Bash", {"command": command, "description": "Check the change"})
+    plan = plan_for({"args": ["--allowedTools", "Bash(python3 -c:*)"]})
+    ran = run(plan, [write_extra(), bash(shlex.join(PROOF)), bash("git status --short"),
+                     bash("python3 -c 'print(6 * 7)'"), Text("Added VALUE; the tests pass.")])
+    assert (ran.unit["status"], ran.unit["failure_code"]) == ("integrated", None), ran.unit
+    proof, status, snippet = (tool_result(a.request) for a in ran.model.answered[2:5])
+    assert "OK" in proof and "Ran " in proof, proof
+    assert "?? calc/extra.py" in status, status
+    assert snippet.strip() == "42", snippet

@@ -75,6 +75,16 @@ def system_text(request: Request) -> str:
     return "\n".join(str(part.get("text", "")) for part in system if isinstance(part, dict))
 
 
+def tool_result(request: Request) -> str:
+    """The text of the last tool result the request carries back to the model."""
+    for message in reversed(request.json.get("messages") or []):
+        content = message.get("content")
+        for block in reversed(content if isinstance(content, list) else []):
+            if isinstance(block, dict) and block.get("type") == "tool_result":
+                return "\n".join(_strings(block.get("content")))
+    return ""
+
+
 def tool_names(request: Request) -> list[str]:
     return [str(tool.get("name")) for tool in request.json.get("tools") or []]
 
