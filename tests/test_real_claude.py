@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import real_cli
-from conftest import PROOF, git, state_dir, wtmesh
+from conftest import PROOF, git, make_repo, state_dir, wtmesh
 from model_server import Fail, ModelServer, Text, ToolCall, Turn, closed_port
 from wire_claude import Anthropic, tool_names, tool_result
 
@@ -75,28 +75,61 @@ class Ran:
 Run = Callable[..., Ran]
 
 
+def run_wtmesh(monkeypatch: pytest.MonkeyPatch, repo: Path, plan: Path, claude_bin: Path,
+               turns: Iterable[Turn], env: dict[str, str | None]) -> Ran:
+    """``wtmesh run`` with the real claude first on PATH and the scripted server as its
+    API, a fake key; ``env`` overrides (None removes)."""
+    model = Anthropic()
+    with ModelServer(model, turns) as server:
+        monkeypatch.setenv("PATH", f"{claude_bin}{os.pathsep}{os.environ['PATH']}")
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", FAKE_KEY)
+        for name, value in env.items():
+            if value is None:
+                monkeypatch.delenv(name, raising=False)
+            else:
+                monkeypatch.setenv(name, value)
+        res = wtmesh("run", plan, "--json", cwd=repo, timeout=TIMEOUT_S * 3)
+    assert "Traceback" not in res.stderr, res.stderr
+    assert res.returncode in (0, 1), (res.returncode, res.stderr)
+    summary: dict[str, Any] = res.json()
+    return Ran(summary, server, model, state_dir(repo) / "runs" / summary["run_id"])
+
+
 @pytest.fixture
 def run(repo: Path, write_plan: Any, claude_bin: Path,
         monkeypatch: pytest.MonkeyPatch) -> Run:
-    """``run(plan, turns, **env)``: ``wtmesh run`` with the real claude first on PATH and
-    the scripted server as its API, a fake key; ``env`` overrides (None removes)."""
+    """``run(plan, turns, **env)``: one ``run_wtmesh`` in the test's repository."""
     def run_plan(plan: dict[str, Any], turns: Iterable[Turn], **env: str | None) -> Ran:
-        model = Anthropic()
-        with ModelServer(model, turns) as server:
-            monkeypatch.setenv("PATH", f"{claude_bin}{os.pathsep}{os.environ['PATH']}")
-            monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
-            monkeypatch.setenv("ANTHROPIC_API_KEY", FAKE_KEY)
-            for name, value in env.items():
-                if value is None:
-                    monkeypatch.delenv(name, raising=False)
-                else:
-                    monkeypatch.setenv(name, value)
-            res = wtmesh("run", write_plan(plan), "--json", cwd=repo, timeout=TIMEOUT_S * 3)
-        assert "Traceback" not in res.stderr, res.stderr
-        assert res.returncode in (0, 1), (res.returncode, res.stderr)
-        summary: dict[str, Any] = res.json()
-        return Ran(summary, server, model, state_dir(repo) / "runs" / summary["run_id"])
+        return run_wtmesh(monkeypatch, repo, write_plan(plan), claude_bin, turns, env)
     return run_plan
+
+
+@dataclass
+class Landed:
+    ran: Ran
+    repo: Path
+    home: Path
+    debug_log: Path
+
+
+@pytest.fixture(scope="module")
+def landed(tmp_path_factory: pytest.TempPathFactory, claude_bin: Path,
+           hermetic_module: None) -> Landed:
+    """One coder that edits and lands, sandboxed, read by several tests (one claude run
+    fewer each): its worktrees outside HOME, so that HOME shows only what claude wrote;
+    claude's debug log on, in ~/.claude, to show each write it could not make."""
+    base = tmp_path_factory.mktemp("landed")
+    repo = make_repo(base / "repo")
+    home = Path(os.environ["HOME"])
+    debug_log = home / ".claude" / "debug.log"
+    plan = base / "plan.json"
+    plan.write_text(json.dumps(plan_for({"args": [f"--debug-file={debug_log}"]})))
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        ran = run_wtmesh(monkeypatch, repo, plan, claude_bin,
+                         [write_extra(), Text("Added VALUE.")],
+                         {"WTMESH_WORKTREES": str(base / "worktrees")})
+    return Landed(ran, repo, home, debug_log)
 
 
 def write_extra(path: str = "calc/extra.py") -> ToolCall:
@@ -108,10 +141,10 @@ def verdict(decision: str, code: str | None, notes: str) -> ToolCall:
                                          "notes": notes})
 
 
-def test_coder_edit_lands_on_main(repo: Path, run: Run) -> None:
+def test_coder_edit_lands_on_main(landed: Landed) -> None:
     """AGENT-CLIS bug 1: with worktrees outside .git, claude's Write is no "sensitive
     file" denial; the edit lands, sandboxed."""
-    ran = run(plan_for(), [write_extra(), Text("Added VALUE.")])
+    ran, repo = landed.ran, landed.repo
     assert (ran.unit["status"], ran.unit["failure_code"]) == ("integrated", None), ran.unit
     assert ran.events()[0]["sandbox"]["active"]
     assert git(repo, "show", "main:calc/extra.py") == EXTRA.strip()
@@ -204,10 +237,10 @@ def test_an_unreachable_api_fails_before_claude_runs(run: Run) -> None:
     assert "claude --version: 2." in log and "running: claude" not in log
 
 
-def test_usage_and_cost_come_from_claudes_result(run: Run) -> None:
+def test_usage_and_cost_come_from_claudes_result(landed: Landed) -> None:
     """The lane's result carries what claude said it spent: every message's tokens, cache
     writes and reads counted as input, and claude's own cost figure."""
-    ran = run(plan_for(), [write_extra(), Text("Added VALUE.")])
+    ran = landed.ran
     assert ran.unit["status"] == "integrated", ran.unit
     usage = ran.result()["usage"]
     assert usage == {**ran.model.expected_usage(),
@@ -222,23 +255,17 @@ def claude_result(ran: Ran, lane: str = "coder-1") -> dict[str, Any]:
     return said
 
 
-def test_sandboxed_claude_writes_its_config_dir_and_nothing_else(
-        run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sandboxed_claude_writes_its_config_dir_and_nothing_else(landed: Landed) -> None:
     """In the sandbox HOME is read-only but ~/.claude: claude's global config (a file in
     HOME, ~/.claude.json, replaced by rename, so it cannot be bound alone) goes into
     ~/.claude instead, and claude saves it there; HOME gets nothing else."""
-    home = Path(os.environ["HOME"])
-    monkeypatch.setenv("WTMESH_WORKTREES", str(tmp_path / "worktrees"))  # not in HOME
-    debug = home / ".claude" / "debug.log"
-    ran = run(plan_for({"args": [f"--debug-file={debug}"]}),
-              [write_extra(), Text("Added VALUE.")])
-    assert ran.unit["status"] == "integrated", ran.unit
-    failed_writes = [line for line in debug.read_text().splitlines()
+    assert landed.ran.unit["status"] == "integrated", landed.ran.unit
+    failed_writes = [line for line in landed.debug_log.read_text().splitlines()
                      if "read-only file system" in line]
     assert failed_writes == []
-    saved = json.loads((home / ".claude" / ".claude.json").read_text())
+    saved = json.loads((landed.home / ".claude" / ".claude.json").read_text())
     assert saved["firstStartVersion"] == TESTED["claude"].version
-    assert sorted(p.name for p in home.iterdir()) == [".claude"]
+    assert sorted(p.name for p in landed.home.iterdir()) == [".claude"]
 
 
 def test_sandboxed_claude_keeps_a_key_saved_by_login(run: Run) -> None:
