@@ -12,7 +12,8 @@
   to reply in text); how to detect it is [unverified]: a run that used all its steps is
   read as having hit the cap.
 - Output: ``--format json`` events; the verdict (no schema feature) is a marked line in
-  the last text. ``done.rejected`` lists auto-rejected permissions.
+  the last text. ``done.rejected`` lists auto-rejected permissions. A flag opencode does
+  not know makes it print its usage to stderr and exit 1, with no event.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .base import (
@@ -45,6 +46,8 @@ PERMISSION: dict[str, Any] = {
 }
 _REFUSED = re.compile(r"rejected permission|not allowed by permission|permission denied by",
                       re.IGNORECASE)
+# What opencode prints instead of events when its command line does not parse (yargs).
+_USAGE = re.compile(r"^opencode run \[message\.\.\]|^Options:\s*$", re.MULTILINE)
 
 
 def _error_text(event: dict[str, Any]) -> str:
@@ -76,6 +79,13 @@ def config(lane: Lane) -> str:
     return json.dumps(ours)
 
 
+def unknown_flags(argv: Iterable[str], usage_text: str) -> list[str]:
+    """The options of ``argv`` that opencode's usage text does not list."""
+    names = [arg.split("=", 1)[0] for arg in argv if arg.startswith("-") and arg != "-"]
+    return [name for name in dict.fromkeys(names)
+            if not re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", usage_text)]
+
+
 class Opencode:
     name = "opencode"
     binary = "opencode"
@@ -96,11 +106,14 @@ class Opencode:
 
     def read(self, lane: Lane, done: Completed) -> Transcript:
         t = Transcript()
+        events = json_lines(done.stdout)
+        if done.returncode != 0 and not events and _USAGE.search(done.stderr_tail):
+            return self._refused_command_line(lane, done)
         errors: list[str] = []
         steps = 0
         texts: list[str] = []
         last_texts: list[str] = []
-        for event in json_lines(done.stdout):
+        for event in events:
             kind = event.get("type")
             part = _dict(event.get("part"))
             if kind == "step_start":
@@ -130,6 +143,13 @@ class Opencode:
             t.unavailable = unavailable_reason(why)
             t.error = first_line(why)
         return t
+
+    def _refused_command_line(self, lane: Lane, done: Completed) -> Transcript:
+        unknown = unknown_flags(self.invocation(lane).argv[1:], done.stderr_tail)
+        which = f" (unknown to it: {', '.join(unknown)})" if unknown else ""
+        return Transcript(unavailable=(
+            f"opencode refused its command line{which}: it printed its usage and exited "
+            f"{done.returncode}; check the lane's args against `opencode run --help`"))
 
 
 PRESET = Opencode()
