@@ -21,9 +21,13 @@ from typing import Any
 
 import pytest
 import real_cli
-from conftest import PROOF, state_dir, wtmesh
-from model_server import ModelServer, Text, ToolCall, Turn
+from conftest import PROOF, PY, git, state_dir, wtmesh
+from model_server import Fail, ModelServer, Text, ToolCall, Turn
 from wire_chat import ChatCompletions
+
+from worktree_mesh.presets import opencode
+from worktree_mesh.presets.base import Completed, Lane
+from worktree_mesh.sandbox import PRESET_WRITABLE
 
 # What the scripted model charges (per million tokens) and reports per request.
 PRICE_IN, PRICE_OUT = 3.0, 15.0
@@ -134,7 +138,91 @@ def say(ran: Ran, what: str) -> None:
     sys.stdout.write(f"\n[opencode] {what}: wtmesh run {ran.seconds:.1f} s{first}\n")
 
 
+# -- a coder that edits and lands ---------------------------------------------------------
+
+
+def told_to_stop(ran: Ran) -> list[bool]:
+    """Per request of the build agent: did opencode say its steps cap was reached?"""
+    return ["MAXIMUM STEPS REACHED" in json.dumps(r["messages"]) for r in ran.model_requests()]
+
+
+def test_coder_edit_lands_and_its_usage_is_recorded(run: Any, repo: Path, home: Path) -> None:
+    # Two steps, one under the cap: not read as the cap.
+    ran = run([NEGATE, Text("Added negate to calc/ops.py.")],
+              coder={"preset": "opencode", "model": "loop/loop", "max_turns": 3})
+    say(ran, "coder edit")
+    assert (ran.unit["status"], ran.unit["failure_code"]) == ("integrated", None), ran.unit
+    assert "def negate(a: float) -> float:" in git(repo, "show", "main:calc/ops.py")
+    assert git(repo, "show", "--name-only", "--format=", "main") == "calc/ops.py"
+    # The provider came from the user's OPENCODE_CONFIG_CONTENT, merged under the preset's.
+    first = ran.model_requests()[0]
+    assert first["model"] == "loop"
+    assert {"edit", "write", "bash"} <= {t["function"]["name"] for t in first["tools"]}
+    assert "Add negate(a) to calc/ops.py" in json.dumps(first["messages"])
+    assert told_to_stop(ran) == [False, False]
+    # Two steps of 1000 in and 100 out each, at the configured price.
+    cost = 2 * (TOKENS_IN * PRICE_IN + TOKENS_OUT * PRICE_OUT) / 1e6
+    assert ran.result("coder-1")["usage"] == {
+        "tokens_in": 2 * TOKENS_IN, "tokens_out": 2 * TOKENS_OUT, "cost_usd": cost}
+    # Sandboxed, opencode wrote only where the preset lets it, and it used each of them.
+    for entry in PRESET_WRITABLE["opencode"]:
+        assert any((home / entry[2:]).iterdir()), f"{entry} stayed empty: not needed?"
+
+
+# -- a fixer that accepts, one that rejects ------------------------------------------------
+
+WRITE_VALUE = [PY, "-c", "open('calc/extra.py', 'w').write('VALUE = 1\\n')"]
+
+
+@pytest.mark.parametrize(("decision", "code", "status"), [
+    ("accept", None, ("integrated", None)),
+    ("reject", "proof_missing", ("rejected", "proof_missing"))])
+def test_fixer_verdict_decides(run: Any, repo: Path, decision: str, code: str | None,
+                               status: tuple[str, str | None]) -> None:
+    head = git(repo, "rev-parse", "main")
+    ran = run([verdict(decision, code, "nothing tests VALUE")],
+              coder={"command": WRITE_VALUE}, fixer={}, configure="file")
+    say(ran, f"fixer {decision}")
+    assert (ran.unit["status"], ran.unit["failure_code"]) == status, ran.unit
+    assert "+VALUE = 1" in json.dumps(ran.model_requests()[0]["messages"])  # the diff, inline
+    if decision == "accept":
+        assert git(repo, "show", "main:calc/extra.py") == "VALUE = 1"
+    else:
+        assert git(repo, "rev-parse", "main") == head
+        assert ran.result("fixer-1")["notes"] == "nothing tests VALUE"
+
+
 # -- what ends a lane ---------------------------------------------------------------------
+
+
+def test_a_denied_command_requires_clarification(run: Any) -> None:
+    commit = ToolCall("bash", {"command": "git commit -qam wip", "description": "Commit"})
+    ran = run([NEGATE, commit, Text("Edited; committing was not allowed.")])
+    assert (ran.unit["status"], ran.unit["failure_code"]) == (
+        "rejected", "requires_clarification"), ran.unit
+    assert ran.unit["attempts"] == 1
+    assert "opencode was denied: bash `git commit -qam wip`" in ran.result("coder-1")["notes"]
+
+
+def test_the_steps_cap_is_timeout_retry_exhausted(run: Any) -> None:
+    """On its last allowed step opencode tells the model to stop and answer in text; no
+    event says so. (A run that ends before the cap lands: the coder test above.)"""
+    ran = run([NEGATE, Text("Maximum steps reached: negate is added, tests are not.")],
+              coder={"preset": "opencode", "model": "loop/loop", "max_turns": 2})
+    assert (ran.unit["status"], ran.unit["failure_code"]) == (
+        "rejected", "timeout_retry_exhausted"), ran.unit
+    assert ran.unit["attempts"] == 1  # a cap is not worth a retry
+    assert told_to_stop(ran) == [False, True]
+    assert "used all 2 of its steps" in ran.result("coder-1")["notes"]
+
+
+def test_refused_credentials_are_tooling_unavailable(run: Any) -> None:
+    ran = run([Fail(401, "scripted failure")])
+    assert (ran.unit["status"], ran.unit["failure_code"]) == (
+        "rejected", "tooling_unavailable"), ran.unit
+    assert ran.unit["attempts"] == 1
+    assert ran.result("coder-1")["notes"] == (
+        "opencode: the model API refused the request (HTTP 401): scripted failure")
 
 
 def test_an_unknown_flag_is_tooling_unavailable_in_one_line(run: Any) -> None:
@@ -150,3 +238,28 @@ def test_an_unknown_flag_is_tooling_unavailable_in_one_line(run: Any) -> None:
                      "--no-such-flag): it printed its usage and exited 1; check the lane's "
                      "args against `opencode run --help`")
     assert not ran.server.requests
+
+
+# -- what opencode prints (no CLI run) ----------------------------------------------------
+
+
+def lane_in(tmp_path: Path, **fields: Any) -> Lane:
+    return Lane(preset="opencode", role="coder", unit={"id": "u1"}, worktree=tmp_path,
+                result_path=tmp_path / "r.json", work_dir=tmp_path / "w", diff=None,
+                **fields)
+
+
+def test_no_connection_after_opencodes_own_retries_is_tooling_unavailable(
+        tmp_path: Path) -> None:
+    """Where wtmesh cannot tell the URL beforehand, opencode 1.18.33 retries for about 70 s
+    and then prints this event (recorded offline, with its free hosted model) and exits 1."""
+    stdout = tmp_path / "cli.stdout"
+    stdout.write_text(json.dumps({"type": "error", "sessionID": "ses_1", "error": {
+        "name": "APIError", "data": {
+            "message": "Cannot connect to API: Unable to connect. Is the computer able to "
+                       "access the url?", "isRetryable": True,
+            "metadata": {"url": "https://opencode.ai/zen/v1/chat/completions"}}}}) + "\n")
+    t = opencode.PRESET.read(lane_in(tmp_path), Completed(1, stdout, ""))
+    assert t.unavailable == ("cannot reach the model API at https://opencode.ai/zen/v1/chat/"
+                             "completions: Cannot connect to API: Unable to connect. Is the "
+                             "computer able to access the url?")

@@ -1,18 +1,19 @@
-"""opencode: ``opencode run`` (AGENT-CLIS.md, "opencode").
+"""opencode: ``opencode run`` (AGENT-CLIS.md, "opencode"; checked on 1.18.33).
 
 - Edits: ``OPENCODE_PERMISSION`` allows every tool but denies commits, pushes and branch
   moves in bash, and any path outside the working directory (``external_directory``).
-  Explicit deny rules hold even under ``--auto``. The object syntax for bash patterns
-  (last matching rule wins) and ``external_directory`` are from opencode's permissions
-  documentation; AGENT-CLIS.md only shows ``{"*":"allow"}``.
+  Explicit deny rules hold even under ``--auto``; a denied call ends as a ``tool_use``
+  event in state ``error`` ("The user has specified a rule which prevents you from using
+  this specific tool call"). 1.18.33 prints no ``done`` event (older versions listed
+  auto-rejected asks in ``done.rejected``; both are read).
 - Non-interactive: ``run`` auto-rejects any "ask"; ``--auto`` (recent versions) and the
   allow rules (older ones) keep asks from happening. The prompt comes on stdin.
-- Bounds: the build agent's ``steps`` (default 60 for a coder, 30 for a fixer) through
-  ``OPENCODE_CONFIG_CONTENT``. Reaching it is not an error for opencode (the agent is made
-  to reply in text); how to detect it is [unverified]: a run that used all its steps is
-  read as having hit the cap.
+- Bounds: the build agent's ``steps`` (default 60 for a coder, 30 for a fixer). Reaching
+  it is not an error and no event says so: opencode adds a "MAXIMUM STEPS REACHED" message
+  to its last allowed request, telling the model to answer in text (tools stay offered,
+  so a model that ignores it goes on). A run of that many steps or more hit the cap.
 - Output: ``--format json`` events; the verdict (no schema feature) is a marked line in
-  the last text. ``done.rejected`` lists auto-rejected permissions. A flag opencode does
+  the last text; ``step_finish`` carries each step's tokens and cost. A flag opencode does
   not know makes it print its usage to stderr and exit 1, with no event.
 """
 
@@ -30,6 +31,7 @@ from .base import (
     Invocation,
     Lane,
     Transcript,
+    Usage,
     first_line,
     json_lines,
     unavailable_reason,
@@ -44,10 +46,17 @@ PERMISSION: dict[str, Any] = {
     # "*" first: the last matching rule wins.
     "bash": {"*": "allow", **{pattern: "deny" for pattern in FORBIDDEN_BASH}},
 }
-_REFUSED = re.compile(r"rejected permission|not allowed by permission|permission denied by",
-                      re.IGNORECASE)
+# A deny rule ("specified a rule which prevents"), an ask auto-rejected ("rejected
+# permission"), and older wordings.
+_REFUSED = re.compile(r"rule which prevents you from using|rejected permission"
+                      r"|not allowed by permission|permission denied by", re.IGNORECASE)
 # What opencode prints instead of events when its command line does not parse (yargs).
 _USAGE = re.compile(r"^opencode run \[message\.\.\]|^Options:\s*$", re.MULTILINE)
+_UNREACHABLE = "Cannot connect to API"
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _error_text(event: dict[str, Any]) -> str:
@@ -60,8 +69,18 @@ def _error_text(event: dict[str, Any]) -> str:
     return str(error or event.get("message") or "error")
 
 
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
+def _unusable(event: dict[str, Any]) -> str | None:
+    """Why an ``error`` event means the model API cannot be used as configured: refused
+    credentials (opencode gives the HTTP status) or no connection (after ~70 s of its own
+    retries, when wtmesh could not tell the URL beforehand)."""
+    data = _dict(_dict(event.get("error")).get("data"))
+    text = _error_text(event)
+    if data.get("statusCode") in (401, 403):
+        return f"the model API refused the request (HTTP {data['statusCode']}): {text}"
+    if text.startswith(_UNREACHABLE):
+        url = _dict(data.get("metadata")).get("url")
+        return f"cannot reach the model API{f' at {url}' if url else ''}: {text}"
+    return unavailable_reason(text)
 
 
 def config(lane: Lane) -> str:
@@ -77,6 +96,30 @@ def config(lane: Lane) -> str:
         ours = {**theirs, **ours,
                 "agent": {**agents, "build": {**build, "steps": steps}}}
     return json.dumps(ours)
+
+
+# -- the preset --------------------------------------------------------------------------
+
+
+def usage(events: Iterable[dict[str, Any]]) -> Usage | None:
+    """The run's tokens and cost, summed over its ``step_finish`` events (opencode counts
+    cached input and reasoning apart; they are input and output all the same). The
+    session-title request is not in any step, so not counted."""
+    tokens_in = tokens_out = 0
+    cost = 0.0
+    seen = False
+    for event in events:
+        part = _dict(event.get("part"))
+        if event.get("type") != "step_finish":
+            continue
+        seen = True
+        tokens = _dict(part.get("tokens"))
+        cache = _dict(tokens.get("cache"))
+        tokens_in += sum(int(v or 0) for v in (tokens.get("input"), cache.get("read"),
+                                                cache.get("write")))
+        tokens_out += int(tokens.get("output") or 0) + int(tokens.get("reasoning") or 0)
+        cost += float(part.get("cost") or 0)
+    return Usage(tokens_in, tokens_out, round(cost, 6)) if seen else None
 
 
 def unknown_flags(argv: Iterable[str], usage_text: str) -> list[str]:
@@ -126,21 +169,23 @@ class Opencode:
                 state = _dict(part.get("state"))
                 error = str(state.get("error") or "")
                 if state.get("status") == "error" and _REFUSED.search(error):
-                    t.denials.append(f"{part.get('tool', 'tool')}: {first_line(error)}")
+                    t.denials.append(f"{part.get('tool', 'tool')} {_call(state)}".strip())
             elif kind == "error":
                 errors.append(_error_text(event))
+                t.unavailable = t.unavailable or _unusable(event)
             elif kind == "done":
                 rejected = event.get("rejected", part.get("rejected")) or []
                 t.denials.extend(str(r.get("permission", r) if isinstance(r, dict) else r)
                                  for r in rejected)
         t.message = "\n".join(last_texts)
+        t.usage = usage(events)
         cap = lane.max_turns or DEFAULT_MAX_TURNS[lane.role]
         if steps >= cap:
             t.cap = f"used all {cap} of its steps (agent steps cap)"
         if done.returncode != 0 or errors:
             why = "; ".join(errors) or first_line(done.stderr_tail,
                                                   f"opencode exited {done.returncode}")
-            t.unavailable = unavailable_reason(why)
+            t.unavailable = t.unavailable or unavailable_reason(why)
             t.error = first_line(why)
         return t
 
@@ -150,6 +195,13 @@ class Opencode:
         return Transcript(unavailable=(
             f"opencode refused its command line{which}: it printed its usage and exited "
             f"{done.returncode}; check the lane's args against `opencode run --help`"))
+
+
+def _call(state: dict[str, Any]) -> str:
+    """What a refused call was for: its command or path."""
+    given = _dict(state.get("input"))
+    detail = given.get("command") or given.get("filePath") or given.get("path")
+    return f"`{first_line(str(detail))}`" if detail else ""
 
 
 PRESET = Opencode()
