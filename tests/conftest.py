@@ -43,6 +43,9 @@ API_STAND_IN = _ApiStandIn()
 # Each CLI's base-URL variable (AGENT-CLIS.md, "Pointing each CLI at a model server").
 API_BASE_VARIABLES = ("ANTHROPIC_BASE_URL", "GOOGLE_GEMINI_BASE_URL", "OPENAI_BASE_URL",
                       "OPENAI_API_BASE")
+# opencode has no such variable: its free hosted provider's base URL, in its own config.
+OPENCODE_STAND_IN = json.dumps({"provider": {"opencode": {"options": {
+    "baseURL": f"{API_STAND_IN.url}/v1"}}}})
 
 
 def make_hermetic(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
@@ -51,6 +54,7 @@ def make_hermetic(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
     home.mkdir(parents=True, exist_ok=True)
     for variable in API_BASE_VARIABLES:
         monkeypatch.setenv(variable, API_STAND_IN.url)
+    monkeypatch.setenv("OPENCODE_CONFIG_CONTENT", OPENCODE_STAND_IN)
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
     monkeypatch.setenv("GIT_CONFIG_GLOBAL", "/dev/null")

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import real_cli
 from conftest import PROOF, PY, git, state_dir, wtmesh
-from model_server import Fail, ModelServer, Text, ToolCall, Turn
+from model_server import Fail, ModelServer, Text, ToolCall, Turn, closed_port
 from wire_chat import ChatCompletions
 
 from worktree_mesh.presets import opencode
@@ -102,6 +102,8 @@ def run(repo: Path, write_plan: Any, opencode_bin: Path, tmp_path: Path
                "OPENCODE_DISABLE_MODELS_FETCH": "1", "OPENCODE_CONFIG_CONTENT": ""}
         if configure == "content":
             env["OPENCODE_CONFIG_CONTENT"] = cfg
+        elif configure == "broken":
+            env["OPENCODE_CONFIG_CONTENT"] = cfg[:-1] + ",,}"
         elif configure == "file":  # beside the plan: a directory the sandbox shows
             (tmp_path / "opencode.json").write_text(cfg)
             env["OPENCODE_CONFIG"] = str(tmp_path / "opencode.json")
@@ -225,6 +227,33 @@ def test_refused_credentials_are_tooling_unavailable(run: Any) -> None:
         "opencode: the model API refused the request (HTTP 401): scripted failure")
 
 
+def test_an_unreachable_api_is_tooling_unavailable_and_opencode_never_starts(
+        run: Any) -> None:
+    """The provider in the user's global config file points where nothing listens: the
+    lane ends before opencode starts (it would retry for about 70 s), once."""
+    port = closed_port()
+    ran = run([], configure="global", url=f"http://127.0.0.1:{port}")
+    say(ran, "unreachable API")
+    assert (ran.unit["status"], ran.unit["failure_code"]) == (
+        "rejected", "tooling_unavailable"), ran.unit
+    assert ran.unit["attempts"] == 1
+    log = ran.log("coder-1")
+    assert f"result: reject (tooling_unavailable): cannot reach the model API: 127.0.0.1:{port}" \
+        in log
+    assert "wtmesh-preset: running:" not in log
+
+
+def test_a_users_config_that_does_not_parse_is_refused_not_replaced(run: Any) -> None:
+    """Replacing it with the preset's own would run opencode on its default provider."""
+    ran = run([], configure="broken")
+    assert (ran.unit["status"], ran.unit["failure_code"]) == (
+        "rejected", "tooling_unavailable"), ran.unit
+    assert ran.unit["attempts"] == 1
+    assert ran.result("coder-1")["notes"] == (
+        "opencode: Config file at OPENCODE_CONFIG_CONTENT is not valid JSON(C)")
+    assert not ran.server.requests
+
+
 def test_an_unknown_flag_is_tooling_unavailable_in_one_line(run: Any) -> None:
     """opencode prints its usage and exits 1 on a flag it does not know (no event, no
     "unknown option" text): the lane says which flag, once, not retried."""
@@ -240,13 +269,49 @@ def test_an_unknown_flag_is_tooling_unavailable_in_one_line(run: Any) -> None:
     assert not ran.server.requests
 
 
-# -- what opencode prints (no CLI run) ----------------------------------------------------
+# -- which API the CLI will call (no CLI run) ---------------------------------------------
 
 
 def lane_in(tmp_path: Path, **fields: Any) -> Lane:
     return Lane(preset="opencode", role="coder", unit={"id": "u1"}, worktree=tmp_path,
                 result_path=tmp_path / "r.json", work_dir=tmp_path / "w", diff=None,
                 **fields)
+
+
+@pytest.mark.parametrize(("model", "content", "env", "url"), [
+    # A model names its provider; that provider's baseURL.
+    ("loop/loop", provider("http://h:1"), {}, "http://h:1/v1"),
+    # No model: the only configured provider.
+    (None, provider("http://h:1"), {}, "http://h:1/v1"),
+    # Nothing configured, no credentials: opencode's free hosted models.
+    (None, {}, {}, "https://opencode.ai/zen/v1"),
+    # ... but with a key in the environment opencode may pick that provider instead.
+    (None, {}, {"ANTHROPIC_API_KEY": "k"}, None),
+    # A built-in provider without a baseURL: its URL is in opencode's model database.
+    ("anthropic/claude-sonnet-4-5", {}, {}, None),
+    # {env:...} substitution, as opencode does.
+    ("loop/loop", provider("{env:LOOP_URL}"), {"LOOP_URL": "http://e:2"}, "http://e:2/v1"),
+])
+def test_api_url_follows_the_config_opencode_reads(
+        tmp_path: Path, model: str | None, content: dict[str, Any], env: dict[str, str],
+        url: str | None) -> None:
+    lane = lane_in(tmp_path, model=model)
+    environment = {"HOME": str(tmp_path / "home"),
+                   "OPENCODE_CONFIG_CONTENT": opencode.config(lane, json.dumps(content)),
+                   **env}
+    assert opencode.PRESET.api_url(lane, environment) == url
+
+
+def test_the_preset_config_keeps_the_users_own(tmp_path: Path) -> None:
+    lane = lane_in(tmp_path, max_turns=7)
+    theirs = ('{\n  // mine\n  "provider": {"loop": {"options": {"baseURL": "http://h/v1"}}},\n'
+              '  "agent": {"build": {"temperature": 0.1, "steps": 99}, "plan": {}},\n}')
+    mine = json.loads(opencode.config(lane, theirs))
+    assert mine["provider"]["loop"]["options"]["baseURL"] == "http://h/v1"
+    assert mine["agent"] == {"build": {"temperature": 0.1, "steps": 7}, "plan": {}}
+    assert mine["share"] == "disabled"
+    # Not JSON at all: passed on for opencode to refuse, never replaced by ours.
+    assert opencode.config(lane, "{oops") == "{oops"
 
 
 def test_no_connection_after_opencodes_own_retries_is_tooling_unavailable(

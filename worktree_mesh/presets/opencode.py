@@ -8,13 +8,18 @@
   auto-rejected asks in ``done.rejected``; both are read).
 - Non-interactive: ``run`` auto-rejects any "ask"; ``--auto`` (recent versions) and the
   allow rules (older ones) keep asks from happening. The prompt comes on stdin.
+- Configuration: opencode deep-merges, in this order, its global config files, the file
+  ``OPENCODE_CONFIG`` names, the project's ``opencode.json``, ``.opencode/`` and
+  ``OPENCODE_CONFIG_DIR``, then ``OPENCODE_CONFIG_CONTENT``. The preset sets the last one,
+  merged over the user's own, so a provider configured anywhere is kept.
 - Bounds: the build agent's ``steps`` (default 60 for a coder, 30 for a fixer). Reaching
   it is not an error and no event says so: opencode adds a "MAXIMUM STEPS REACHED" message
   to its last allowed request, telling the model to answer in text (tools stay offered,
   so a model that ignores it goes on). A run of that many steps or more hit the cap.
 - Output: ``--format json`` events; the verdict (no schema feature) is a marked line in
   the last text; ``step_finish`` carries each step's tokens and cost. A flag opencode does
-  not know makes it print its usage to stderr and exit 1, with no event.
+  not know makes it print its usage to stderr and exit 1, with no event; so does a
+  configuration it cannot use, with an ``Error: ...`` line instead.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import json
 import os
 import re
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from .base import (
@@ -53,6 +59,16 @@ _REFUSED = re.compile(r"rule which prevents you from using|rejected permission"
 # What opencode prints instead of events when its command line does not parse (yargs).
 _USAGE = re.compile(r"^opencode run \[message\.\.\]|^Options:\s*$", re.MULTILINE)
 _UNREACHABLE = "Cannot connect to API"
+# Fatal errors opencode prints on stderr (no event) when its configuration is unusable.
+_CONFIG_ERROR = re.compile(r"^Error: *(Config file at .* is not valid|Configuration is invalid"
+                           r"|Directory .* is not valid|Failed to initialize provider"
+                           r"|Model not found).*", re.MULTILINE)
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# The free hosted models (provider "opencode") opencode uses when nothing else is set up.
+ZEN_URL = "https://opencode.ai/zen/v1"
+# Variables naming a provider's key or token: with one set (or a login in auth.json),
+# opencode may pick that provider rather than its free one when no model is given.
+_CREDENTIAL = re.compile(r"_(API_KEY|API_TOKEN|TOKEN|ACCESS_KEY|PAT)$")
 
 
 def _dict(value: Any) -> dict[str, Any]:
@@ -83,19 +99,114 @@ def _unusable(event: dict[str, Any]) -> str | None:
     return unavailable_reason(text)
 
 
-def config(lane: Lane) -> str:
+# -- configuration -----------------------------------------------------------------------
+
+_JSONC_NOISE = re.compile(r'("(?:\\.|[^"\\])*")|//[^\n]*|/\*.*?\*/|,(?=\s*[}\]])', re.DOTALL)
+
+
+def jsonc(text: str) -> Any:
+    """JSON with comments and trailing commas, as opencode reads its config (raises
+    ValueError when it is not that)."""
+    return json.loads(_JSONC_NOISE.sub(lambda m: m.group(1) or "", text))
+
+
+def merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` deep-merged onto ``base``, as opencode merges its config sources."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = (merged(out[key], value)
+                    if isinstance(value, dict) and isinstance(out.get(key), dict) else value)
+    return out
+
+
+def config(lane: Lane, theirs_text: str | None = None) -> str:
+    """``OPENCODE_CONFIG_CONTENT``: the user's own (the lane's environment), with sharing
+    off and the build agent's steps cap on top. A user's content that does not parse is
+    passed on as it is: opencode then says what is wrong with it, where replacing it
+    would silently drop the provider the user chose."""
     steps = lane.max_turns or DEFAULT_MAX_TURNS[lane.role]
     ours: dict[str, Any] = {"share": "disabled", "agent": {"build": {"steps": steps}}}
+    if theirs_text is None:
+        theirs_text = os.environ.get("OPENCODE_CONFIG_CONTENT") or ""
+    if not theirs_text.strip():
+        return json.dumps(ours)
     try:
-        theirs = json.loads(os.environ.get("OPENCODE_CONFIG_CONTENT") or "{}")
+        theirs = jsonc(theirs_text)
     except ValueError:
-        theirs = {}
-    if isinstance(theirs, dict):
-        agents = _dict(theirs.get("agent"))
-        build = _dict(agents.get("build"))
-        ours = {**theirs, **ours,
-                "agent": {**agents, "build": {**build, "steps": steps}}}
-    return json.dumps(ours)
+        return theirs_text
+    return json.dumps(merged(theirs, ours)) if isinstance(theirs, dict) else theirs_text
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        return _dict(jsonc(path.read_text("utf-8")))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+
+
+def config_files(lane: Lane, env: Mapping[str, str]) -> list[Path]:
+    """The config files opencode reads for this lane, lowest precedence first."""
+    home = env.get("HOME", "")
+    config_home = Path(env.get("XDG_CONFIG_HOME") or os.path.join(home, ".config"))
+    files = [config_home / "opencode" / name
+             for name in ("config.json", "opencode.json", "opencode.jsonc")]
+    if env.get("OPENCODE_CONFIG"):
+        files.append(Path(env["OPENCODE_CONFIG"]))
+    if not env.get("OPENCODE_DISABLE_PROJECT_CONFIG"):
+        files += [lane.worktree / "opencode.json", lane.worktree / "opencode.jsonc"]
+    dirs = [lane.worktree / ".opencode",
+            *([Path(env["OPENCODE_CONFIG_DIR"])] if env.get("OPENCODE_CONFIG_DIR") else [])]
+    files += [d / name for d in dirs for name in ("opencode.json", "opencode.jsonc")]
+    return files
+
+
+def effective_config(lane: Lane, env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for path in config_files(lane, env):
+        out = merged(out, _read_config(path))
+    try:
+        content = jsonc(env.get("OPENCODE_CONFIG_CONTENT") or "{}")
+    except ValueError:
+        content = {}
+    return merged(out, _dict(content))
+
+
+def _model_in_args(args: Iterable[str]) -> str | None:
+    found, args = None, list(args)
+    for i, arg in enumerate(args):
+        if arg in ("-m", "--model") and i + 1 < len(args):
+            found = args[i + 1]
+        elif arg.startswith("--model="):
+            found = arg.split("=", 1)[1]
+    return found
+
+
+def _has_credentials(env: Mapping[str, str]) -> bool:
+    data_home = Path(env.get("XDG_DATA_HOME") or os.path.join(env.get("HOME", ""),
+                                                              ".local/share"))
+    return (any(_CREDENTIAL.search(name) and value and name != "OPENCODE_API_KEY"
+                for name, value in env.items())
+            or bool(env.get("OPENCODE_AUTH_CONTENT"))
+            or (data_home / "opencode" / "auth.json").exists())
+
+
+def provider_id(lane: Lane, cfg: Mapping[str, Any], env: Mapping[str, str]) -> str | None:
+    """The provider opencode will call, or None when wtmesh cannot tell. Without a model,
+    opencode takes one from the providers the config names (so one named is the one), else
+    from those it finds credentials for, else its free hosted ones."""
+    model = _model_in_args(lane.args) or lane.model or cfg.get("model")
+    if isinstance(model, str) and "/" in model:
+        return model.split("/", 1)[0]
+    providers = list(_dict(cfg.get("provider")))
+    if len(providers) == 1:
+        return providers[0]
+    if not providers and not _has_credentials(env):
+        return "opencode"
+    return None
+
+
+def _substituted(text: str, env: Mapping[str, str]) -> str:
+    return re.sub(r"\{env:([^}]+)\}", lambda m: env.get(m.group(1), ""), text)
 
 
 # -- the preset --------------------------------------------------------------------------
@@ -145,13 +256,30 @@ class Opencode:
         return Invocation(tuple(argv), env=env, stdin=lane.prompt_path)
 
     def api_url(self, lane: Lane, env: Mapping[str, str]) -> str | None:
-        return None  # the provider is chosen by configuration wtmesh does not read yet
+        """The chosen provider's ``options.baseURL`` in the config opencode will read;
+        for its free hosted models, OpenCode Zen; None for any other provider without a
+        configured base URL (its URL comes from opencode's model database)."""
+        cfg = effective_config(lane, env)
+        provider = provider_id(lane, cfg, env)
+        if provider is None:
+            return None
+        base = _dict(_dict(_dict(cfg.get("provider")).get(provider)).get("options")).get(
+            "baseURL")
+        if isinstance(base, str) and base:
+            return _substituted(base, env)
+        return ZEN_URL if provider == "opencode" else None
 
     def read(self, lane: Lane, done: Completed) -> Transcript:
         t = Transcript()
         events = json_lines(done.stdout)
-        if done.returncode != 0 and not events and _USAGE.search(done.stderr_tail):
-            return self._refused_command_line(lane, done)
+        stderr = _ANSI.sub("", done.stderr_tail)  # its errors are coloured
+        if done.returncode != 0 and not events:
+            if _USAGE.search(stderr):
+                return self._refused_command_line(lane, done)
+            fatal = _CONFIG_ERROR.search(stderr)
+            if fatal:
+                why = fatal.group(0).removeprefix("Error:").strip().rstrip(":")
+                return Transcript(unavailable=why, error=why)
         errors: list[str] = []
         steps = 0
         texts: list[str] = []
@@ -183,8 +311,7 @@ class Opencode:
         if steps >= cap:
             t.cap = f"used all {cap} of its steps (agent steps cap)"
         if done.returncode != 0 or errors:
-            why = "; ".join(errors) or first_line(done.stderr_tail,
-                                                  f"opencode exited {done.returncode}")
+            why = "; ".join(errors) or first_line(stderr, f"opencode exited {done.returncode}")
             t.unavailable = t.unavailable or unavailable_reason(why)
             t.error = first_line(why)
         return t
