@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from . import proc
+from . import usage as usage_mod
 from .plan import Command
 from .sandbox import Confinement
+from .usage import Usage
 
 MESH_FAILURE_CODES = (
     "safety_regression_risk", "proof_missing", "invalid_output_schema",
@@ -109,6 +111,8 @@ class LaneResult:
     duration_s: float
     pid: int | None
     could_not_start: bool = False
+    usage: Usage | None = None  # what the lane said it spent (SPEC 17)
+    usage_ignored: str | None = None  # why a usage it wrote was not taken
 
     @property
     def retryable(self) -> bool:
@@ -121,20 +125,52 @@ class LaneResult:
             "failure_code": self.failure_code, "notes": self.notes,
             "proof_status": self.proof_status, "exit_code": self.exit_code,
             "timed_out": self.timed_out, "duration_s": round(self.duration_s, 3),
+            "usage": self.usage.record() if self.usage is not None else None,
+            **({"usage_ignored": self.usage_ignored} if self.usage_ignored else {}),
         }
 
 
 class ResultError(ValueError):
-    """The lane's result file is not the output contract's shape."""
+    """The lane's result file is not the output contract's shape. What it says it spent
+    still counts: the money is gone whatever else the file got wrong."""
+
+    def __init__(self, message: str, usage: Usage | None = None,
+                 usage_ignored: str | None = None) -> None:
+        super().__init__(message)
+        self.usage, self.usage_ignored = usage, usage_ignored
 
 
 def parse_result(data: bytes, unit_id: str) -> dict[str, Any]:
+    """The result file, checked against the output contract. ``usage`` comes back as a
+    ``Usage`` (or None), and ``usage_ignored`` says why a malformed one was dropped: a
+    wrong usage never fails the unit. It is bookkeeping beside the work, not part of the
+    mesh output contract (SPEC 3.4 lists what makes a result invalid, and usage is not
+    there); rejecting a good change because a CLI's counters changed shape would throw
+    away work already paid for."""
     try:
         result = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ResultError(f"result file is not JSON: {exc}") from None
     if not isinstance(result, dict):
         raise ResultError("result file is not a JSON object")
+    result["usage"], result["usage_ignored"] = _usage(result.get("usage"))
+    try:
+        _check_contract(result, unit_id)
+    except ResultError as exc:
+        raise ResultError(str(exc), result["usage"], result["usage_ignored"]) from None
+    return result
+
+
+def _usage(value: Any) -> tuple[Usage | None, str | None]:
+    if value is None:
+        return None, None
+    try:
+        return usage_mod.parse(value), None
+    except usage_mod.UsageProblem as exc:
+        return None, str(exc)
+
+
+def _check_contract(result: dict[str, Any], unit_id: str) -> None:
     if "id" in result and result["id"] != unit_id:
         raise ResultError(f"result is for unit {result['id']!r}, not {unit_id!r}")
     decision = result.get("decision")
@@ -152,7 +188,6 @@ def parse_result(data: bytes, unit_id: str) -> dict[str, Any]:
     for key in ("notes", "patch"):
         if result.get(key) is not None and not isinstance(result[key], str):
             raise ResultError(f"{key} must be a string")
-    return result
 
 
 def run_lane(run: LaneRun, on_spawn: Callable[[int], None] | None = None) -> LaneResult:
@@ -169,7 +204,8 @@ def run_lane(run: LaneRun, on_spawn: Callable[[int], None] | None = None) -> Lan
         return LaneResult(run.lane, run.attempt, decision, code, notes,
                           result.get("proof_status"), result.get("patch"), done.returncode,
                           done.timed_out, done.duration_s, done.pid,
-                          could_not_start=done.start_error is not None)
+                          could_not_start=done.start_error is not None,
+                          usage=result.get("usage"), usage_ignored=result.get("usage_ignored"))
 
     if done.start_error is not None:
         return ended("reject", "tooling_unavailable", done.start_error)
@@ -183,5 +219,6 @@ def run_lane(run: LaneRun, on_spawn: Callable[[int], None] | None = None) -> Lan
     try:
         result = parse_result(run.result_path.read_bytes(), run.unit_id)
     except ResultError as exc:
-        return ended("reject", "invalid_output_schema", str(exc))
+        return ended("reject", "invalid_output_schema", str(exc),
+                     {"usage": exc.usage, "usage_ignored": exc.usage_ignored})
     return ended(result["decision"], result.get("failure_code"), result.get("notes") or "", result)

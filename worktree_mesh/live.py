@@ -20,7 +20,9 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from . import usage as usage_mod
 from .output import STATE_STYLE, describe, sandbox_note
+from .usage import Usage, summed_cost_text, tokens_text
 
 REFRESH_PER_SECOND = 2
 # Lines around the table (title, header, progress, notes): rows beyond the terminal's
@@ -41,6 +43,11 @@ class _Row:
     added: int = 0
     removed: int = 0
     failure: str = ""
+    spent: list[Usage] = field(default_factory=list)  # each finished attempt's usage
+
+    def usage(self) -> dict[str, Any] | None:
+        summed = usage_mod.total(self.spent)
+        return None if summed is None else summed.record()
 
     def elapsed(self, now: float) -> str:
         if self.started is None:
@@ -105,6 +112,11 @@ class LiveView:
         elif event == "lane_started":
             row = self._row(record["unit"])
             row.lane, row.attempt = record["lane"], record["attempt"]
+        elif event == "lane_finished" and record.get("usage"):
+            try:
+                self._row(record["unit"]).spent.append(usage_mod.parse(record["usage"]))
+            except usage_mod.UsageProblem:  # the ledger's own records are well formed
+                pass
         elif event == "lanes_done" and record.get("stats"):
             row = self._row(record["unit"])
             stats = record["stats"]
@@ -171,17 +183,28 @@ class LiveView:
         table.add_column("files", justify="right", no_wrap=True)
         table.add_column("+/-", justify="right", no_wrap=True)
         table.add_column("failure", no_wrap=True, overflow="ellipsis")
+        # Tokens and cost only once a lane has reported what it spent.
+        spent = any(row.spent for row in all_rows)
+        if spent:
+            table.add_column("tokens", justify="right", no_wrap=True)
+            table.add_column("cost", justify="right", no_wrap=True)
         for row in rows:
+            used = row.usage()
             table.add_row(
                 Text(row.unit), Text(row.state, style=STATE_STYLE.get(row.state, "")),
                 Text(row.lane), str(row.attempt or ""), row.elapsed(now),
                 "" if row.files is None else str(row.files),
-                f"+{row.added}/-{row.removed}" if row.files else "", Text(row.failure))
+                f"+{row.added}/-{row.removed}" if row.files else "", Text(row.failure),
+                *((tokens_text(used), summed_cost_text(used)) if spent else ()))
         done = sum(1 for row in all_rows if row.state in FINAL)
         progress = Table.grid(padding=(0, 1))
         progress.add_row(ProgressBar(total=max(1, len(all_rows)), completed=done, width=30),
                          Text(f"{done}/{len(all_rows)} units finished"),
                          Text(f"integrator: {model.integrator}", style="dim"))
+        if spent:
+            run_total = usage_mod.total(u for row in all_rows for u in row.spent)
+            assert run_total is not None
+            progress.add_row(Text(""), Text(usage_mod.spent_line(run_total.record())))
         parts: list[RenderableType] = [Text(model.title, style="bold"), table]
         if more:
             parts.append(Text(more, style="dim"))

@@ -16,6 +16,7 @@ from .integrator import wait_message
 from .presets import versions
 from .series_check import REVIEWER_AM
 from .text import printable, printable_data
+from .usage import spent_line, summed_cost_text, tokens_text
 
 if TYPE_CHECKING:  # rich is imported where something is drawn: --json never needs it
     from rich.console import Group
@@ -55,6 +56,7 @@ def _describe(record: dict[str, Any]) -> str | None:
                 + sandbox_note(record) + preset_note(record))
     if event == "warning":
         return f"wtmesh: warning: {record['message']}"
+
     if event == "backpressure":
         why = "integrated" if record["reason"] == "integrated" else f"ended {record['reason']}"
         return (f"wtmesh: {record['new']} units at once (was {record['old']}): "
@@ -134,7 +136,9 @@ def print_summary_table(summary: dict[str, Any], stream: TextIO | None = None) -
     console = Console(file=stream, highlight=False, soft_wrap=False,
                       width=None if stream.isatty() else 120)
     table = Table()
-    for column in ("unit", "status", "failure", "files", "commit / patch", "s"):
+    spent = any_usage(summary["units"])
+    for column in ("unit", "status", "failure", "files", "commit / patch", "s",
+                   *(USAGE_COLUMNS if spent else ())):
         table.add_column(column, overflow="fold")
     for unit in summary["units"]:
         # Text, not markup: a unit id or patch name such as "[b]" is shown as written.
@@ -142,15 +146,30 @@ def print_summary_table(summary: dict[str, Any], stream: TextIO | None = None) -
                       Text(unit["status"], style=STATE_STYLE.get(unit["status"], "")),
                       Text(unit["failure_code"] or ""), str(len(unit["files"])),
                       Text(unit["patch"] or (unit["commit"] or "")[:12]),
-                      f"{unit['duration_s']:.1f}")
+                      f"{unit['duration_s']:.1f}", *(usage_cells(unit) if spent else ()))
     console.print(f"run {summary['run_id']}", markup=False)
     console.print(table)
     counts = ", ".join(f"{n} {state}" for state, n in summary["counts"].items() if n)
     console.print(counts, markup=False)
+    line = spent_line(summary.get("usage"))
+    if line:
+        console.print(line, markup=False)
     where = landing_note(summary)
     if where:
         # Paths and the git am line must stay whole to be copied: never wrapped.
         console.print(where, markup=False, soft_wrap=True)
+
+
+USAGE_COLUMNS = ("tokens", "cost")
+
+
+def any_usage(units: list[dict[str, Any]]) -> bool:
+    """Token and cost columns only where some lane reported what it spent."""
+    return any(unit.get("usage") for unit in units)
+
+
+def usage_cells(unit: dict[str, Any]) -> tuple[str, str]:
+    return tokens_text(unit.get("usage")), summed_cost_text(unit.get("usage"))
 
 
 def landing_note(summary: dict[str, Any]) -> str:
@@ -215,7 +234,9 @@ def status_view(status: dict[str, Any]) -> Group:
         say(f"plan {status['plan']}, {status['delivery_mode']} onto {status['target']} "
             f"from {status['base'][:12]}, started {status['started_at']}")]
     table = Table()
-    for column in ("unit", "state", "attempts", "s", "failure", "evidence / now"):
+    spent = any_usage(status["units"])
+    for column in ("unit", "state", "attempts", "s", "failure", *(USAGE_COLUMNS if spent else ()),
+                   "evidence / now"):
         table.add_column(column, overflow="fold")
     for unit in status["units"]:
         duration = "" if unit["duration_s"] is None else f"{unit['duration_s']:.1f}"
@@ -224,9 +245,12 @@ def status_view(status: dict[str, Any]) -> Group:
         table.add_row(Text(unit["id"]),
                       Text(unit["state"], style=STATE_STYLE.get(unit["state"], "")),
                       str(unit["attempts"]), duration, Text(unit["failure_code"] or ""),
-                      Text(detail or ""))
+                      *(usage_cells(unit) if spent else ()), Text(detail or ""))
     parts.append(table)
     parts.append(say(", ".join(f"{n} {state}" for state, n in status["counts"].items() if n)))
+    line = spent_line(status.get("usage"))
+    if line:
+        parts.append(say(line))
     resume = status["resume"]
     if resume is None:
         if status["state"] == "finished":

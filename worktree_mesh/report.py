@@ -1,7 +1,8 @@
 """``report.md``: a run told in Markdown, for reviewers who read it where they read code.
 
-Counts, a table of units (state, failure code, diffstat, proof time, commit or patch, the
-first line of evidence), and in patch_first the series with the command that applies it.
+Counts, what the lanes spent, a table of units (state, failure code, diffstat, proof time,
+commit or patch, the first line of evidence, and tokens and cost where a lane reported
+them), and in patch_first the series with the command that applies it.
 Built from the run's summary and ledger only, so it can be written again at any time.
 """
 
@@ -13,6 +14,7 @@ from .series_check import REVIEWER_AM
 from .state import RunDir
 from .status import evidence
 from .text import printable
+from .usage import spent_line, summed_cost_text, tokens_text
 
 
 def render_report(summary: dict[str, Any], records: list[dict[str, Any]],
@@ -25,15 +27,20 @@ def render_report(summary: dict[str, Any], records: list[dict[str, Any]],
     finished = {r["unit"]: r for r in records if r["event"] == "unit_finished"}
     counts = ", ".join(f"{n} {state}" for state, n in summary["counts"].items() if n)
     head = (summary.get("head") or "")[:12]
+    spent = any(unit.get("usage") for unit in summary["units"])
+    usage_columns = ["tokens", "cost"] if spent else []
+    spent_said = spent_line(summary.get("usage"))
     lines = [
         f"# wtmesh run {summary['run_id']}",
         "",
         f"{summary['delivery_mode']} onto `{summary['target']}` from "
         f"`{summary['base'][:12]}`" + (f", now at `{head}`" if head else "") + ".",
         f"Exit code {summary['exit_code']}: {counts or 'no units'}.",
+        *([spent_said[0].upper() + spent_said[1:] + "."] if spent_said else []),
         "",
-        "| unit | state | failure | files | +/- | proof s | commit / patch | evidence |",
-        "|---|---|---|---:|---:|---:|---|---|",
+        "| " + " | ".join(["unit", "state", "failure", "files", "+/-", "proof s",
+                          "commit / patch", *usage_columns, "evidence"]) + " |",
+        "|---|---|---|---:|---:|---:|---|" + "---:|" * len(usage_columns) + "---|",
     ]
     for unit in summary["units"]:
         uid = unit["id"]
@@ -42,9 +49,11 @@ def render_report(summary: dict[str, Any], records: list[dict[str, Any]],
         why = evidence(ended, run_dir) if ended else ""
         delta = f"+{stat['added']}/-{stat['removed']}" if stat else ""
         where = unit["patch"] or (f"`{unit['commit'][:12]}`" if unit["commit"] else "")
+        used = ([tokens_text(unit.get("usage")), summed_cost_text(unit.get("usage"))]
+                if spent else [])
         lines.append("| " + " | ".join(_cell(x) for x in (
             uid, unit["status"], unit["failure_code"] or "", str(len(unit["files"])), delta,
-            f"{proof_s[uid]:.1f}" if uid in proof_s else "", where, why)) + " |")
+            f"{proof_s[uid]:.1f}" if uid in proof_s else "", where, *used, why)) + " |")
     if summary["delivery_mode"] == "patch_first" and summary.get("patch_dir"):
         patches = [u for u in summary["units"] if u["patch"]]
         lines += ["", "## Patches", "",

@@ -20,6 +20,7 @@ from typing import Any
 from . import diffs, proc
 from . import ledger as ledger_mod
 from . import sandbox as sandbox_mod
+from . import usage as usage_mod
 from .errors import (
     EXIT_ENVIRONMENT,
     EXIT_INTERRUPTED,
@@ -49,6 +50,7 @@ from .text import printable, printable_data, quote_path
 from .toolkit import learnings
 from .toolkit.backpressure import Backpressure
 from .unit_runner import LocalExecutor, UnitJob, UnitWork
+from .usage import LaneSpend
 from .worktrees import WorktreePool, fill_slots
 
 Observer = Callable[[dict[str, Any]], None]
@@ -77,7 +79,7 @@ class UnitProgress:
             return round(self.earlier_s, 3)
         return round(self.earlier_s + (self.finished or time.monotonic()) - self.started, 3)
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, spends: list[LaneSpend]) -> dict[str, Any]:
         landing = self.landing
         return {
             "id": self.unit.id,
@@ -88,6 +90,7 @@ class UnitProgress:
             "files": self.files,
             "attempts": self.attempts,
             "duration_s": self.duration_s,
+            "usage": usage_mod.unit_usage(spends, self.unit.id),
             **({"labels": dict(self.unit.labels)} if self.unit.labels else {}),
         }
 
@@ -416,6 +419,16 @@ class Run:
             progress.attempts = max(progress.attempts, fields["attempt"])
             self._set(progress, "running", fields["lane"])
         self.emit(event, **fields)
+        if event == "lane_finished":
+            self._note_ignored_usage(fields)
+
+    def _note_ignored_usage(self, lane: dict[str, Any]) -> None:
+        """A usage the lane wrote but that was not taken is said, where people look."""
+        said = f"{lane['unit']}: {lane['lane']} attempt {lane['attempt']}"
+        if lane.get("usage_ignored"):
+            self.emit("warning", unit=lane["unit"],
+                      message=f"{said} reported a usage that was ignored: "
+                              f"{lane['usage_ignored']}")
 
     def _states(self) -> dict[str, str]:
         return {uid: p.state for uid, p in self.units.items()}
@@ -609,6 +622,8 @@ class Run:
     def _summary(self, exit_code: int) -> dict[str, Any]:
         counts = _counts(p.state for p in self.units.values())
         head = self.git.read_ref(self.integrator.landing_ref)
+        # From the ledger: it holds the lanes of an interrupted process too.
+        spends = usage_mod.lane_spends(ledger_mod.read(self.run_dir.ledger))
         summary = {
             "run_id": self.run_id,
             "delivery_mode": self.options.delivery_mode,
@@ -616,8 +631,9 @@ class Run:
             "base": self.options.base,
             "head": head,
             "patch_dir": str(self.patch_dir) if self.patch_dir else None,
-            "units": [self.units[u.id].summary() for u in self.options.plan.units],
+            "units": [self.units[u.id].summary(spends) for u in self.options.plan.units],
             "counts": counts,
+            "usage": usage_mod.run_usage(spends),
             "exit_code": exit_code,
         }
         if self.integrator.stranded:

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from . import usage as usage_mod
 from .errors import UsageError
 from .git import Git
 from .resume import events, is_live, landed_in_git, recover, resume_steps, run_finished
@@ -39,6 +40,9 @@ def run_status(git: Git, state: StateDir, run_id: str | None = None) -> dict[str
     live = is_live(run_dir)
     condition = "running" if live else ("finished" if finished else "interrupted")
     units = _units(records, started, run_dir)
+    spends = usage_mod.lane_spends(records)
+    for unit in units:
+        unit["usage"] = usage_mod.unit_usage(spends, unit["id"])
     status: dict[str, Any] = {
         "run_id": run_id,
         "state": condition,
@@ -53,6 +57,7 @@ def run_status(git: Git, state: StateDir, run_id: str | None = None) -> dict[str
         "patch_dir": started.get("patch_dir"),
         "units": units,
         "counts": _counts(units),
+        "usage": usage_mod.run_usage(spends),
         "resume": None,
     }
     if condition == "interrupted":
