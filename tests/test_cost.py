@@ -1,16 +1,19 @@
 """Cost and tokens (SPEC 17): what lanes report flows to the ledger, the summary, `status`,
-report.md and the live view."""
+report.md and the live view; `--max-cost-usd` stops new lanes once the run has spent it."""
 
 from __future__ import annotations
 
 import json
 import shlex
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
-from conftest import lane, state_dir, wtmesh
+from conftest import LANES, PY, lane, state_dir, wtmesh
 from test_live import Terminal, rows_of
+
+KILLED = -signal.SIGKILL
 
 
 def spends(uid: str, *attempts: dict[str, Any] | str, **result: Any) -> list[str]:
@@ -208,6 +211,133 @@ def test_a_malformed_usage_is_ignored_with_a_note_and_never_fails_the_unit(
                for m in warnings), warnings
 
 
+def waits_for(repo: Path, count: int, *event: str) -> str:
+    """A shell prefix that waits for ``count`` ledger events matching ``event``. The
+    ledger lies in the state directory, which the sandbox hides: such runs use
+    ``--sandbox none``."""
+    return shlex.join([PY, str(LANES / "wait_for_events.py"), str(state_dir(repo)),
+                       str(count), *event]) + " && "
+
+
+def test_max_cost_usd_stops_new_lanes_the_running_lane_finishes(repo: Path,
+                                                                tmp_path: Path) -> None:
+    plan = plan_file(tmp_path, [
+        # a runs beside b, and ends only once b's lane has spent the budget.
+        unit("a", waits_for(repo, 1, "event=lane_finished", "unit=b")
+             + shlex.join(spends("a", usage(1, 1, 0.25)))),
+        unit("b", spends("b", usage(1, 1, 1.0))),
+        unit("c", spends("c", usage(1, 1, 0.1))),
+        unit("d", spends("d", usage(1, 1, 0.1))),
+    ], max_active=2, max_cost_usd=100)
+    res = wtmesh("run", plan, "--json", "--sandbox", "none", "--max-cost-usd", "0.5",
+                 cwd=repo)
+    assert res.returncode == 1, res.stderr  # SPEC 6: units skipped
+    summary = res.json()
+    states = {u["id"]: (u["status"], u["failure_code"]) for u in summary["units"]}
+    assert states == {"a": ("integrated", None), "b": ("integrated", None),
+                      "c": ("skipped", "budget_exhausted"),
+                      "d": ("skipped", "budget_exhausted")}
+    assert summary["usage"]["cost_usd"] == 1.25  # the running lane's cost counts too
+    assert summary["max_cost_usd"] == 0.5  # the command line over the plan
+    records = ledger(repo, summary["run_id"])
+    started = {r["unit"] for r in records if r["event"] == "lane_started"}
+    assert started == {"a", "b"}
+    (exhausted,) = [r for r in records if r["event"] == "budget_exhausted"]
+    assert (exhausted["spent_usd"], exhausted["max_cost_usd"]) == (1.0, 0.5)
+    notes = {r["unit"]: r["notes"] for r in records if r["event"] == "unit_finished"}
+    assert "not started: the run has spent $1.0000 of its --max-cost-usd $0.5000" \
+        in notes["c"]
+    rows, text = status_rows(repo)
+    assert rows["c"][1] == "skipped" and "budget_exhausted" in rows["c"]
+    assert "spent: $1.2500, tokens 2 in / 2 out (--max-cost-usd $0.5000)" in text
+
+
+def test_the_plans_max_cost_usd_stops_a_fixer_and_a_retry(repo: Path, tmp_path: Path) -> None:
+    plan = plan_file(tmp_path, [
+        unit("free", lane("act.py", "write:free.txt=free\\n")),  # says nothing of its cost
+        unit("cheap", spends("cheap", usage(1, 1, 0.2))),
+        # Its coder spends the rest: its fixer, a new lane, never starts.
+        unit("reviewed", spends("reviewed", usage(1, 1, 0.4)),
+             fixer=lane("act.py", "write:reviewed.review=ok\\n")),
+        unit("later", spends("later", usage(1, 1, 0.1))),
+    ], max_cost_usd=0.5)
+    res = wtmesh("run", plan, "--json", cwd=repo)
+    assert res.returncode == 1, res.stderr
+    summary = res.json()
+    states = {u["id"]: (u["status"], u["failure_code"]) for u in summary["units"]}
+    assert states == {"free": ("integrated", None), "cheap": ("integrated", None),
+                      "reviewed": ("failed", "budget_exhausted"),
+                      "later": ("skipped", "budget_exhausted")}
+    records = ledger(repo, summary["run_id"])
+    assert [(u, lane_name) for u, lane_name, _, _ in lanes_finished(records)] == [
+        ("free", "coder"), ("cheap", "coder"), ("reviewed", "coder")]
+    # The budget cannot see what a lane does not report: said once.
+    (uncounted,) = [r["message"] for r in records if r["event"] == "warning"]
+    assert uncounted == ("free: coder attempt 1 did not report its cost: --max-cost-usd "
+                         "counts only the costs lanes report")
+    notes = {r["unit"]: r["notes"] for r in records if r["event"] == "unit_finished"}
+    assert "no fixer started" in notes["reviewed"]
+
+    # A lane attempt that failed is not retried once the budget is spent.
+    retried = plan_file(tmp_path, [
+        unit("flaky", spends("flaky", usage(1, 1, 0.6), usage(1, 1, 0.1)))],
+        max_cost_usd=0.5)
+    res = wtmesh("run", retried, "--json", cwd=repo)
+    assert res.returncode == 1, res.stderr
+    (flaky,) = res.json()["units"]
+    assert (flaky["status"], flaky["failure_code"], flaky["attempts"]) == (
+        "failed", "budget_exhausted", 1)
+
+
+def test_a_budget_of_nothing_starts_no_lane(repo: Path, tmp_path: Path) -> None:
+    plan = plan_file(tmp_path, [unit("a", spends("a", usage(1, 1, 0.1)))])
+    res = wtmesh("run", plan, "--json", "--max-cost-usd", "0", cwd=repo)
+    assert res.returncode == 1, res.stderr
+    (only,) = res.json()["units"]
+    assert (only["status"], only["failure_code"]) == ("skipped", "budget_exhausted")
+    assert not [r for r in ledger(repo, res.json()["run_id"]) if r["event"] == "lane_started"]
+
+
+def test_resume_after_a_kill_keeps_the_spent_total(repo: Path, tmp_path: Path) -> None:
+    plan = plan_file(tmp_path, [unit(uid, spends(uid, usage(10, 1, 0.6)))
+                                for uid in ("a", "b", "c")], max_cost_usd=1.0)
+    # Killed once a's lane has finished (its cost in the ledger), before b started.
+    first = wtmesh("run", plan, cwd=repo, env={"WTMESH_FAULT": "at:lanes-done"})
+    assert first.returncode == KILLED, first.stderr
+    status = wtmesh("status", "--json", cwd=repo).json()
+    assert status["usage"]["cost_usd"] == 0.6
+    refused = wtmesh("run", plan, "--resume", "--max-cost-usd", "5", cwd=repo)
+    assert refused.returncode == 2 and "--max-cost-usd" in refused.stderr
+    res = wtmesh("run", plan, "--resume", "--json", cwd=repo)
+    assert res.returncode == 1, res.stderr
+    summary = res.json()
+    # 0.6 before the kill + 0.6 for b reach the budget: c never starts.
+    states = {u["id"]: (u["status"], u["failure_code"]) for u in summary["units"]}
+    assert states == {"a": ("integrated", None), "b": ("integrated", None),
+                      "c": ("skipped", "budget_exhausted")}
+    assert summary["usage"] == summed(20, 2, 1.2)
+    assert summary["max_cost_usd"] == 1.0
+    assert [u["usage"]["cost_usd"] for u in summary["units"][:2]] == [0.6, 0.6]
+
+
+def test_max_cost_usd_is_validated(repo: Path, tmp_path: Path) -> None:
+    good = plan_file(tmp_path, [unit("a", "true")], max_cost_usd=2.5)
+    assert wtmesh("validate", good, cwd=repo).returncode == 0
+    for value, said in ((-1, "$.max_cost_usd: must be >= 0 (got -1)"),
+                        ("5", "$.max_cost_usd: expected number, got str"),
+                        (True, "$.max_cost_usd: expected number, got bool")):
+        bad = plan_file(tmp_path, [unit("a", "true")], max_cost_usd=value)
+        for command in ("validate", "run"):
+            res = wtmesh(command, bad, cwd=repo)
+            assert res.returncode == 2, (value, res.stderr)
+            assert said in res.stderr, (value, res.stderr)
+    for value in ("-1", "nan", "inf", "ten"):
+        res = wtmesh("run", good, "--max-cost-usd", value, cwd=repo)
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+        assert res.stderr.count("\n") == 1 and "--max-cost-usd" in res.stderr, res.stderr
+    assert not state_dir(repo).exists()  # nothing ran
+
+
 def test_the_live_view_shows_tokens_and_cost(repo: Path, tmp_path: Path) -> None:
     release = tmp_path / "release"
     plan = plan_file(tmp_path, [
@@ -215,11 +345,12 @@ def test_the_live_view_shows_tokens_and_cost(repo: Path, tmp_path: Path) -> None
         # Holds the run open until the test has seen the live view.
         unit("second", f"until [ -e {shlex.quote(str(release))} ]; do sleep 0.05; done; "
              + shlex.join(spends("second", usage(1, 1, 0.01)))),
-    ])
+    ], max_cost_usd=10)
     term = Terminal([sys.executable, "-m", "worktree_mesh", "run", str(plan), "--sandbox",
                      "none"], repo, rows=30, cols=150)
     try:
-        term.pump_until("spent: $0.3000, tokens 1200 in / 34 out", timeout=120)
+        term.pump_until("spent: $0.3000, tokens 1200 in / 34 out (--max-cost-usd $10.0000)",
+                        timeout=120)
     finally:
         release.touch()
     live = [s for s in term.snapshots if "units finished" in s][-1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import shutil
 import signal
@@ -103,6 +104,11 @@ def validate(plan_file: Path) -> None:
 @click.option("--sandbox", type=click.Choice(sandbox_mod.SANDBOX_MODES),
               help="Confine lanes, setup and proofs with bubblewrap: auto (the default: "
                    "where it works, else say so), bwrap (exit 3 where it cannot run), none.")
+@click.option("--max-cost-usd", metavar="X",
+              callback=lambda _ctx, _param, value: _dollars(value),
+              help="Once the run's lanes have reported spending X US dollars, start no "
+                   "new lane (running ones finish); units not started end skipped, "
+                   "budget_exhausted. Overrides the plan's max_cost_usd.")
 @click.option("--report", type=click.Path(path_type=Path, dir_okay=False),
               help="Also write the run's report.md to this file.")
 @click.option("--learnings", type=click.Path(path_type=Path, dir_okay=False),
@@ -113,7 +119,8 @@ def run(plan_file: Path, repo: Path | None, max_active: int | None, delivery: st
         target: str | None, base: str | None, patch_dir: Path | None, keep_worktrees: bool,
         lock_timeout: float, resume: str | None, remaining_five_hour: float | None,
         remaining_weekly: float | None, batch: int | None, sandbox: str | None,
-        report: Path | None, learnings: Path | None, as_json: bool) -> None:
+        max_cost_usd: float | None, report: Path | None, learnings: Path | None,
+        as_json: bool) -> None:
     """Run PLAN: lanes in worktrees, then integrate accepted changes in plan order."""
     landing_window_s()  # a bad value is refused before anything starts
     # On a terminal a live table; otherwise (a pipe, CI, --json) one line per change.
@@ -129,10 +136,10 @@ def run(plan_file: Path, repo: Path | None, max_active: int | None, delivery: st
     if resume is not None:
         if (delivery or target or base or patch_dir or learnings
                 or remaining_five_hour is not None or remaining_weekly is not None
-                or batch is not None or report):
+                or batch is not None or report or max_cost_usd is not None):
             raise UsageError("--resume continues a run as it was started: --delivery, "
                              "--target, --base, --patch-dir, --batch, --report, "
-                             "--learnings and the budget cannot change")
+                             "--learnings, --max-cost-usd and the budget cannot change")
         the_run, recovery = _resumable(plan_file, repo, resume, renderer, as_json,
                                        keep_worktrees=keep_worktrees, lock_timeout=lock_timeout,
                                        max_active=max_active, sandbox=sandbox)
@@ -146,7 +153,8 @@ def run(plan_file: Path, repo: Path | None, max_active: int | None, delivery: st
                               keep_worktrees=keep_worktrees, lock_timeout_s=lock_timeout,
                               budget=decision, batch=1 if batch is None else batch,
                               sandbox=sandbox, report=report.resolve() if report else None,
-                              learnings=learnings.resolve() if learnings else None)
+                              learnings=learnings.resolve() if learnings else None,
+                              max_cost_usd=max_cost_usd)
         the_run, recovery = Run(options, git, renderer), None
     stop = _Stop()
     previous = {signum: signal.signal(signum, stop) for signum in _Stop.SIGNALS}
@@ -177,6 +185,19 @@ def _batch_size(value: str | None) -> int | None:
     if not value.isdigit() or int(value) < 1:
         raise click.BadParameter(f"{value!r} is not auto or a whole number >= 1")
     return int(value)
+
+
+def _dollars(value: str | None) -> float | None:
+    """A sum of money: a finite number >= 0 (``nan`` and ``inf`` read as floats too)."""
+    if value is None:
+        return None
+    try:
+        amount = float(value)
+    except ValueError:
+        amount = math.nan
+    if not math.isfinite(amount) or amount < 0:
+        raise click.BadParameter(f"{value!r} is not a number of dollars >= 0")
+    return amount
 
 
 def _budget(five_hour: float | None, weekly: float | None) -> BudgetDecision | None:

@@ -28,7 +28,7 @@ MESH_FAILURE_CODES = (
 )
 RUNNER_FAILURE_CODES = (
     "lane_failed", "scope_violation", "integration_conflict", "proof_failed",
-    "dependency_failed", "interrupted",
+    "dependency_failed", "interrupted", "budget_exhausted",
 )
 FAILURE_CODES = MESH_FAILURE_CODES + RUNNER_FAILURE_CODES
 DECISIONS = ("accept", "reject", "no_diff")

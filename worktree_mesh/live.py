@@ -61,6 +61,7 @@ class _Model:
     rows: dict[str, _Row] = field(default_factory=dict)
     integrator: str = "idle"
     notes: list[str] = field(default_factory=list)  # lock waits, backpressure, strandings
+    max_cost_usd: float | None = None  # the run's budget, shown beside what it spent
 
 
 class LiveView:
@@ -98,10 +99,12 @@ class LiveView:
         event, model, now = record["event"], self._model, time.monotonic()
         if event == "run_started":
             model.title = describe(record) or ""
+            model.max_cost_usd = record.get("max_cost_usd")
             for unit in record.get("units", []):
                 self._row(unit)
         elif event == "run_resumed":
             model.title = f"run {record['run_id']} (resumed)" + sandbox_note(record)
+            model.max_cost_usd = record.get("max_cost_usd")
         elif event == "unit_state":
             row = self._row(record["unit"])
             row.state = record["state"]
@@ -136,7 +139,7 @@ class LiveView:
         elif event == "landed":
             model.integrator = f"landed {record['unit']}"
         elif event in ("lock_wait", "backpressure", "stranded", "left_behind",
-                       "index_lock_wait", "warning"):
+                       "index_lock_wait", "warning", "budget_exhausted"):
             line = describe(record)
             if line:
                 model.notes = [*model.notes[-2:], line]
@@ -204,7 +207,8 @@ class LiveView:
         if spent:
             run_total = usage_mod.total(u for row in all_rows for u in row.spent)
             assert run_total is not None
-            progress.add_row(Text(""), Text(usage_mod.spent_line(run_total.record())))
+            progress.add_row(Text(""), Text(usage_mod.spent_line(run_total.record(),
+                                                                model.max_cost_usd)))
         parts: list[RenderableType] = [Text(model.title, style="bold"), table]
         if more:
             parts.append(Text(more, style="dim"))

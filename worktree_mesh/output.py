@@ -16,7 +16,7 @@ from .integrator import wait_message
 from .presets import versions
 from .series_check import REVIEWER_AM
 from .text import printable, printable_data
-from .usage import spent_line, summed_cost_text, tokens_text
+from .usage import cost_text, spent_line, summed_cost_text, tokens_text
 
 if TYPE_CHECKING:  # rich is imported where something is drawn: --json never needs it
     from rich.console import Group
@@ -56,7 +56,10 @@ def _describe(record: dict[str, Any]) -> str | None:
                 + sandbox_note(record) + preset_note(record))
     if event == "warning":
         return f"wtmesh: warning: {record['message']}"
-
+    if event == "budget_exhausted":
+        return (f"wtmesh: the run has spent {cost_text(record['spent_usd'])} of its "
+                f"--max-cost-usd {cost_text(record['max_cost_usd'])}: no new lane starts "
+                "(running lanes finish)")
     if event == "backpressure":
         why = "integrated" if record["reason"] == "integrated" else f"ended {record['reason']}"
         return (f"wtmesh: {record['new']} units at once (was {record['old']}): "
@@ -151,7 +154,7 @@ def print_summary_table(summary: dict[str, Any], stream: TextIO | None = None) -
     console.print(table)
     counts = ", ".join(f"{n} {state}" for state, n in summary["counts"].items() if n)
     console.print(counts, markup=False)
-    line = spent_line(summary.get("usage"))
+    line = spent_line(summary.get("usage"), summary.get("max_cost_usd"))
     if line:
         console.print(line, markup=False)
     where = landing_note(summary)
@@ -248,7 +251,7 @@ def status_view(status: dict[str, Any]) -> Group:
                       *(usage_cells(unit) if spent else ()), Text(detail or ""))
     parts.append(table)
     parts.append(say(", ".join(f"{n} {state}" for state, n in status["counts"].items() if n)))
-    line = spent_line(status.get("usage"))
+    line = spent_line(status.get("usage"), status.get("max_cost_usd"))
     if line:
         parts.append(say(line))
     resume = status["resume"]

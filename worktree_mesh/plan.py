@@ -104,6 +104,7 @@ class Plan:
     # Paths lanes and proofs may also write when sandboxed, as written: {repo},
     # {plan_dir} and ~ are expanded when the run knows the repository.
     sandbox_writable: tuple[str, ...] = ()
+    max_cost_usd: float | None = None  # once the run has spent it, no new lane starts
 
     @property
     def plan_dir(self) -> Path:
@@ -445,6 +446,7 @@ def build(data: Mapping[str, Any], path: Path) -> Plan:
         raw=data,
         sandbox=data.get("sandbox"),
         sandbox_writable=tuple(data.get("sandbox_writable", ())),
+        max_cost_usd=float(data["max_cost_usd"]) if "max_cost_usd" in data else None,
     )
 
 

@@ -29,7 +29,7 @@ def render_report(summary: dict[str, Any], records: list[dict[str, Any]],
     head = (summary.get("head") or "")[:12]
     spent = any(unit.get("usage") for unit in summary["units"])
     usage_columns = ["tokens", "cost"] if spent else []
-    spent_said = spent_line(summary.get("usage"))
+    spent_said = spent_line(summary.get("usage"), summary.get("max_cost_usd"))
     lines = [
         f"# wtmesh run {summary['run_id']}",
         "",

@@ -39,6 +39,8 @@ class RunOptions:
     report: Path | None = None  # --report FILE: report.md written there too
     # --sandbox over the plan's "sandbox" (default auto), and what it gave here.
     sandbox: SandboxChoice = SandboxChoice("none", None, "sandbox set to none")
+    # --max-cost-usd over the plan's max_cost_usd: once spent, no new lane starts.
+    max_cost_usd: float | None = None
 
 
 def resolve_run(plan: Plan, repo: RepoInfo, git: Git, *, target: str | None, base: str | None,
@@ -46,7 +48,8 @@ def resolve_run(plan: Plan, repo: RepoInfo, git: Git, *, target: str | None, bas
                 keep_worktrees: bool, lock_timeout_s: float,
                 budget: BudgetDecision | None = None,
                 learnings: Path | None = None, batch: int = 1,
-                report: Path | None = None, sandbox: str | None = None) -> RunOptions:
+                report: Path | None = None, sandbox: str | None = None,
+                max_cost_usd: float | None = None) -> RunOptions:
     """Command line over plan over defaults; every problem is a usage error (exit 2)."""
     mode = delivery_mode or plan.delivery_mode
     target_name = target or plan.target or repo.head_branch
@@ -72,7 +75,8 @@ def resolve_run(plan: Plan, repo: RepoInfo, git: Git, *, target: str | None, bas
     return RunOptions(plan, repo, budget.limit(wanted) if budget else wanted, mode,
                       target_name, base_sha, patch_dir, keep_worktrees, lock_timeout_s,
                       budget.as_dict() if budget else None, learnings, batch, report,
-                      choose_sandbox(sandbox or plan.sandbox or sandbox_mod.DEFAULT_MODE))
+                      choose_sandbox(sandbox or plan.sandbox or sandbox_mod.DEFAULT_MODE),
+                      max_cost_usd if max_cost_usd is not None else plan.max_cost_usd)
 
 
 def choose_sandbox(mode: str) -> SandboxChoice:
@@ -100,7 +104,8 @@ def resumed_options(run_dir: RunDir, repo: RepoInfo, recovery: Recovery, *,
                       started.get("batch", 1),
                       Path(started["report"]) if started.get("report") else None,
                       choose_sandbox(sandbox or (started.get("sandbox") or {}).get(
-                          "mode", sandbox_mod.DEFAULT_MODE)))
+                          "mode", sandbox_mod.DEFAULT_MODE)),
+                      started.get("max_cost_usd"))
 
 
 REPORT_FIRST_LINE = b"# wtmesh run "

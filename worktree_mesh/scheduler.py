@@ -50,7 +50,7 @@ from .text import printable, printable_data, quote_path
 from .toolkit import learnings
 from .toolkit.backpressure import Backpressure
 from .unit_runner import LocalExecutor, UnitJob, UnitWork
-from .usage import LaneSpend
+from .usage import Budget, LaneSpend
 from .worktrees import WorktreePool, fill_slots
 
 Observer = Callable[[dict[str, Any]], None]
@@ -116,6 +116,8 @@ class Run:
         self.run_lock = RunLock(self.run_dir)
         self.interrupted = False
         self.backpressure = Backpressure(options.max_active) if options.budget else None
+        self.spending = Budget(options.max_cost_usd)  # --max-cost-usd (SPEC 17)
+        self.said_uncounted = False  # warned that a lane's cost is not known
         repo = options.repo.toplevel or git.common_dir
         sandbox = sandbox_mod.for_run(
             options.sandbox, state_dir=self.state.root,
@@ -259,7 +261,7 @@ class Run:
         clis = self._preset_clis()
         self.emit("run_started", plan=str(opts.plan.path), delivery_mode=opts.delivery_mode,
                   target=opts.target, base=opts.base, max_active=opts.max_active,
-                  budget=opts.budget, batch=opts.batch,
+                  budget=opts.budget, batch=opts.batch, max_cost_usd=opts.max_cost_usd,
                   report=str(opts.report) if opts.report else None,
                   learnings=str(opts.learnings) if opts.learnings else None,
                   patch_dir=str(self.patch_dir) if self.patch_dir else None,
@@ -288,6 +290,9 @@ class Run:
             raise EnvironmentRefused(f"run {self.run_id} is still running; it cannot be "
                                      "resumed from a second process")
         self.ledger = Ledger(self.run_dir.ledger, self.run_id)
+        # What the interrupted process spent still counts against the budget.
+        self.spending.spent = usage_mod.spent_usd(
+            usage_mod.lane_spends(ledger_mod.read(self.run_dir.ledger)))
         stopped = stop_leftover_processes(self.run_id)
         # The dead process's worktrees: its pool is gone, and they may hold half a lane.
         self.git.remove_worktrees_under(self.run_dir.worktrees)
@@ -304,6 +309,7 @@ class Run:
         steps = resume_steps(self.git, recovery, (u.id for u in self.order), landed)
         self.emit("run_resumed", pid=os.getpid(), stopped_process_groups=stopped,
                   sandbox=self.options.sandbox.as_record(),
+                  max_cost_usd=self.options.max_cost_usd, spent_usd=self.spending.spent,
                   steps={uid: {"action": step.kind, "says": step.says}
                          for uid, step in steps.items()})
         self.integrator.start_patch_series()
@@ -404,7 +410,7 @@ class Run:
     def _run_unit(self, job: UnitJob) -> UnitWork:
         """A failure inside wtmesh while running one unit ends that unit, not the run."""
         try:
-            return self.executor.run(job, self._report_from_lane)
+            return self.executor.run(job, self._report_from_lane, self.spending.refusal)
         except Exception as exc:  # noqa: BLE001 - recorded with its traceback
             log = job.unit_dir / "error.log"
             log.parent.mkdir(parents=True, exist_ok=True)
@@ -420,21 +426,33 @@ class Run:
             self._set(progress, "running", fields["lane"])
         self.emit(event, **fields)
         if event == "lane_finished":
-            self._note_ignored_usage(fields)
+            self._count_spending(fields)
 
-    def _note_ignored_usage(self, lane: dict[str, Any]) -> None:
-        """A usage the lane wrote but that was not taken is said, where people look."""
+    def _count_spending(self, lane: dict[str, Any]) -> None:
+        """A finished attempt's cost counts against ``--max-cost-usd`` once it is in the
+        ledger (where a resumed run reads it back); a usage that was not taken is said."""
         said = f"{lane['unit']}: {lane['lane']} attempt {lane['attempt']}"
         if lane.get("usage_ignored"):
             self.emit("warning", unit=lane["unit"],
                       message=f"{said} reported a usage that was ignored: "
                               f"{lane['usage_ignored']}")
+        cost = (lane.get("usage") or {}).get("cost_usd")
+        if cost is None and self.spending.max_usd is not None and not self.said_uncounted:
+            self.said_uncounted = True  # once: the budget cannot see such lanes at all
+            self.emit("warning", unit=lane["unit"],
+                      message=f"{said} did not report its cost: --max-cost-usd counts only "
+                              "the costs lanes report")
+        if self.spending.add(cost):
+            self.emit("budget_exhausted", spent_usd=self.spending.spent,
+                      max_cost_usd=self.spending.max_usd, unit=lane["unit"],
+                      lane=lane["lane"], attempt=lane["attempt"])
 
     def _states(self) -> dict[str, str]:
         return {uid: p.state for uid, p in self.units.items()}
 
     def _loop(self) -> None:
         self._skip_orphans()
+        self._skip_over_budget()
         if all(p.state in FINAL_STATES for p in self.units.values()):
             return  # a resumed run with nothing left to do: no worktree to make
         lanes_pool = ThreadPoolExecutor(max_workers=self.options.max_active,
@@ -449,6 +467,7 @@ class Run:
         try:
             while True:
                 self._skip_orphans()
+                self._skip_over_budget()
                 states = self._states()
                 for unit in self.order:
                     if len(running) >= self.active_limit:
@@ -515,6 +534,23 @@ class Run:
                     self._finish(progress, "skipped", "dependency_failed",
                                  f"depends on {dep}, which ended {self.units[dep].state}")
                     changed = True
+
+    def _skip_over_budget(self) -> None:
+        """Once the budget is spent no lane starts again in this run: every unit still
+        pending ends now. One whose lanes never started is ``skipped``; one cut off
+        mid-lane by an interruption (it had attempts) ``failed``."""
+        why = self.spending.refusal()
+        if why is None:
+            return
+        for unit in self.order:
+            progress = self.units[unit.id]
+            if progress.state != "pending":
+                continue
+            if progress.attempts:
+                self._finish(progress, "failed", "budget_exhausted",
+                             f"cut off during attempt {progress.attempts}, not run again: {why}")
+            else:
+                self._finish(progress, "skipped", "budget_exhausted", f"not started: {why}")
 
     def _next_batch(self) -> list[UnitProgress]:
         """Strict integration order: from the first unit not yet finished, once its lanes
@@ -634,6 +670,7 @@ class Run:
             "units": [self.units[u.id].summary(spends) for u in self.options.plan.units],
             "counts": counts,
             "usage": usage_mod.run_usage(spends),
+            "max_cost_usd": self.options.max_cost_usd,
             "exit_code": exit_code,
         }
         if self.integrator.stranded:

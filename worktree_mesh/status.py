@@ -58,6 +58,7 @@ def run_status(git: Git, state: StateDir, run_id: str | None = None) -> dict[str
         "units": units,
         "counts": _counts(units),
         "usage": usage_mod.run_usage(spends),
+        "max_cost_usd": started.get("max_cost_usd"),
         "resume": None,
     }
     if condition == "interrupted":

@@ -6,7 +6,8 @@ repository, the start commit, the lane commands and the environment, and returns
 sees; its only writes to the repository are objects and refs under ``refs/wtmesh/``, so
 the work survives a crash. Lanes are untrusted: after each one (setup included) the run's
 ``RepoGuard`` puts back what it changed in the user's repository outside its worktree,
-and a unit whose lane did that fails ``safety_regression_risk`` (SPEC 10).
+and a unit whose lane did that fails ``safety_regression_risk`` (SPEC 10). Before each
+lane attempt it asks the run's ``Gate`` whether a new lane may start (``--max-cost-usd``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from .state import write_atomic
 from .worktrees import WorktreePool
 
 Report = Callable[..., None]
+# Asked before each lane attempt: why no new lane may start now, or None.
+Gate = Callable[[], str | None]
 
 # How many of the things a lane changed the unit's notes name (the ledger has them all).
 NAMED_CHANGES = 5
@@ -51,7 +54,7 @@ class UnitJob:
 @dataclass(frozen=True)
 class UnitWork:
     unit_id: str
-    status: str  # accepted | rejected | no_diff | failed
+    status: str  # accepted | rejected | no_diff | failed | skipped (no lane could start)
     failure_code: str | None
     notes: str
     start: Sha
@@ -81,7 +84,7 @@ class LocalExecutor:
         self.sandbox = sandbox  # None: lanes and setup run unconfined
         self.guard = guard  # unconfined lanes: what they change in the repository is undone
 
-    def run(self, job: UnitJob, report: Report) -> UnitWork:
+    def run(self, job: UnitJob, report: Report, gate: Gate | None = None) -> UnitWork:
         started = time.monotonic()
         worktree = self.pool.acquire(job.start)
         attempt = [job.first_attempt]
@@ -93,7 +96,7 @@ class LocalExecutor:
             job.unit_dir.mkdir(parents=True, exist_ok=True)
             write_atomic(job.unit_dir / "unit.json",
                          json.dumps(job.unit.as_record(), indent=2).encode() + b"\n")
-            result = self._lanes(job, worktree, attempt, lanes, report)
+            result = self._lanes(job, worktree, attempt, lanes, report, gate)
             diff_path = job.unit_dir / "unit.diff"
             unit_diff = diffs.collect(self.git, job.start, result, job.unit.scope, diff_path)
             if unit_diff.empty:
@@ -111,10 +114,11 @@ class LocalExecutor:
     # -- lanes -------------------------------------------------------------------------
 
     def _lanes(self, job: UnitJob, worktree: Path, attempt: list[int],
-               lanes: list[LaneResult], report: Report) -> Sha:
+               lanes: list[LaneResult], report: Report, gate: Gate | None) -> Sha:
+        _refuse_if_spent(gate, job, job.unit.coder, None)  # before setup: spare its work
         self._setup(job, worktree, report)
         coder = self._lane_with_retries(job, job.unit.coder, worktree, attempt, job.start,
-                                        None, report)
+                                        None, report, gate)
         lanes.append(coder)
         self._check_decision(coder)
         if coder.decision == "no_diff":
@@ -135,7 +139,7 @@ class LocalExecutor:
             diff_file = job.unit_dir / "coder.diff"
             write_atomic(diff_file, self.git.diff(job.start, after_coder))
             fixer = self._lane_with_retries(job, fixer_spec, worktree, attempt, after_coder,
-                                            diff_file, report)
+                                            diff_file, report, gate)
             lanes.append(fixer)
             self._check_decision(fixer)
             # The fixer's word is final; its "no_diff" means it had nothing to add, so the
@@ -222,11 +226,13 @@ class LocalExecutor:
 
     def _lane_with_retries(self, job: UnitJob, spec: LaneSpec, worktree: Path,
                            attempt: list[int], reset_to: Sha, diff_file: Path | None,
-                           report: Report) -> LaneResult:
+                           report: Report, gate: Gate | None) -> LaneResult:
         tries = 0
+        last: LaneResult | None = None
         while True:
             if proc.RUNNING_GROUPS.stopping.is_set():
                 raise _Ended("failed", "interrupted", "the run was interrupted")
+            _refuse_if_spent(gate, job, spec, last)
             if tries:
                 attempt[0] += 1
                 # Retries start from a clean worktree at the lane's starting point.
@@ -250,6 +256,7 @@ class LocalExecutor:
             self._undo_repo_changes(job, spec.name, report)
             if not result.retryable or tries > spec.retries:
                 return result
+            last = result
 
     def _lane_run(self, job: UnitJob, spec: LaneSpec, worktree: Path, attempt: int,
                   diff_file: Path | None) -> LaneRun | None:
@@ -327,6 +334,27 @@ class LocalExecutor:
             raise _Ended("failed", "tooling_unavailable", str(exc)) from None
         if job.setup.command is not None:  # copying ignored files alone runs nothing
             self._undo_repo_changes(job, "setup", report)
+
+
+def _refuse_if_spent(gate: Gate | None, job: UnitJob, spec: LaneSpec,
+                     last: LaneResult | None) -> None:
+    """No new lane once the run's budget is spent (SPEC 17). A unit none of whose lanes
+    ever started is ``skipped``; one stopped half-way ``failed``: a coder's change the
+    fixer never saw must not land unreviewed (it stays under the unit's ``coder`` ref)."""
+    why = gate() if gate is not None else None
+    if why is None:
+        return
+    if last is not None:
+        raise _Ended("failed", "budget_exhausted",
+                     f"the {spec.name}'s attempt {last.attempt} ended {last.failure_code}: "
+                     f"{last.notes}; no retry: {why}")
+    if spec.name == "coder" and job.first_attempt == 1:
+        raise _Ended("skipped", "budget_exhausted", f"no lane started: {why}")
+    if spec.name == "coder":
+        raise _Ended("failed", "budget_exhausted",
+                     f"cut off during attempt {job.first_attempt - 1}, not run again: {why}")
+    raise _Ended("failed", "budget_exhausted",
+                 f"the coder's change was not reviewed: no {spec.name} started: {why}")
 
 
 def lane_records(work: UnitWork) -> list[dict[str, Any]]:

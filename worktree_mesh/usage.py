@@ -12,8 +12,9 @@ nothing: most cost nothing, and an agent lane always reports one.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 PARTS = ("tokens_in", "tokens_out", "cost_usd")
@@ -156,6 +157,49 @@ def run_usage(spends: Iterable[LaneSpend]) -> dict[str, Any] | None:
     return None if summed is None else summed.record()
 
 
+def spent_usd(spends: Iterable[LaneSpend]) -> float:
+    """What counts against ``--max-cost-usd``: the known costs of finished attempts."""
+    return round(math.fsum(s.usage.cost_usd for s in spends if s.usage.cost_usd is not None),
+                 COST_DIGITS)
+
+
+# -- the budget --------------------------------------------------------------------------
+
+@dataclass
+class Budget:
+    """``--max-cost-usd``: once the run has spent it, no new lane starts. Lane threads
+    add to it and ask it; the scheduler asks it before starting a unit."""
+
+    max_usd: float | None
+    spent: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, cost_usd: float | None) -> bool:
+        """Count one finished attempt's cost; True when this is what exhausted the budget."""
+        if cost_usd is None:
+            return False
+        with self._lock:
+            was = self._exhausted()
+            self.spent = round(self.spent + cost_usd, COST_DIGITS)
+            return not was and self._exhausted()
+
+    @property
+    def exhausted(self) -> bool:
+        with self._lock:
+            return self._exhausted()
+
+    def _exhausted(self) -> bool:
+        return self.max_usd is not None and self.spent >= self.max_usd
+
+    def refusal(self) -> str | None:
+        """Why a new lane may not start, or None."""
+        with self._lock:
+            if not self._exhausted():
+                return None
+            return (f"the run has spent {cost_text(self.spent)} of its --max-cost-usd "
+                    f"{cost_text(self.max_usd)}")
+
+
 # -- for people --------------------------------------------------------------------------
 
 UNKNOWN = "?"
@@ -189,8 +233,12 @@ def summed_cost_text(summed: Mapping[str, Any] | None) -> str:
     return cost_text(summed.get("cost_usd"), "cost_usd" in summed.get("partial", []))
 
 
-def spent_line(summed: Mapping[str, Any] | None) -> str:
-    """The run's line: what its lanes spent."""
-    if summed is None:
+def spent_line(summed: Mapping[str, Any] | None, max_usd: float | None) -> str:
+    """The run's line: what its lanes spent, and of which budget."""
+    if summed is None and max_usd is None:
         return ""
-    return f"spent: {summed_cost_text(summed)}, tokens {tokens_text(summed)}"
+    line = (f"spent: {summed_cost_text(summed)}, tokens {tokens_text(summed)}"
+            if summed is not None else "spent: no lane reported what it spent")
+    if max_usd is not None:
+        line += f" (--max-cost-usd {cost_text(max_usd)})"
+    return line
