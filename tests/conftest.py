@@ -55,6 +55,9 @@ def make_hermetic(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
     for variable in API_BASE_VARIABLES:
         monkeypatch.setenv(variable, API_STAND_IN.url)
     monkeypatch.setenv("OPENCODE_CONFIG_CONTENT", OPENCODE_STAND_IN)
+    # codex reads no base-URL variable: its default provider's URL is in its config.
+    (home / ".codex").mkdir(exist_ok=True)
+    (home / ".codex" / "config.toml").write_text(f'openai_base_url = "{API_STAND_IN.url}/v1"\n')
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
     monkeypatch.setenv("GIT_CONFIG_GLOBAL", "/dev/null")

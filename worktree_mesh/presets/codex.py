@@ -10,11 +10,16 @@
 - Failures: ``turn.failed`` and ``error`` events (codex may exit 0 after a capacity error,
   so the events decide, not only the exit code); a ``command_execution`` item with status
   ``declined`` is a denial.
+- Model API: the provider the configuration names (the lane's ``-c`` args over
+  ``$CODEX_HOME/config.toml``); codex's own is ``https://api.openai.com/v1`` unless
+  ``openai_base_url`` is set (codex ignores ``OPENAI_BASE_URL``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from .base import (
@@ -28,12 +33,121 @@ from .base import (
 )
 from .prompt import parse_verdict_text
 
+OPENAI_API = "https://api.openai.com/v1"
+# codex's built-in local providers (``--oss``) and where they listen by default.
+LOCAL_APIS = {"ollama": "http://localhost:11434/v1", "lmstudio": "http://localhost:1234/v1"}
+
 
 def _error_text(event: dict[str, Any]) -> str:
     error = event.get("error")
     if isinstance(error, dict):
         return str(error.get("message", ""))
     return str(event.get("message") or error or "")
+
+
+# -- which model API codex will call -------------------------------------------------------
+
+
+def _option_values(args: Sequence[str], *names: str) -> list[str]:
+    """The values given to ``names`` in ``args`` (``-c X``, ``-c=X``, ``--config=X``)."""
+    values = []
+    for i, arg in enumerate(args):
+        for name in names:
+            if arg == name and i + 1 < len(args):
+                values.append(args[i + 1])
+            elif arg.startswith(name + "="):
+                values.append(arg[len(name) + 1:])
+    return values
+
+
+def _toml_value(raw: str) -> Any:
+    """A ``-c`` value as codex reads it: TOML, else the raw text as a string."""
+    try:
+        return tomllib.loads(f"value = {raw}")["value"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _set_dotted(config: dict[str, Any], key: str, value: Any) -> None:
+    *parents, last = key.strip().split(".")
+    table = config
+    for part in parents:
+        child = table.get(part)
+        if not isinstance(child, dict):
+            child = table[part] = {}
+        table = child
+    table[last] = value
+
+
+def _merge(base: dict[str, Any], layer: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in layer.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def codex_home(env: Mapping[str, str]) -> Path | None:
+    if env.get("CODEX_HOME"):
+        return Path(env["CODEX_HOME"])
+    home = env.get("HOME")
+    return Path(home) / ".codex" if home else None
+
+
+class UnreadableConfig(Exception):
+    pass
+
+
+def _toml_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        return tomllib.loads(path.read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UnreadableConfig(f"{path}: {exc}") from None
+
+
+def codex_config(args: Sequence[str], env: Mapping[str, str]) -> dict[str, Any]:
+    """The configuration codex will run with, as far as the model provider goes:
+    ``$CODEX_HOME/config.toml``, the profile ``-p NAME`` layers on it
+    (``$CODEX_HOME/NAME.config.toml``; codex 0.171 refuses the older ``[profiles]``
+    tables itself), then the ``-c key=value`` overrides, in that order."""
+    home = codex_home(env)
+    config: dict[str, Any] = {}
+    if home is not None and "--ignore-user-config" not in args:
+        config = _toml_file(home / "config.toml")
+    for profile in _option_values(args, "-p", "--profile")[-1:]:
+        if home is not None:
+            config = _merge(config, _toml_file(home / f"{profile}.config.toml"))
+    for override in _option_values(args, "-c", "--config"):
+        key, sep, raw = override.partition("=")
+        if sep:
+            _set_dotted(config, key, _toml_value(raw.strip()))
+    return config
+
+
+def provider_url(config: Mapping[str, Any], args: Sequence[str],
+                 env: Mapping[str, str]) -> str | None:
+    """The base URL of the model provider ``config`` selects (None: it cannot be told)."""
+    if "--oss" in args:
+        local = _option_values(args, "--local-provider")
+        provider = local[-1] if local else config.get("oss_provider")
+    else:
+        provider = config.get("model_provider", "openai")
+    if not isinstance(provider, str):
+        return None
+    providers = config.get("model_providers")
+    declared = providers.get(provider) if isinstance(providers, Mapping) else None
+    if isinstance(declared, Mapping) and isinstance(declared.get("base_url"), str):
+        return str(declared["base_url"])
+    if provider == "openai":
+        base = config.get("openai_base_url")
+        return base if isinstance(base, str) and base else OPENAI_API
+    if provider in LOCAL_APIS:
+        return env.get("CODEX_OSS_BASE_URL") or LOCAL_APIS[provider]
+    return None
 
 
 class Codex:
@@ -53,7 +167,10 @@ class Codex:
         return Invocation(tuple(argv), stdin=lane.prompt_path)
 
     def api_url(self, lane: Lane, env: Mapping[str, str]) -> str | None:
-        return None  # the provider is chosen by configuration wtmesh does not read yet
+        try:
+            return provider_url(codex_config(lane.args, env), lane.args, env)
+        except UnreadableConfig:
+            return None  # codex will say what is wrong with its configuration itself
 
     def read(self, lane: Lane, done: Completed) -> Transcript:
         t = Transcript()

@@ -1,0 +1,110 @@
+"""The codex preset with the real ``codex`` CLI (the pinned version, installed into the test
+cache) through the real ``wtmesh run``, sandboxed unless a test says otherwise, against a
+scripted model server speaking the Responses API (``wire_codex``).
+
+Codex is pointed at the server with a model provider of its own in the preset's ``args``
+(AGENT-CLIS.md, "Pointing each CLI at a model server"). HOME lies outside /tmp, as a
+user's does (codex treats /tmp and $TMPDIR specially), unless a test is about HOME
+under /tmp.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import real_cli
+import wire_codex
+from conftest import PROOF, state_dir, wtmesh
+from model_server import closed_port
+
+KEY = {"LOOP_KEY": "test-key"}
+
+
+@pytest.fixture(scope="module")
+def codex_bin() -> Path:
+    return real_cli.bin_dir("codex")
+
+
+@pytest.fixture
+def home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A HOME outside /tmp (beside the CLI cache), removed afterwards."""
+    path = real_cli.cache_root().parent / "homes" / uuid.uuid4().hex[:12]
+    path.mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(path))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def provider_config(how: str, home: Path, url: str) -> list[str]:
+    """The lane's args making ``url`` codex's model API, in one of the ways codex reads
+    it: the args, ``openai_base_url``, ``~/.codex/config.toml``, a ``-p`` profile."""
+    if how == "args":
+        return wire_codex.provider_args(url)
+    if how == "openai_base_url":
+        return ["-c", f'openai_base_url="{url}/v1"']
+    if how == "oss":  # and CODEX_OSS_BASE_URL
+        return ["--oss", "--local-provider", "ollama"]
+    (home / ".codex").mkdir(exist_ok=True)
+    name = "config.toml" if how == "config.toml" else "loop.config.toml"
+    (home / ".codex" / name).write_text(
+        'model_provider = "loop"\n\n[model_providers.loop]\nname = "loop"\n'
+        f'base_url = "{url}/v1"\nenv_key = "LOOP_KEY"\nwire_api = "responses"\n')
+    return [] if how == "config.toml" else ["-p", "loop"]
+
+
+def plan_for(coder: dict[str, Any], fixer: dict[str, Any] | None = None) -> dict[str, Any]:
+    lanes = {"coder": coder, **({"fixer": fixer} if fixer else {})}
+    return {"proof_command": PROOF, "lanes": lanes,
+            "units": [{"id": "u1", "objective": "Add a constant VALUE = 1 in calc/extra.py",
+                       "unit_scope": ["calc/"]}]}
+
+
+def run(repo: Path, plan: Path, codex_bin: Path, *args: str,
+        env: dict[str, str] | None = None) -> dict[str, Any]:
+    full_env = {"PATH": f"{codex_bin}{os.pathsep}{os.environ['PATH']}", **(env or {})}
+    res = wtmesh("run", plan, "--json", *args, cwd=repo, env=full_env, timeout=900)
+    assert "Traceback" not in res.stderr, res.stderr
+    assert res.returncode in (0, 1), (res.returncode, res.stdout, res.stderr)
+    summary: dict[str, Any] = res.json()
+    return summary
+
+
+def only_unit(summary: dict[str, Any]) -> dict[str, Any]:
+    (unit,) = summary["units"]
+    return unit
+
+
+def unit_file(repo: Path, summary: dict[str, Any], name: str) -> Path:
+    return state_dir(repo) / "runs" / summary["run_id"] / "units" / "u1" / name
+
+
+def lane_log(repo: Path, summary: dict[str, Any], name: str = "coder-1") -> str:
+    return unit_file(repo, summary, f"{name}.stdout.log").read_text()
+
+
+# -- what makes codex unusable ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["args", "openai_base_url", "config.toml", "profile", "oss"])
+def test_unreachable_api_fails_at_once(repo: Path, write_plan: Any, codex_bin: Path,
+                                       home: Path, how: str) -> None:
+    """Nothing listens where codex's model API is: codex would retry until the lane's
+    timeout; the lane ends tooling_unavailable before codex starts, not retried."""
+    port = closed_port()
+    args = provider_config(how, home, f"http://127.0.0.1:{port}")
+    coder = {"preset": "codex", "model": "loop", "args": args, "timeout_s": 60, "retries": 2}
+    env = {**KEY, "CODEX_OSS_BASE_URL": f"http://127.0.0.1:{port}/v1"}
+    summary = run(repo, write_plan(plan_for(coder)), codex_bin, env=env)
+    unit = only_unit(summary)
+    assert (unit["status"], unit["failure_code"], unit["attempts"]) == \
+        ("rejected", "tooling_unavailable", 1), (unit, lane_log(repo, summary))
+    log = lane_log(repo, summary)
+    assert ("result: reject (tooling_unavailable): cannot reach the model API: "
+            f"127.0.0.1:{port} (") in log
+    assert "wtmesh-preset: running: " not in log  # codex exec never started
