@@ -10,6 +10,7 @@ under /tmp.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
@@ -21,8 +22,9 @@ import pytest
 import real_cli
 import wire_codex
 from conftest import PROOF, state_dir, wtmesh
-from model_server import closed_port
+from model_server import Fail, ModelServer, ToolCall, closed_port
 
+EDIT = ToolCall("exec_command", {"cmd": "printf 'VALUE = 1\\n' > calc/extra.py"})
 KEY = {"LOOP_KEY": "test-key"}
 
 
@@ -58,6 +60,11 @@ def provider_config(how: str, home: Path, url: str) -> list[str]:
     return [] if how == "config.toml" else ["-p", "loop"]
 
 
+def codex_lane(server_url: str, **extra: Any) -> dict[str, Any]:
+    return {"preset": "codex", "model": "loop", "args": wire_codex.provider_args(server_url),
+            "timeout_s": 300, **extra}
+
+
 def plan_for(coder: dict[str, Any], fixer: dict[str, Any] | None = None) -> dict[str, Any]:
     lanes = {"coder": coder, **({"fixer": fixer} if fixer else {})}
     return {"proof_command": PROOF, "lanes": lanes,
@@ -89,6 +96,33 @@ def lane_log(repo: Path, summary: dict[str, Any], name: str = "coder-1") -> str:
 
 
 # -- what makes codex unusable ---------------------------------------------------------------
+
+def test_missing_key_is_tooling_unavailable_and_not_retried(
+        repo: Path, write_plan: Any, codex_bin: Path, home: Path) -> None:
+    with ModelServer(wire_codex.responses, [EDIT]) as server:
+        summary = run(repo, write_plan(plan_for(codex_lane(server.url, retries=2))),
+                      codex_bin)
+    unit = only_unit(summary)
+    assert (unit["status"], unit["failure_code"], unit["attempts"]) == \
+        ("rejected", "tooling_unavailable", 1), unit
+    assert "codex: Missing environment variable: `LOOP_KEY`." in lane_log(repo, summary)
+    assert not server.requests
+
+
+def test_auth_error_is_tooling_unavailable_in_one_clear_line(
+        repo: Path, write_plan: Any, codex_bin: Path, home: Path) -> None:
+    """A 401 on every request: codex retries it five times, then gives up; the note is
+    its last word, not its reconnecting chatter."""
+    refused = [Fail(401, "Incorrect API key provided")] * 6
+    with ModelServer(wire_codex.responses, refused) as server:
+        summary = run(repo, write_plan(plan_for(codex_lane(server.url, retries=2))),
+                      codex_bin, env=KEY)
+    unit = only_unit(summary)
+    assert (unit["status"], unit["failure_code"], unit["attempts"]) == \
+        ("rejected", "tooling_unavailable", 1), unit
+    result = json.loads(unit_file(repo, summary, "coder-1.result.json").read_text())
+    assert result["notes"] == ("codex: unexpected status 401 Unauthorized: Incorrect API key "
+                               f"provided, url: {server.url}/v1/responses")
 
 
 @pytest.mark.parametrize("how", ["args", "openai_base_url", "config.toml", "profile", "oss"])

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,6 +37,9 @@ from .prompt import parse_verdict_text
 OPENAI_API = "https://api.openai.com/v1"
 # codex's built-in local providers (``--oss``) and where they listen by default.
 LOCAL_APIS = {"ollama": "http://localhost:11434/v1", "lmstudio": "http://localhost:1234/v1"}
+# Codex's word for a model provider whose key variable is unset: a missing key.
+_MISSING_KEY = re.compile(r"missing environment variable", re.IGNORECASE)
+_RECONNECTING = re.compile(r"^\s*reconnecting\b", re.IGNORECASE)
 
 
 def _error_text(event: dict[str, Any]) -> str:
@@ -175,6 +179,7 @@ class Codex:
     def read(self, lane: Lane, done: Completed) -> Transcript:
         t = Transcript()
         errors: list[str] = []
+        failed_turn: str | None = None
         completed = False
         for event in json_lines(done.stdout):
             kind = event.get("type")
@@ -187,20 +192,34 @@ class Codex:
                 t.denials.append(f"command `{item.get('command', '?')}`")
             elif kind == "turn.completed":
                 completed = True
-            elif kind in ("turn.failed", "error"):
+            elif kind == "turn.failed":
+                failed_turn = _error_text(event) or kind
+            elif kind == "error":
                 errors.append(_error_text(event) or kind)
         last = lane.work_dir / "last-message.txt"
         if last.is_file() and last.read_text("utf-8", "replace").strip():
             t.message = last.read_text("utf-8", "replace")
-        failed = done.returncode != 0 or (bool(errors) and not completed)
+        failed = done.returncode != 0 or failed_turn is not None or (bool(errors) and
+                                                                      not completed)
         if failed:
-            why = "; ".join(errors) or first_line(done.stderr_tail,
-                                                  f"codex exited {done.returncode}")
-            t.unavailable = unavailable_reason(why) or unavailable_reason(done.stderr_tail)
+            why = failed_turn or _last_word(errors) or first_line(
+                done.stderr_tail, f"codex exited {done.returncode}")
+            t.unavailable = (unavailable_reason(why) or _missing_key(why)
+                             or unavailable_reason(done.stderr_tail))
             t.error = why
         if lane.role == "fixer":
             t.verdict = parse_verdict_text(t.message)
         return t
+
+
+def _last_word(errors: list[str]) -> str | None:
+    """Codex's final error, not the "Reconnecting... n/5" lines of its retries before it."""
+    settled = [e for e in errors if not _RECONNECTING.match(e)]
+    return (settled or errors)[-1] if errors else None
+
+
+def _missing_key(why: str) -> str | None:
+    return why.strip()[:300] if _MISSING_KEY.search(why) else None
 
 
 PRESET = Codex()
