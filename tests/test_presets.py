@@ -202,6 +202,7 @@ def test_codex_argv(lane: PresetLane) -> None:
     call = lane.run("codex", "--model=gpt-5-codex", "--arg=-c", "--arg=x=1", edit=EDIT).call
     work = lane.unit_dir / "coder-1.preset"
     assert call["argv"] == ["exec", "-C", str(lane.worktree), "-s", "workspace-write",
+                            "-c", "sandbox_workspace_write.exclude_slash_tmp=true",
                             "--ephemeral", "--json", "-o", str(work / "last-message.txt"),
                             "-m", "gpt-5-codex", "-c", "x=1", "-"]
     fixer = lane.run("codex", role="fixer", diff="x").call

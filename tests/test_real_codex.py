@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import real_cli
 import wire_codex
-from conftest import PROOF, state_dir, wtmesh
-from model_server import Fail, ModelServer, ToolCall, closed_port
+from conftest import PROOF, git, state_dir, wtmesh
+from model_server import Fail, ModelServer, Text, ToolCall, closed_port
 
 EDIT = ToolCall("exec_command", {"cmd": "printf 'VALUE = 1\\n' > calc/extra.py"})
 KEY = {"LOOP_KEY": "test-key"}
@@ -95,6 +95,17 @@ def lane_log(repo: Path, summary: dict[str, Any], name: str = "coder-1") -> str:
     return unit_file(repo, summary, f"{name}.stdout.log").read_text()
 
 
+def tool_outputs(server: ModelServer) -> list[str]:
+    """What codex told the model its tool calls printed, in order."""
+    outputs = []
+    for request in server.requests_to("/responses"):
+        for item in (request.json or {}).get("input") or []:
+            if item.get("type") == "function_call_output" and \
+                    str(item.get("output")) not in outputs:
+                outputs.append(str(item.get("output")))
+    return outputs
+
+
 # -- what makes codex unusable ---------------------------------------------------------------
 
 def test_missing_key_is_tooling_unavailable_and_not_retried(
@@ -142,3 +153,43 @@ def test_unreachable_api_fails_at_once(repo: Path, write_plan: Any, codex_bin: P
     assert ("result: reject (tooling_unavailable): cannot reach the model API: "
             f"127.0.0.1:{port} (") in log
     assert "wtmesh-preset: running: " not in log  # codex exec never started
+
+
+# -- codex's own sandbox ---------------------------------------------------------------------
+
+def test_codex_home_under_tmp_still_runs_commands(repo: Path, write_plan: Any,
+                                                  codex_bin: Path) -> None:
+    """HOME (so CODEX_HOME, ~/.codex) under /tmp, as the hermetic HOME is: codex makes
+    no sandbox helper in the temporary directory, and then every command it runs fails
+    (`bwrap: execvp codex-linux-sandbox`) and the unit ends no_diff. The lane's
+    temporary directory is its own, so the helper is made and the edit lands in codex's
+    own sandbox (--sandbox none)."""
+    assert Path(os.environ["HOME"]).resolve().is_relative_to("/tmp")
+    with ModelServer(wire_codex.responses, [EDIT, Text("Added calc/extra.py.")]) as server:
+        summary = run(repo, write_plan(plan_for(codex_lane(server.url))), codex_bin,
+                      "--sandbox", "none", env=KEY)
+    unit = only_unit(summary)
+    assert (unit["status"], unit["failure_code"]) == ("integrated", None), \
+        (unit, lane_log(repo, summary), tool_outputs(server))
+    assert git(repo, "show", "main:calc/extra.py") == "VALUE = 1"
+
+
+def test_tmp_is_not_writable_to_codex_commands(repo: Path, write_plan: Any,
+                                               codex_bin: Path, home: Path) -> None:
+    """Unsandboxed by wtmesh, codex's own workspace-write sandbox confines the commands:
+    the host's /tmp is read-only to them; $TMPDIR is the lane's own directory."""
+    marker = Path("/tmp") / f"wtmesh-codex-escape-{uuid.uuid4().hex[:8]}"
+    probe = ToolCall("exec_command", {"cmd": f"touch {marker}; touch \"$TMPDIR/scratch\" && "
+                                             "echo TMPDIR=$TMPDIR writable"})
+    try:
+        with ModelServer(wire_codex.responses, [probe, EDIT, Text("Done.")]) as server:
+            summary = run(repo, write_plan(plan_for(codex_lane(server.url))), codex_bin,
+                          "--sandbox", "none", env=KEY)
+        assert not marker.exists()
+    finally:
+        marker.unlink(missing_ok=True)
+    assert only_unit(summary)["status"] == "integrated", lane_log(repo, summary)
+    said = tool_outputs(server)[0]
+    assert f"touch: cannot touch '{marker}': Read-only file system" in said
+    work = unit_file(repo, summary, "coder-1.preset")
+    assert f"TMPDIR={work / 'tmp'} writable" in said

@@ -1,8 +1,10 @@
 """OpenAI Codex: ``codex exec`` (AGENT-CLIS.md, "OpenAI Codex").
 
-- Edits: ``-s workspace-write`` makes the worktree (``-C``) the only writable root. The
-  linked worktree's git directory lies outside it, so ``git commit`` fails inside the
-  sandbox: commits are forbidden by construction (the prompt says so too).
+- Edits: ``-s workspace-write`` makes the worktree (``-C``) the only writable root besides
+  the lane's own temporary directory (``TMPDIR``, beside the result file); ``/tmp`` is
+  excluded (codex leaves it writable by default). The linked worktree's git directory lies
+  outside, so ``git commit`` fails inside the sandbox: commits are forbidden by
+  construction (the prompt says so too).
 - Non-interactive: ``exec`` never asks for approval; the prompt comes on stdin (``-``).
 - Bounds: codex has no turn or cost flag; the lane's timeout bounds it.
 - Output: ``--json`` JSONL events; ``-o`` keeps the final message; the fixer's verdict uses
@@ -40,6 +42,7 @@ LOCAL_APIS = {"ollama": "http://localhost:11434/v1", "lmstudio": "http://localho
 # Codex's word for a model provider whose key variable is unset: a missing key.
 _MISSING_KEY = re.compile(r"missing environment variable", re.IGNORECASE)
 _RECONNECTING = re.compile(r"^\s*reconnecting\b", re.IGNORECASE)
+WORKSPACE_WRITE = ("-s", "workspace-write", "-c", "sandbox_workspace_write.exclude_slash_tmp=true")
 
 
 def _error_text(event: dict[str, Any]) -> str:
@@ -161,14 +164,18 @@ class Codex:
     native_schema = True
 
     def invocation(self, lane: Lane) -> Invocation:
-        argv = ["codex", "exec", "-C", str(lane.worktree), "-s", "workspace-write",
+        # The lane's own temporary directory: writable to the agent's commands (tests,
+        # compilers need one), while /tmp, shared with every other process, is not.
+        tmp = lane.work_dir / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        argv = ["codex", "exec", "-C", str(lane.worktree), *WORKSPACE_WRITE,
                 "--ephemeral", "--json", "-o", str(lane.work_dir / "last-message.txt")]
         if lane.role == "fixer":
             argv += ["--output-schema", str(lane.schema_path)]
         if lane.model:
             argv += ["-m", lane.model]
         argv += [*lane.args, "-"]
-        return Invocation(tuple(argv), stdin=lane.prompt_path)
+        return Invocation(tuple(argv), env={"TMPDIR": str(tmp)}, stdin=lane.prompt_path)
 
     def api_url(self, lane: Lane, env: Mapping[str, str]) -> str | None:
         try:
