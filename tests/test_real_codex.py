@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -21,10 +22,14 @@ from typing import Any
 import pytest
 import real_cli
 import wire_codex
-from conftest import PROOF, git, state_dir, wtmesh
+from conftest import PROOF, git, lane, state_dir, wtmesh
 from model_server import Fail, ModelServer, Text, ToolCall, closed_port
 
 EDIT = ToolCall("exec_command", {"cmd": "printf 'VALUE = 1\\n' > calc/extra.py"})
+PROVE = ToolCall("exec_command", {"cmd": shlex.join(PROOF)})
+ACCEPT = {"decision": "accept", "failure_code": None, "notes": "VALUE is defined as asked"}
+REJECT = {"decision": "reject", "failure_code": "proof_missing",
+          "notes": "nothing tests VALUE"}
 KEY = {"LOOP_KEY": "test-key"}
 
 
@@ -106,6 +111,59 @@ def tool_outputs(server: ModelServer) -> list[str]:
     return outputs
 
 
+# -- a coder ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("how", ["args", "config.toml", "profile"])
+def test_coder_edit_lands(repo: Path, write_plan: Any, codex_bin: Path, home: Path,
+                          how: str) -> None:
+    """The edit lands, the model API found where codex itself reads it."""
+    with ModelServer(wire_codex.responses, [EDIT, Text("Added calc/extra.py.")]) as server:
+        coder = codex_lane(server.url, args=provider_config(how, home, server.url))
+        summary = run(repo, write_plan(plan_for(coder)), codex_bin, env=KEY)
+    unit = only_unit(summary)
+    assert (unit["status"], unit["failure_code"]) == ("integrated", None), \
+        (unit, lane_log(repo, summary))
+    assert git(repo, "show", "main:calc/extra.py") == "VALUE = 1"
+    assert git(repo, "show", "--name-only", "--format=", "main") == "calc/extra.py"
+    first = server.requests_to("/responses")[0]
+    assert "Add a constant VALUE = 1 in calc/extra.py" in wire_codex.prompt_text(first)
+    assert "exec_command" in wire_codex.tool_names(first)
+    assert wire_codex.schema_of(first) is None  # a coder is not asked for a verdict
+    assert f"codex --version: codex-cli {wire_codex.VERSION}" in lane_log(repo, summary)
+
+
+# -- a fixer ---------------------------------------------------------------------------------
+
+def fixer_plan(server_url: str) -> dict[str, Any]:
+    coder = {"command": lane("act.py", "write:calc/extra.py=VALUE = 1\\n"), "timeout_s": 60}
+    return plan_for(coder, codex_lane(server_url))
+
+
+@pytest.mark.parametrize(("verdict", "status", "code"), [
+    (ACCEPT, "integrated", None), (REJECT, "rejected", "proof_missing")])
+def test_fixer_verdict_through_the_output_schema(
+        repo: Path, write_plan: Any, codex_bin: Path, home: Path, verdict: dict[str, Any],
+        status: str, code: str | None) -> None:
+    """The fixer runs the proof, then answers in the shape --output-schema asked for."""
+    head = git(repo, "rev-parse", "main")
+    turns = [PROVE, Text(json.dumps(verdict))]
+    with ModelServer(wire_codex.responses, turns) as server:
+        summary = run(repo, write_plan(fixer_plan(server.url)), codex_bin, env=KEY)
+    unit = only_unit(summary)
+    assert (unit["status"], unit["failure_code"]) == (status, code), \
+        (unit, lane_log(repo, summary, "fixer-1"))
+    assert "\nOK\n" in tool_outputs(server)[0], tool_outputs(server)
+    request = server.requests_to("/responses")[0]
+    schema = wire_codex.schema_of(request)
+    assert schema is not None and schema["type"] == "json_schema" and schema["strict"] is True
+    assert schema["schema"]["properties"]["decision"]["enum"] == ["accept", "reject"]
+    assert "+VALUE = 1" in wire_codex.prompt_text(request)  # the coder's diff, inline
+    result = json.loads(unit_file(repo, summary, "fixer-1.result.json").read_text())
+    assert (result["decision"], result["notes"]) == (verdict["decision"], verdict["notes"])
+    if status == "rejected":
+        assert git(repo, "rev-parse", "main") == head
+
+
 # -- what makes codex unusable ---------------------------------------------------------------
 
 def test_missing_key_is_tooling_unavailable_and_not_retried(
@@ -157,21 +215,64 @@ def test_unreachable_api_fails_at_once(repo: Path, write_plan: Any, codex_bin: P
 
 # -- codex's own sandbox ---------------------------------------------------------------------
 
+@pytest.mark.parametrize("sandbox", ["none", "auto"])
 def test_codex_home_under_tmp_still_runs_commands(repo: Path, write_plan: Any,
-                                                  codex_bin: Path) -> None:
+                                                  codex_bin: Path, sandbox: str) -> None:
     """HOME (so CODEX_HOME, ~/.codex) under /tmp, as the hermetic HOME is: codex makes
     no sandbox helper in the temporary directory, and then every command it runs fails
     (`bwrap: execvp codex-linux-sandbox`) and the unit ends no_diff. The lane's
-    temporary directory is its own, so the helper is made and the edit lands in codex's
-    own sandbox (--sandbox none)."""
+    temporary directory is its own, so the helper is made and the edit lands: in codex's
+    own sandbox (--sandbox none), and in wtmesh's."""
     assert Path(os.environ["HOME"]).resolve().is_relative_to("/tmp")
     with ModelServer(wire_codex.responses, [EDIT, Text("Added calc/extra.py.")]) as server:
         summary = run(repo, write_plan(plan_for(codex_lane(server.url))), codex_bin,
-                      "--sandbox", "none", env=KEY)
+                      "--sandbox", sandbox, env=KEY)
     unit = only_unit(summary)
     assert (unit["status"], unit["failure_code"]) == ("integrated", None), \
         (unit, lane_log(repo, summary), tool_outputs(server))
     assert git(repo, "show", "main:calc/extra.py") == "VALUE = 1"
+
+
+LANDLOCK = ("filesystem-restricted execution requires bubblewrap to isolate app-server "
+            "sockets")
+
+
+def landlock_lane(server_url: str) -> dict[str, Any]:
+    """A configuration under which codex's sandbox starts no command: the legacy Landlock
+    sandbox, which this codex refuses for every command (so does bubblewrap nested in
+    wtmesh's sandbox as root). The agent would work blind, every tool call failing
+    without an event saying so, and the unit would end no_diff."""
+    args = [*wire_codex.provider_args(server_url), "-c", "features.use_legacy_landlock=true"]
+    return codex_lane(server_url, args=args, retries=2)
+
+
+def test_outside_wtmesh_sandbox_a_codex_sandbox_that_cannot_run_is_said_at_once(
+        repo: Path, write_plan: Any, codex_bin: Path, home: Path) -> None:
+    with ModelServer(wire_codex.responses, [EDIT, Text("Added calc/extra.py.")]) as server:
+        summary = run(repo, write_plan(plan_for(landlock_lane(server.url))), codex_bin,
+                      "--sandbox", "none", env=KEY)
+    unit = only_unit(summary)
+    assert (unit["status"], unit["failure_code"], unit["attempts"]) == \
+        ("rejected", "tooling_unavailable", 1), (unit, lane_log(repo, summary))
+    result = json.loads(unit_file(repo, summary, "coder-1.result.json").read_text())
+    assert result["notes"] == (
+        f"codex: its sandbox cannot run a command here ({LANDLOCK}); run the lane in "
+        "wtmesh's sandbox, or choose codex's in the lane's args (such as -s "
+        "danger-full-access, where something else confines it)")
+    assert not server.requests  # no model turn spent
+
+
+def test_inside_wtmesh_sandbox_it_alone_confines_codex_when_codex_sandbox_cannot_run(
+        repo: Path, write_plan: Any, codex_bin: Path, home: Path) -> None:
+    probe = ToolCall("exec_command", {"cmd": "touch ../outside; echo $?"})
+    with ModelServer(wire_codex.responses, [probe, EDIT, Text("Added.")]) as server:
+        summary = run(repo, write_plan(plan_for(landlock_lane(server.url))), codex_bin,
+                      env=KEY)
+    assert only_unit(summary)["status"] == "integrated", lane_log(repo, summary)
+    log = lane_log(repo, summary)
+    assert (f"wtmesh-preset: codex's own sandbox cannot run a command here ({LANDLOCK}): "
+            "its commands run in wtmesh's sandbox alone (-s danger-full-access)") in log
+    assert "Read-only file system" in tool_outputs(server)[0]  # still confined
 
 
 def test_tmp_is_not_writable_to_codex_commands(repo: Path, write_plan: Any,
@@ -193,3 +294,16 @@ def test_tmp_is_not_writable_to_codex_commands(repo: Path, write_plan: Any,
     assert f"touch: cannot touch '{marker}': Read-only file system" in said
     work = unit_file(repo, summary, "coder-1.preset")
     assert f"TMPDIR={work / 'tmp'} writable" in said
+
+
+def test_a_sandbox_mode_in_the_lanes_args_is_the_one_codex_gets(
+        repo: Path, write_plan: Any, codex_bin: Path, home: Path) -> None:
+    """Codex takes one -s: the preset adds none of its own when the args choose."""
+    with ModelServer(wire_codex.responses, [EDIT, Text("Added calc/extra.py.")]) as server:
+        args = [*wire_codex.provider_args(server.url), "-s", "danger-full-access"]
+        summary = run(repo, write_plan(plan_for(codex_lane(server.url, args=args))),
+                      codex_bin, env=KEY)
+    assert only_unit(summary)["status"] == "integrated", lane_log(repo, summary)
+    (running,) = [line for line in lane_log(repo, summary).splitlines()
+                  if line.startswith("wtmesh-preset: running: ")]
+    assert running.split().count("-s") == 1

@@ -126,6 +126,9 @@ def bwrap_argv(command: Sequence[str], confinement: Confinement,
         # unmount what hides the state directory or remount the file system writable.
         "--cap-drop", "ALL",
         "--setenv", "TMPDIR", str(PRIVATE_TMP),
+        # A lane may ask whether it is confined (codex's preset relies on it when codex's
+        # own sandbox cannot nest in this one).
+        "--setenv", "WTMESH_SANDBOX", "bwrap",
         "--chdir", str(confinement.cwd),
         *(["--info-fd", str(info_fd)] if info_fd is not None else []),
         "--", *command,

@@ -62,6 +62,10 @@ class Invocation:
     argv: tuple[str, ...]
     env: Mapping[str, str] = field(default_factory=dict)
     stdin: Path | None = None  # a file fed to the CLI's stdin; None: stdin closed
+    # Found before the CLI starts: why it cannot work here (the lane ends
+    # tooling_unavailable with it, the CLI never started), and lines for the lane log.
+    refused: str | None = None
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,12 @@
   excluded (codex leaves it writable by default). The linked worktree's git directory lies
   outside, so ``git commit`` fails inside the sandbox: commits are forbidden by
   construction (the prompt says so too).
+- Codex's sandbox is bubblewrap. Before starting the agent the preset asks codex to run
+  ``true`` in it: where that fails (bubblewrap cannot nest in wtmesh's sandbox when run as
+  root, user namespaces refused, a configuration codex's sandbox rejects) every command
+  the agent ran would fail, without an event saying so, and the unit would end ``no_diff``.
+  Then, inside wtmesh's sandbox, codex runs with ``-s danger-full-access`` and wtmesh's
+  sandbox alone confines its commands; outside it, the lane ends ``tooling_unavailable``.
 - Non-interactive: ``exec`` never asks for approval; the prompt comes on stdin (``-``).
 - Bounds: codex has no turn or cost flag; the lane's timeout bounds it.
 - Output: ``--json`` JSONL events; ``-o`` keeps the final message; the fixer's verdict uses
@@ -19,9 +25,13 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
 import tomllib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +49,13 @@ from .prompt import parse_verdict_text
 OPENAI_API = "https://api.openai.com/v1"
 # codex's built-in local providers (``--oss``) and where they listen by default.
 LOCAL_APIS = {"ollama": "http://localhost:11434/v1", "lmstudio": "http://localhost:1234/v1"}
+SANDBOX_CHECK_TIMEOUT_S = 60.0
+# The built-in permission profile of ``-s workspace-write``, for ``codex sandbox``.
+WORKSPACE_PROFILE = ":workspace"
+WORKSPACE_WRITE = ("-s", "workspace-write", "-c", "sandbox_workspace_write.exclude_slash_tmp=true")
 # Codex's word for a model provider whose key variable is unset: a missing key.
 _MISSING_KEY = re.compile(r"missing environment variable", re.IGNORECASE)
 _RECONNECTING = re.compile(r"^\s*reconnecting\b", re.IGNORECASE)
-WORKSPACE_WRITE = ("-s", "workspace-write", "-c", "sandbox_workspace_write.exclude_slash_tmp=true")
 
 
 def _error_text(event: dict[str, Any]) -> str:
@@ -157,6 +170,81 @@ def provider_url(config: Mapping[str, Any], args: Sequence[str],
     return None
 
 
+# -- can codex's own sandbox run a command here ----------------------------------------------
+
+
+def sandbox_problem(binary: str, lane: Lane, env: Mapping[str, str]) -> str | None:
+    """Why codex's sandbox cannot run a command in the worktree, configured as this lane
+    configures codex, in one line of codex's; None when it can, or when this codex cannot
+    be asked (then the agent runs as usual)."""
+    config = [arg for name in ("-c", "--config", "--enable", "--disable")
+              for value in _option_values(lane.args, name) for arg in (name, value)]
+    argv = [binary, "sandbox", *config, "-P", WORKSPACE_PROFILE, "-C", str(lane.worktree),
+            "--", "true"]
+    try:
+        done = subprocess.run(argv, env=dict(env), stdin=subprocess.DEVNULL,
+                              capture_output=True, timeout=SANDBOX_CHECK_TIMEOUT_S,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    said = done.stderr.decode("utf-8", "replace")
+    if done.returncode == 0 or (done.returncode == 2 and "Usage:" in said):
+        return None  # it works, or this version has no such check
+    return _sandbox_reason(said, done.returncode)
+
+
+_NOISE = ("warning:", "note:", "stack backtrace", "thread '")
+
+
+def _sandbox_reason(said: str, returncode: int) -> str:
+    lines = [line.strip() for line in said.splitlines() if line.strip()]
+    bwrap = [line for line in lines if line.startswith("bwrap:")]
+    telling = [line for line in lines if not line.lower().startswith(_NOISE)
+               and not line[:1].isdigit()]
+    return (bwrap or telling or [f"exit {returncode}"])[0][:300]
+
+
+def _chooses_sandbox(args: Sequence[str]) -> bool:
+    """The lane's args set codex's sandbox mode themselves (codex takes one ``-s``)."""
+    return any(arg in ("-s", "--sandbox", "--dangerously-bypass-approvals-and-sandbox",
+                       "--yolo") or arg.startswith(("-s=", "--sandbox=")) for arg in args)
+
+
+def confined_by_wtmesh(env: Mapping[str, str]) -> bool:
+    """Running in wtmesh's sandbox: it says so, and the file system around is read-only."""
+    try:
+        root_read_only = bool(os.statvfs("/").f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+    return env.get("WTMESH_SANDBOX") == "bwrap" and root_read_only
+
+
+@dataclass(frozen=True)
+class SandboxChoice:
+    args: tuple[str, ...]  # codex's sandbox mode
+    note: str | None = None  # why it is not the usual one, for the lane log
+    refused: str | None = None  # no sandbox the agent's commands could run in
+
+
+def choose_sandbox(binary: str, lane: Lane, env: Mapping[str, str]) -> SandboxChoice:
+    """workspace-write where codex's sandbox can run a command; else, inside wtmesh's
+    sandbox, none of codex's own (wtmesh's confines the commands); else nothing works."""
+    if _chooses_sandbox(lane.args):
+        return SandboxChoice(())
+    found = shutil.which(binary, path=env.get("PATH"))
+    problem = sandbox_problem(found, lane, env) if found else None
+    if problem is None:
+        return SandboxChoice(WORKSPACE_WRITE)
+    if confined_by_wtmesh(env):
+        return SandboxChoice(("-s", "danger-full-access"), note=(
+            f"codex's own sandbox cannot run a command here ({problem}): its commands run "
+            "in wtmesh's sandbox alone (-s danger-full-access)"))
+    return SandboxChoice((), refused=(
+        f"its sandbox cannot run a command here ({problem}); run the lane in wtmesh's "
+        "sandbox, or choose codex's in the lane's args (such as -s danger-full-access, "
+        "where something else confines it)"))
+
+
 class Codex:
     name = "codex"
     binary = "codex"
@@ -168,14 +256,19 @@ class Codex:
         # compilers need one), while /tmp, shared with every other process, is not.
         tmp = lane.work_dir / "tmp"
         tmp.mkdir(parents=True, exist_ok=True)
-        argv = ["codex", "exec", "-C", str(lane.worktree), *WORKSPACE_WRITE,
+        env = {"TMPDIR": str(tmp)}
+        sandbox = choose_sandbox(self.binary, lane, {**os.environ, **env})
+        if sandbox.refused:
+            return Invocation((), refused=sandbox.refused)
+        argv = ["codex", "exec", "-C", str(lane.worktree), *sandbox.args,
                 "--ephemeral", "--json", "-o", str(lane.work_dir / "last-message.txt")]
         if lane.role == "fixer":
             argv += ["--output-schema", str(lane.schema_path)]
         if lane.model:
             argv += ["-m", lane.model]
         argv += [*lane.args, "-"]
-        return Invocation(tuple(argv), env={"TMPDIR": str(tmp)}, stdin=lane.prompt_path)
+        return Invocation(tuple(argv), env=env, stdin=lane.prompt_path,
+                          notes=(sandbox.note,) if sandbox.note else ())
 
     def api_url(self, lane: Lane, env: Mapping[str, str]) -> str | None:
         try:

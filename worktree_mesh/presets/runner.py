@@ -223,6 +223,10 @@ def attempt(lane: Lane, preset: Preset) -> Outcome:
     if lane.role == "fixer":
         lane.schema_path.write_text(json.dumps(VERDICT_SCHEMA, indent=2) + "\n", "utf-8")
     call = preset.invocation(lane)
+    if call.refused:
+        return reject("tooling_unavailable", f"{preset.name}: {call.refused}")
+    for note in call.notes:
+        log(note)
     env = {**os.environ, **call.env}
     unreachable = api_unreachable(preset.api_url(lane, env))
     if unreachable:
