@@ -132,6 +132,17 @@ def test_coder_edit_lands(repo: Path, write_plan: Any, codex_bin: Path, home: Pa
     assert f"codex --version: codex-cli {wire_codex.VERSION}" in lane_log(repo, summary)
 
 
+def test_usage_reaches_the_lane_result(repo: Path, write_plan: Any, codex_bin: Path,
+                                       home: Path) -> None:
+    """Two model responses: codex's turn.completed sums them, the result file says so."""
+    with ModelServer(wire_codex.responses, [EDIT, Text("Added calc/extra.py.")]) as server:
+        summary = run(repo, write_plan(plan_for(codex_lane(server.url))), codex_bin, env=KEY)
+    assert only_unit(summary)["status"] == "integrated"
+    result = json.loads(unit_file(repo, summary, "coder-1.result.json").read_text())
+    assert result["usage"] == {"tokens_in": 2 * wire_codex.TOKENS_IN,
+                               "tokens_out": 2 * wire_codex.TOKENS_OUT, "cost_usd": None}
+
+
 # -- a fixer ---------------------------------------------------------------------------------
 
 def fixer_plan(server_url: str) -> dict[str, Any]:

@@ -14,7 +14,7 @@
 - Non-interactive: ``exec`` never asks for approval; the prompt comes on stdin (``-``).
 - Bounds: codex has no turn or cost flag; the lane's timeout bounds it.
 - Output: ``--json`` JSONL events; ``-o`` keeps the final message; the fixer's verdict uses
-  ``--output-schema``.
+  ``--output-schema``; ``turn.completed`` carries the tokens (no cost).
 - Failures: ``turn.failed`` and ``error`` events (codex may exit 0 after a capacity error,
   so the events decide, not only the exit code); a ``command_execution`` item with status
   ``declined`` is a denial.
@@ -40,6 +40,7 @@ from .base import (
     Invocation,
     Lane,
     Transcript,
+    Usage,
     first_line,
     json_lines,
     unavailable_reason,
@@ -281,6 +282,7 @@ class Codex:
         errors: list[str] = []
         failed_turn: str | None = None
         completed = False
+        spent: list[dict[str, Any]] = []
         for event in json_lines(done.stdout):
             kind = event.get("type")
             item = event.get("item")
@@ -292,10 +294,13 @@ class Codex:
                 t.denials.append(f"command `{item.get('command', '?')}`")
             elif kind == "turn.completed":
                 completed = True
+                if isinstance(event.get("usage"), dict):
+                    spent.append(event["usage"])
             elif kind == "turn.failed":
                 failed_turn = _error_text(event) or kind
             elif kind == "error":
                 errors.append(_error_text(event) or kind)
+        t.usage = _usage(spent)
         last = lane.work_dir / "last-message.txt"
         if last.is_file() and last.read_text("utf-8", "replace").strip():
             t.message = last.read_text("utf-8", "replace")
@@ -320,6 +325,19 @@ def _last_word(errors: list[str]) -> str | None:
 
 def _missing_key(why: str) -> str | None:
     return why.strip()[:300] if _MISSING_KEY.search(why) else None
+
+
+def _usage(spent: list[dict[str, Any]]) -> Usage | None:
+    """Tokens over the run's turns (``exec`` has one): ``input_tokens`` counts the cached
+    ones too; codex reports no cost."""
+    if not spent:
+        return None
+
+    def total(key: str) -> int | None:
+        counts = [u[key] for u in spent if isinstance(u.get(key), int)]
+        return sum(counts) if counts else None
+
+    return Usage(tokens_in=total("input_tokens"), tokens_out=total("output_tokens"))
 
 
 PRESET = Codex()
