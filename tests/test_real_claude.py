@@ -265,7 +265,9 @@ def test_sandboxed_claude_writes_its_config_dir_and_nothing_else(landed: Landed)
     assert failed_writes == []
     saved = json.loads((landed.home / ".claude" / ".claude.json").read_text())
     assert saved["firstStartVersion"] == TESTED["claude"].version
-    assert sorted(p.name for p in landed.home.iterdir()) == [".claude"]
+    # Besides what every test's home holds (conftest: codex's stand-in config).
+    assert sorted(p.name for p in landed.home.iterdir()) == [".claude", ".codex"]
+    assert [p.name for p in (landed.home / ".codex").iterdir()] == ["config.toml"]
 
 
 def test_sandboxed_claude_keeps_a_key_saved_by_login(run: Run) -> None:
