@@ -1,0 +1,140 @@
+"""The aider preset on the real aider (the version ``versions.py`` pins), through the real
+``wtmesh run``, sandboxed (the default), against a scripted model server on 127.0.0.1.
+
+Aider is pointed at the server as AGENT-CLIS.md says: ``--model openai/<name> --edit-format
+whole``, the OpenAI base URL at the server. The model is one litellm has a price for, so
+that aider prints a ``Cost:`` line as it would for a user. One coder run is shared by the
+tests that read different things from it (aider takes seconds to start); every other test
+runs aider once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import real_cli
+from conftest import FIXTURE_REPOS, PROOF, git, make_repo, state_dir, wtmesh
+from model_server import ModelServer, Text
+from wire_aider import chat_completions, whole_file
+
+MODEL = "openai/gpt-4o-mini"
+AIDER_ARGS = ["--edit-format", "whole", "--no-show-model-warnings"]
+# Where aider looks for a key when no model is named (aider/onboarding.py), and its model.
+KEY_VARIABLES = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENROUTER_API_KEY",
+                 "DEEPSEEK_API_KEY", "GEMINI_API_KEY", "VERTEXAI_PROJECT", "AIDER_MODEL")
+OPS = (FIXTURE_REPOS / "calc" / "calc" / "ops.py").read_text()
+NEW_OPS = OPS + "\n\ndef negate(a: float) -> float:\n    return -a\n"
+UNIT = {"id": "u1", "objective": "Add negate(a) to calc/ops.py", "unit_scope": ["calc/ops.py"]}
+BEFORE = "I will add negate to calc/ops.py."
+AFTER = "Added negate(a), which returns -a; the existing functions are unchanged."
+EDIT = Text(whole_file("calc/ops.py", NEW_OPS, before=BEFORE, after=AFTER))
+
+
+def aider_lane(**extra: Any) -> dict[str, Any]:
+    return {"preset": "aider", "model": MODEL, "args": AIDER_ARGS, "timeout_s": 600, **extra}
+
+
+def plan(coder: dict[str, Any], fixer: dict[str, Any] | None = None) -> dict[str, Any]:
+    lanes = {"coder": coder, **({"fixer": fixer} if fixer else {})}
+    return {"proof_command": PROOF, "lanes": lanes, "units": [UNIT]}
+
+
+def api_env(base: str, key: str | None = "sk-test") -> dict[str, str]:
+    # litellm reads OPENAI_BASE_URL before OPENAI_API_BASE: both point at the server.
+    return {"OPENAI_API_BASE": base, "OPENAI_BASE_URL": base,
+            **({"OPENAI_API_KEY": key} if key else {})}
+
+
+@pytest.fixture(scope="module")
+def aider_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """PATH with the pinned aider first: its executable alone, not its virtualenv's
+    ``python`` and ``pip`` beside it."""
+    bin_dir = real_cli.bin_dir("aider")
+    only = tmp_path_factory.mktemp("aider-bin")
+    (only / "aider").symlink_to(bin_dir / "aider")
+    return f"{only}{os.pathsep}{os.environ['PATH']}"
+
+
+@pytest.fixture(autouse=True)
+def no_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    for variable in KEY_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+
+
+def run(repo: Path, data: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+    (repo.parent / "plan.json").write_text(json.dumps(data))
+    res = wtmesh("run", repo.parent / "plan.json", "--json", cwd=repo, env=env, timeout=1800)
+    assert "Traceback" not in res.stderr, res.stderr
+    assert res.returncode in (0, 1), res.stderr
+    summary: dict[str, Any] = res.json()
+    return summary
+
+
+def only_unit(summary: dict[str, Any]) -> dict[str, Any]:
+    (unit,) = summary["units"]
+    return unit
+
+
+def unit_file(repo: Path, summary: dict[str, Any], name: str) -> Path:
+    return state_dir(repo) / "runs" / summary["run_id"] / "units" / "u1" / name
+
+
+def result_of(repo: Path, summary: dict[str, Any], lane_name: str) -> dict[str, Any]:
+    record: dict[str, Any] = json.loads(
+        unit_file(repo, summary, f"{lane_name}.result.json").read_text())
+    return record
+
+
+def log_of(repo: Path, summary: dict[str, Any], lane_name: str) -> str:
+    return unit_file(repo, summary, f"{lane_name}.stdout.log").read_text()
+
+
+@dataclass
+class Landed:
+    repo: Path
+    home: Path
+    summary: dict[str, Any]
+    result: dict[str, Any]
+    requests: list[Any]
+
+
+@pytest.fixture(scope="module")
+def landed(hermetic_module: None, aider_path: str,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Landed]:
+    """One coder run of the real aider that edits calc/ops.py."""
+    repo = make_repo(tmp_path_factory.mktemp("landed") / "repo")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        for variable in KEY_VARIABLES:
+            monkeypatch.delenv(variable, raising=False)
+        with ModelServer(chat_completions, [EDIT]) as server:
+            summary = run(repo, plan(aider_lane()), {
+                "PATH": aider_path, **api_env(server.url + "/v1")})
+        yield Landed(repo, Path(os.environ["HOME"]), summary,
+                     result_of(repo, summary, "coder-1"), list(server.requests))
+
+
+def test_coder_edit_lands(landed: Landed) -> None:
+    unit = only_unit(landed.summary)
+    assert (unit["status"], unit["failure_code"]) == ("integrated", None), unit
+    assert git(landed.repo, "show", "main:calc/ops.py") + "\n" == NEW_OPS
+    assert git(landed.repo, "show", "--name-only", "--format=", "main") == "calc/ops.py"
+    (request,) = landed.requests
+    assert request.path == "/v1/chat/completions"
+    assert request.json["model"] == "gpt-4o-mini"
+    assert UNIT["objective"] in json.dumps(request.json["messages"])
+
+
+def test_no_key_is_tooling_unavailable_and_not_retried(repo: Path, aider_path: str) -> None:
+    with ModelServer(chat_completions, [EDIT]) as server:
+        summary = run(repo, plan(aider_lane(retries=2)),
+                      {"PATH": aider_path, **api_env(server.url + "/v1", key=None)})
+    unit = only_unit(summary)
+    assert (unit["status"], unit["failure_code"]) == ("rejected", "tooling_unavailable"), unit
+    assert unit["attempts"] == 1
+    assert "api_key" in result_of(repo, summary, "coder-1")["notes"].lower()
