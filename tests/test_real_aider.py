@@ -19,9 +19,11 @@ from typing import Any
 
 import pytest
 import real_cli
-from conftest import FIXTURE_REPOS, PROOF, git, make_repo, state_dir, wtmesh
-from model_server import ModelServer, Text
+from conftest import FIXTURE_REPOS, PROOF, git, lane, make_repo, state_dir, wtmesh
+from model_server import Fail, ModelServer, Text
 from wire_aider import chat_completions, whole_file
+
+from worktree_mesh.presets.aider import usage_of
 
 MODEL = "openai/gpt-4o-mini"
 AIDER_ARGS = ["--edit-format", "whole", "--no-show-model-warnings"]
@@ -130,6 +132,52 @@ def test_coder_edit_lands(landed: Landed) -> None:
     assert UNIT["objective"] in json.dumps(request.json["messages"])
 
 
+def test_notes_are_the_models_answer_not_aiders_banners(landed: Landed) -> None:
+    notes = landed.result["notes"]
+    assert notes.startswith(BEFORE), notes
+    assert notes.endswith(AFTER), notes
+    for banner in ("Analytics", "Aider v", "Model:", "Git repo:", "Tokens:",
+                   "model_prices_and_context_window", "Applied edit"):
+        assert banner not in notes, notes
+
+
+def test_usage_is_read_from_aiders_tokens_and_cost_lines(landed: Landed) -> None:
+    # The server said 2345 tokens in, 67 out; aider prints "2.3k sent, 67 received" and
+    # the price of gpt-4o-mini for them, "$0.00039".
+    assert landed.result["usage"] == {"tokens_in": 2300, "tokens_out": 67,
+                                      "cost_usd": 0.00039}
+
+
+def test_fixer_accepts(repo: Path, aider_path: str) -> None:
+    verdict = {"decision": "accept", "failure_code": None,
+               "notes": "negate(a) returns -a as the objective asks and nothing else changed"}
+    reply = Text(f"The change does what the unit asks.\n\nWTMESH_VERDICT {json.dumps(verdict)}")
+    coder = {"command": lane("act.py", "write:calc/ops.py=" + NEW_OPS.replace("\n", "\\n"))}
+    with ModelServer(chat_completions, [reply]) as server:
+        summary = run(repo, plan(coder, aider_lane()),
+                      {"PATH": aider_path, **api_env(server.url + "/v1")})
+    unit = only_unit(summary)
+    assert (unit["status"], unit["failure_code"]) == ("integrated", None), unit
+    assert result_of(repo, summary, "fixer-1")["notes"] == verdict["notes"]
+    (request,) = server.requests
+    assert "+def negate(a: float) -> float:" in json.dumps(request.json["messages"])
+
+
+def test_fixer_rejects(repo: Path, aider_path: str) -> None:
+    head = git(repo, "rev-parse", "main")
+    verdict = {"decision": "reject", "failure_code": "proof_missing",
+               "notes": "negate is added but no test calls it; add one to tests/test_ops.py"}
+    reply = Text(f"Not yet.\n\nWTMESH_VERDICT {json.dumps(verdict)}")
+    coder = {"command": lane("act.py", "write:calc/ops.py=" + NEW_OPS.replace("\n", "\\n"))}
+    with ModelServer(chat_completions, [reply]) as server:
+        summary = run(repo, plan(coder, aider_lane()),
+                      {"PATH": aider_path, **api_env(server.url + "/v1")})
+    unit = only_unit(summary)
+    assert (unit["status"], unit["failure_code"]) == ("rejected", "proof_missing"), unit
+    assert result_of(repo, summary, "fixer-1")["notes"] == verdict["notes"]
+    assert git(repo, "rev-parse", "main") == head
+
+
 def test_no_key_is_tooling_unavailable_and_not_retried(repo: Path, aider_path: str) -> None:
     with ModelServer(chat_completions, [EDIT]) as server:
         summary = run(repo, plan(aider_lane(retries=2)),
@@ -138,3 +186,32 @@ def test_no_key_is_tooling_unavailable_and_not_retried(repo: Path, aider_path: s
     assert (unit["status"], unit["failure_code"]) == ("rejected", "tooling_unavailable"), unit
     assert unit["attempts"] == 1
     assert "api_key" in result_of(repo, summary, "coder-1")["notes"].lower()
+
+
+def test_auth_error_is_tooling_unavailable_and_not_retried(repo: Path,
+                                                           aider_path: str) -> None:
+    with ModelServer(chat_completions, [Fail(401, "Incorrect API key provided")]) as server:
+        summary = run(repo, plan(aider_lane(retries=2)),
+                      {"PATH": aider_path, **api_env(server.url + "/v1")})
+    unit = only_unit(summary)
+    assert (unit["status"], unit["failure_code"]) == ("rejected", "tooling_unavailable"), unit
+    assert unit["attempts"] == 1
+    assert len(server.requests) == 1  # aider did not retry it either
+    assert "Incorrect API key provided" in result_of(repo, summary, "coder-1")["notes"]
+
+
+# -- what the preset reads without running aider ------------------------------------------
+
+@pytest.mark.parametrize(("lines", "usage"), [
+    (["Tokens: 12k sent, 1.5k received. Cost: $0.05 message, $0.05 session.",
+      "Tokens: 2.3k sent, 1.0k cache write, 9.9k cache hit, 67 received.",
+      "Cost: $0.01 message, $0.06 session."],
+     {"tokens_in": 14300, "tokens_out": 1567, "cost_usd": 0.06}),
+    (["Tokens: 950 sent, 12 received."], {"tokens_in": 950, "tokens_out": 12,
+                                          "cost_usd": None}),
+    (["Added calc/ops.py to the chat."], None),
+])
+def test_usage_sums_every_model_call_and_takes_the_session_cost(
+        lines: list[str], usage: dict[str, Any] | None) -> None:
+    found = usage_of("\n".join(f"> {line}  " for line in lines))
+    assert (found.record() if found else None) == usage

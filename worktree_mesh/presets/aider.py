@@ -14,18 +14,31 @@
   from its repository map).
 - Bounds: aider has no turn or cost cap (``--timeout`` bounds each API call only); the
   lane's timeout bounds it. Its "hit a token limit" message reads as a cap.
-- Output: text only (``--no-pretty --no-stream``). Exit codes on API failures are
-  [unverified]: the text decides, any non-zero exit counts as an error.
+- Output: text only (``--no-pretty --no-stream``), starting with aider's banners. The
+  agent's answer, its verdict and the ``Tokens:``/``Cost:`` lines are read from the chat
+  history file aider writes, where the model's reply is plain text and aider's own lines
+  are quoted (``> ``), and nothing is wrapped (stdout is, at 80 columns unless told
+  otherwise: ``COLUMNS``). Exit codes on API failures are [unverified]: the text decides,
+  any non-zero exit counts as an error.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from pathlib import Path
 
 from .. import proc
 from ..scope import Scope
-from .base import Completed, Invocation, Lane, Transcript, first_line, unavailable_reason
+from .base import (
+    Completed,
+    Invocation,
+    Lane,
+    Transcript,
+    Usage,
+    first_line,
+    unavailable_reason,
+)
 from .prompt import find_marked_verdict
 
 MAX_FILES = 30
@@ -33,15 +46,82 @@ QUIET = ("--no-pretty", "--no-stream", "--no-fancy-input", "--analytics-disable"
          "--no-check-update", "--no-show-release-notes", "--no-detect-urls",
          "--no-suggest-shell-commands", "--no-restore-chat-history")
 NO_GIT_WRITES = ("--no-auto-commits", "--no-dirty-commits", "--no-gitignore")
+ENV = {
+    # Long lines stay whole in the lane log (rich wraps at 80 columns off a terminal).
+    "COLUMNS": "500",
+}
 _GLOB = re.compile(r"[*?\[]")
-_STATUS = re.compile(
-    r"^(Tokens:|Cost:|Applied edit to|Commit |Aider v|Model:|Main model:|Weak model:|"
-    r"Editor model:|Git repo:|Repo-map:|Added .* to the chat|Use /help|Cur working dir:|"
-    r"Git working dir:|https://aider\.chat|Warning:|Did not apply edit)")
 _ERROR_LINE = re.compile(r"\b[\w.]*(Error|Exception)\b\s*:")
 _TRANSIENT = re.compile(r"RateLimit|APIConnection|ServiceUnavailable|InternalServer|APIError"
                         r"|Timeout|Overloaded", re.IGNORECASE)
 _TOKEN_LIMIT = re.compile(r"hit a token limit|exceeds? the context window", re.IGNORECASE)
+
+# -- reading what aider wrote -----------------------------------------------------------
+
+_SESSION_START = "# aider chat started at"
+_USER_LINE = "####"
+_TOKENS = re.compile(r"Tokens: ([\d.]+k?) sent(?:, [\d.]+k? cache write)?"
+                     r"(?:, [\d.]+k? cache hit)?, ([\d.]+k?) received\.")
+_COST = re.compile(r"Cost: \$([\d.]+) message, \$([\d.]+) session\.")
+_FENCE = re.compile(r"^(`{3,}|~{3,})")
+
+
+def last_session(history: str) -> str:
+    """The part of a chat history file this run wrote."""
+    start = history.rfind("\n" + _SESSION_START)
+    return history[start + 1:] if start >= 0 else history
+
+
+def model_answer(session: str) -> str:
+    """The model's last reply: the lines after the last user message (``####``) that
+    are not aider's own (quoted with ``>``)."""
+    lines = session.splitlines()
+    asked = [i for i, line in enumerate(lines) if line.startswith(_USER_LINE)]
+    if not asked:
+        return ""
+    reply = [line for line in lines[asked[-1] + 1:]
+             if not line.startswith(">") and not _TOKENS.match(line) and not _COST.match(line)]
+    return "\n".join(reply).strip()
+
+
+def without_code(text: str) -> str:
+    """The answer with each fenced block (an edit: with ``whole``, the entire file) said
+    in a few words, and blank runs closed up."""
+    out: list[str] = []
+    fence: str | None = None
+    count = 0
+    for line in text.splitlines():
+        opening = _FENCE.match(line.strip())
+        if fence is None and opening:
+            fence, count = opening.group(1)[0] * 3, 0
+        elif fence is not None and line.strip().startswith(fence) \
+                and not line.strip().strip(fence[0]):
+            out.append(f"[{count} line{'' if count == 1 else 's'} of code]")
+            fence = None
+        elif fence is not None:
+            count += 1
+        elif line.strip() or (out and out[-1].strip()):
+            out.append(line.rstrip())
+    if fence is not None:
+        out.append(f"[{count} lines of code]")
+    return "\n".join(out).strip()
+
+
+def _count(text: str) -> int:
+    return round(float(text[:-1]) * 1000) if text.endswith("k") else int(float(text))
+
+
+def usage_of(text: str) -> Usage | None:
+    """What aider said it spent: its ``Tokens:`` lines summed (one per model call; it
+    rounds counts over 1000 to a tenth of a k) and the session cost of its last
+    ``Cost:`` line (there is none for a model without a price)."""
+    tokens = _TOKENS.findall(text)
+    costs = _COST.findall(text)
+    if not tokens and not costs:
+        return None
+    return Usage(tokens_in=sum(_count(sent) for sent, _ in tokens) if tokens else None,
+                 tokens_out=sum(_count(got) for _, got in tokens) if tokens else None,
+                 cost_usd=float(costs[-1][1]) if costs else None)
 
 
 def scope_files(lane: Lane) -> list[str]:
@@ -61,10 +141,8 @@ def scope_files(lane: Lane) -> list[str]:
     return [f"./{f}" if f.startswith("-") else f for f in files]
 
 
-def final_message(text: str) -> str:
-    """The reply without aider's own status lines (banner, applied edits, tokens, cost)."""
-    lines = [line for line in text.strip().splitlines() if not _STATUS.match(line.strip())]
-    return "\n".join(lines[-40:]).strip()
+def history_path(lane: Lane) -> Path:
+    return lane.work_dir / "chat.history.md"
 
 
 class Aider:
@@ -76,19 +154,24 @@ class Aider:
     def invocation(self, lane: Lane) -> Invocation:
         argv = ["aider", "--message-file", str(lane.prompt_path), "--yes-always",
                 *NO_GIT_WRITES, *QUIET,
-                "--chat-history-file", str(lane.work_dir / "chat.history.md"),
+                "--chat-history-file", str(history_path(lane)),
                 "--input-history-file", str(lane.work_dir / "input.history")]
         if lane.model:
             argv += ["--model", lane.model]
         argv += [*lane.args, *scope_files(lane)]
-        return Invocation(tuple(argv))
+        return Invocation(tuple(argv), env=ENV)
 
     def api_url(self, lane: Lane, env: Mapping[str, str]) -> str | None:
         return None  # the provider is chosen by configuration wtmesh does not read yet
 
     def read(self, lane: Lane, done: Completed) -> Transcript:
         output = done.stdout
-        t = Transcript(message=final_message(output))
+        try:
+            session = last_session(history_path(lane).read_text("utf-8", "replace"))
+        except OSError:
+            session = ""  # aider ended before it wrote one
+        answer = model_answer(session)
+        t = Transcript(message=without_code(answer), usage=usage_of(session or output))
         both = f"{output}\n{done.stderr_tail}"
         errors = [line.strip() for line in both.splitlines() if _ERROR_LINE.search(line)]
         limit = _TOKEN_LIMIT.search(both)
@@ -102,7 +185,7 @@ class Aider:
             t.error = first_line("\n".join(errors[-1:]) or done.stderr_tail,
                                  f"aider exited {done.returncode}")
         if lane.role == "fixer":
-            t.verdict = find_marked_verdict(output)
+            t.verdict = find_marked_verdict(answer)
         return t
 
 
