@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +99,28 @@ def log_of(repo: Path, summary: dict[str, Any], lane_name: str) -> str:
     return unit_file(repo, summary, f"{lane_name}.stdout.log").read_text()
 
 
+class ProxyRecorder:
+    """An HTTPS proxy that records what it is asked to connect to and refuses it: with
+    ``HTTPS_PROXY`` pointing here, every request aider makes to the internet shows."""
+
+    def __init__(self) -> None:
+        self._socket = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._socket.getsockname()[1]}"
+        self.asked: list[str] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            connection, _ = self._socket.accept()
+            with connection:
+                connection.settimeout(10)
+                try:
+                    self.asked.append(connection.recv(4096).split(b"\r\n")[0].decode())
+                    connection.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+                except OSError:
+                    pass
+
+
 @dataclass
 class Landed:
     repo: Path
@@ -104,21 +128,27 @@ class Landed:
     summary: dict[str, Any]
     result: dict[str, Any]
     requests: list[Any]
+    proxied: list[str]
 
 
 @pytest.fixture(scope="module")
 def landed(hermetic_module: None, aider_path: str,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Landed]:
-    """One coder run of the real aider that edits calc/ops.py."""
+    """One coder run of the real aider that edits calc/ops.py, with every request to the
+    internet sent to a recording proxy (the model server on 127.0.0.1 is not proxied)."""
     repo = make_repo(tmp_path_factory.mktemp("landed") / "repo")
+    proxy = ProxyRecorder()
     with pytest.MonkeyPatch.context() as monkeypatch:
         for variable in KEY_VARIABLES:
             monkeypatch.delenv(variable, raising=False)
         with ModelServer(chat_completions, [EDIT]) as server:
             summary = run(repo, plan(aider_lane()), {
-                "PATH": aider_path, **api_env(server.url + "/v1")})
+                "PATH": aider_path, **api_env(server.url + "/v1"),
+                "HTTPS_PROXY": proxy.url, "https_proxy": proxy.url,
+                "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"})
         yield Landed(repo, Path(os.environ["HOME"]), summary,
-                     result_of(repo, summary, "coder-1"), list(server.requests))
+                     result_of(repo, summary, "coder-1"), list(server.requests),
+                     list(proxy.asked))
 
 
 def test_coder_edit_lands(landed: Landed) -> None:
@@ -146,6 +176,13 @@ def test_usage_is_read_from_aiders_tokens_and_cost_lines(landed: Landed) -> None
     # the price of gpt-4o-mini for them, "$0.00039".
     assert landed.result["usage"] == {"tokens_in": 2300, "tokens_out": 67,
                                       "cost_usd": 0.00039}
+
+
+def test_aider_asks_the_internet_for_nothing(landed: Landed) -> None:
+    """Not litellm's price list, not aider's copy of it, nothing else: a lane's cost is
+    priced from the list installed with aider, and an offline lane waits for nothing."""
+    assert only_unit(landed.summary)["status"] == "integrated"
+    assert landed.proxied == []
 
 
 def test_fixer_accepts(repo: Path, aider_path: str) -> None:

@@ -14,6 +14,12 @@
   from its repository map).
 - Bounds: aider has no turn or cost cap (``--timeout`` bounds each API call only); the
   lane's timeout bounds it. Its "hit a token limit" message reads as a cap.
+- Offline: analytics off for this run only (``--no-analytics``; ``--analytics-disable``
+  would rewrite the user's aider settings, and say so on stdout), no version check, and
+  no price list from the internet: litellm uses the one installed with it
+  (``LITELLM_LOCAL_MODEL_COST_MAP``), and aider, which has no switch for its own copy,
+  finds a fresh cache (``price_list_cache``). Costs are then those of the installed
+  version, the same on every run.
 - Output: text only (``--no-pretty --no-stream``), starting with aider's banners. The
   agent's answer, its verdict and the ``Tokens:``/``Cost:`` lines are read from the chat
   history file aider writes, where the model's reply is plain text and aider's own lines
@@ -24,7 +30,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -42,11 +51,12 @@ from .base import (
 from .prompt import find_marked_verdict
 
 MAX_FILES = 30
-QUIET = ("--no-pretty", "--no-stream", "--no-fancy-input", "--analytics-disable",
+QUIET = ("--no-pretty", "--no-stream", "--no-fancy-input", "--no-analytics",
          "--no-check-update", "--no-show-release-notes", "--no-detect-urls",
          "--no-suggest-shell-commands", "--no-restore-chat-history")
 NO_GIT_WRITES = ("--no-auto-commits", "--no-dirty-commits", "--no-gitignore")
 ENV = {
+    "LITELLM_LOCAL_MODEL_COST_MAP": "True",
     # Long lines stay whole in the lane log (rich wraps at 80 columns off a terminal).
     "COLUMNS": "500",
 }
@@ -55,6 +65,37 @@ _ERROR_LINE = re.compile(r"\b[\w.]*(Error|Exception)\b\s*:")
 _TRANSIENT = re.compile(r"RateLimit|APIConnection|ServiceUnavailable|InternalServer|APIError"
                         r"|Timeout|Overloaded", re.IGNORECASE)
 _TOKEN_LIMIT = re.compile(r"hit a token limit|exceeds? the context window", re.IGNORECASE)
+
+# -- the price list ---------------------------------------------------------------------
+
+# Where aider keeps its copy of litellm's price list, and how long it trusts it
+# (aider/models.py, ModelInfoManager): an empty or older copy is fetched again.
+PRICE_CACHE = Path(".aider/caches/model_prices_and_context_window.json")
+PRICE_CACHE_TTL_S = 24 * 3600
+# A price list naming no model (litellm's own list starts with this entry): aider finds
+# nothing in it and asks litellm, which answers from the list installed with it.
+NO_PRICES = {"sample_spec": {"note": "written by wtmesh: use litellm's installed prices"}}
+
+
+def price_list_cache(home: Path) -> None:
+    """Make sure aider finds a fresh copy of the price list under ``home`` and does not
+    fetch one (its only request to the internet, five seconds each time it fails). A
+    fresh list aider fetched itself is kept."""
+    path = home / PRICE_CACHE
+    try:
+        fresh = time.time() - path.stat().st_mtime < PRICE_CACHE_TTL_S
+        if fresh and json.loads(path.read_text("utf-8")):
+            return
+    except (OSError, ValueError):
+        pass
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # lanes run side by side
+        tmp.write_text(json.dumps(NO_PRICES) + "\n", "utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        pass  # not writable here: aider fetches it, as it always did
+
 
 # -- reading what aider wrote -----------------------------------------------------------
 
@@ -152,6 +193,9 @@ class Aider:
     native_schema = False
 
     def invocation(self, lane: Lane) -> Invocation:
+        home = os.environ.get("HOME")
+        if home:  # before aider starts, so that it finds its price list fresh
+            price_list_cache(Path(home))
         argv = ["aider", "--message-file", str(lane.prompt_path), "--yes-always",
                 *NO_GIT_WRITES, *QUIET,
                 "--chat-history-file", str(history_path(lane)),
