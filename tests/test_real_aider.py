@@ -237,6 +237,22 @@ def test_auth_error_is_tooling_unavailable_and_not_retried(repo: Path,
     assert "Incorrect API key provided" in result_of(repo, summary, "coder-1")["notes"]
 
 
+def test_no_model_and_no_key_stops_aiders_browser_login(repo: Path, aider_path: str) -> None:
+    """With no model and no key aider offers an OpenRouter login and waits five minutes
+    for a browser: the preset stops it there, and says what is missing."""
+    lane_spec = {k: v for k, v in aider_lane(retries=2).items() if k != "model"}
+    with ModelServer(chat_completions, [EDIT]) as server:
+        summary = run(repo, plan(lane_spec),
+                      {"PATH": aider_path, **api_env(server.url + "/v1", key=None)})
+    unit = only_unit(summary)
+    assert (unit["status"], unit["failure_code"]) == ("rejected", "tooling_unavailable"), unit
+    assert unit["attempts"] == 1
+    notes = result_of(repo, summary, "coder-1")["notes"]
+    assert "OpenRouter" in notes and "model" in notes, notes
+    assert "wtmesh-preset: running: aider" in log_of(repo, summary, "coder-1")
+    assert server.requests == []
+
+
 # -- what the preset reads without running aider ------------------------------------------
 
 @pytest.mark.parametrize(("lines", "usage"), [

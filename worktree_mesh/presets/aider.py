@@ -8,7 +8,12 @@
   removed by the runner before wtmesh takes the diff.
 - Non-interactive: ``--yes-always`` answers every question aider itself asks, so there is
   no permission layer to be denied; an agent that ends by asking a question is still read
-  as ``requires_clarification``. Stdin is closed.
+  as ``requires_clarification``. Stdin is closed. One question must not be answered yes:
+  with no model it can use (none named, no key in the environment), aider offers a
+  browser login to OpenRouter and, told yes, waits five minutes for a browser that a lane
+  never has. The preset stops aider at that offer (``stop_reason``): aider itself decides
+  it has no model — from the lane, its config files, ``.env`` files, keys — so the preset
+  need not guess the same and can never refuse a setup aider would have run.
 - Edits: the unit's scope, as files: literal paths as given, globs expanded over tracked
   files (at most 30; beyond that, or for the whole repository, aider picks files itself
   from its repository map).
@@ -65,6 +70,12 @@ _ERROR_LINE = re.compile(r"\b[\w.]*(Error|Exception)\b\s*:")
 _TRANSIENT = re.compile(r"RateLimit|APIConnection|ServiceUnavailable|InternalServer|APIError"
                         r"|Timeout|Overloaded", re.IGNORECASE)
 _TOKEN_LIMIT = re.compile(r"hit a token limit|exceeds? the context window", re.IGNORECASE)
+# Printed by aider/onboarding.py just before it asks to start the OpenRouter login.
+_LOGIN_OFFER = re.compile(r"OpenRouter provides free and paid access|connect Aider with "
+                          r"OpenRouter")
+LOGIN_STOPPED = ("no model it can use (no `model` for the lane and no API key aider "
+                 "recognises): it would wait for a browser login to OpenRouter. Set the "
+                 "lane's `model` and that provider's key (e.g. OPENAI_API_KEY)")
 
 # -- the price list ---------------------------------------------------------------------
 
@@ -207,6 +218,9 @@ class Aider:
 
     def api_url(self, lane: Lane, env: Mapping[str, str]) -> str | None:
         return None  # the provider is chosen by configuration wtmesh does not read yet
+
+    def stop_reason(self, line: str) -> str | None:
+        return LOGIN_STOPPED if _LOGIN_OFFER.search(line) else None
 
     def read(self, lane: Lane, done: Completed) -> Transcript:
         output = done.stdout

@@ -75,6 +75,7 @@ class Completed:
     returncode: int
     stdout_path: Path
     stderr_tail: str
+    stopped: str | None = None  # why the runner stopped the CLI (the preset's stop_reason)
 
     @property
     def stdout(self) -> str:
@@ -109,6 +110,11 @@ class Usage:
 
 
 class Preset(Protocol):
+    """A CLI's preset. It may also define ``stop_reason(line) -> str | None``: called on
+    each line the CLI prints, a reason stops the CLI at once and fails the lane
+    ``tooling_unavailable`` (a CLI that has begun waiting for a person, as aider's browser
+    login does, would otherwise wait until the lane's timeout)."""
+
     name: str
     binary: str
     # Paths at the worktree root that the CLI leaves behind and that must never enter a

@@ -21,7 +21,7 @@ import sys
 import threading
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -137,7 +137,8 @@ def api_unreachable(url: str | None) -> str | None:
         return f"{where} ({exc.strerror or exc})"
 
 
-def _pump(src: IO[bytes], sinks: Sequence[IO[bytes]], tail: bytearray | None) -> None:
+def _pump(src: IO[bytes], sinks: Sequence[IO[bytes]], tail: bytearray | None,
+          watch: Callable[[bytes], None] | None = None) -> None:
     for chunk in iter(lambda: src.read1(65536), b""):  # type: ignore[attr-defined]
         for sink in sinks:
             sink.write(chunk)
@@ -145,11 +146,38 @@ def _pump(src: IO[bytes], sinks: Sequence[IO[bytes]], tail: bytearray | None) ->
         if tail is not None:
             tail.extend(chunk)
             del tail[:-STDERR_TAIL]
+        if watch is not None:
+            watch(chunk)
+
+
+class _LineWatch:
+    """Gives each whole line of the CLI's stdout to the preset's ``stop_reason``; the
+    first reason it gives kills the CLI (its output is still read to the end)."""
+
+    def __init__(self, stop_reason: Callable[[str], str | None],
+                 child: subprocess.Popen[bytes]) -> None:
+        self._stop_reason = stop_reason
+        self._child = child
+        self._partial = b""
+        self.reason: str | None = None
+
+    def __call__(self, chunk: bytes) -> None:
+        if self.reason is not None:
+            return
+        *lines, self._partial = (self._partial + chunk).split(b"\n")
+        self._partial = self._partial[-STDERR_TAIL:]  # a line that never ends
+        for line in lines:
+            self.reason = self._stop_reason(line.decode("utf-8", "replace"))
+            if self.reason is not None:
+                self._child.kill()
+                return
 
 
 def run_cli(argv: Sequence[str], *, cwd: Path, env: dict[str, str], stdin: Path | None,
-            stdout_path: Path) -> Completed:
-    """Run the CLI, copying its output into the lane logs as it comes.
+            stdout_path: Path,
+            stop_reason: Callable[[str], str | None] | None = None) -> Completed:
+    """Run the CLI, copying its output into the lane logs as it comes (and stopping it
+    when ``stop_reason`` gives a reason for a line of its stdout).
 
     Not ``proc.run_logged``: that starts a new process group, and the CLI must stay in
     the lane's group so that the lane's timeout stops it."""
@@ -159,13 +187,15 @@ def run_cli(argv: Sequence[str], *, cwd: Path, env: dict[str, str], stdin: Path 
         child = subprocess.Popen(list(argv), cwd=cwd, env=env, stdin=feed,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert child.stdout is not None and child.stderr is not None
+        watch = _LineWatch(stop_reason, child) if stop_reason else None
         err = threading.Thread(target=_pump, args=(child.stderr, [sys.stderr.buffer], tail),
                                daemon=True)
         err.start()
-        _pump(child.stdout, [kept, sys.stdout.buffer], None)
+        _pump(child.stdout, [kept, sys.stdout.buffer], None, watch)
         returncode = child.wait()
         err.join()
-    return Completed(returncode, stdout_path, tail.decode("utf-8", "replace"))
+    return Completed(returncode, stdout_path, tail.decode("utf-8", "replace"),
+                     watch.reason if watch else None)
 
 
 def _git(worktree: Path, *args: str) -> proc.Completed:
@@ -235,7 +265,8 @@ def attempt(lane: Lane, preset: Preset) -> Outcome:
     before = head(lane.worktree)
     try:
         done = run_cli([binary, *call.argv[1:]], cwd=lane.worktree, env=env,
-                       stdin=call.stdin, stdout_path=lane.work_dir / "cli.stdout")
+                       stdin=call.stdin, stdout_path=lane.work_dir / "cli.stdout",
+                       stop_reason=getattr(preset, "stop_reason", None))
     except OSError as exc:
         return reject("tooling_unavailable", f"cannot start {binary}: {exc.strerror or exc}")
     removed = remove_litter(lane.worktree, preset.litter)
@@ -244,6 +275,8 @@ def attempt(lane: Lane, preset: Preset) -> Outcome:
     undone = undo_commits(lane, before)
     if undone:
         log(undone)
+    if done.stopped:
+        return reject("tooling_unavailable", f"{preset.name}: {done.stopped}")
     if done.returncode in (126, 127):
         return reject("tooling_unavailable", f"{binary} could not run (exit {done.returncode})")
     try:
