@@ -22,10 +22,11 @@ from typing import Any
 import pytest
 import real_cli
 from conftest import FIXTURE_REPOS, PROOF, git, lane, make_repo, state_dir, wtmesh
-from model_server import Fail, ModelServer, Text
+from model_server import Fail, ModelServer, Text, closed_port
 from wire_aider import chat_completions, whole_file
 
-from worktree_mesh.presets.aider import usage_of
+from worktree_mesh.presets.aider import PRESET, usage_of
+from worktree_mesh.presets.base import Lane
 
 MODEL = "openai/gpt-4o-mini"
 AIDER_ARGS = ["--edit-format", "whole", "--no-show-model-warnings"]
@@ -237,6 +238,21 @@ def test_auth_error_is_tooling_unavailable_and_not_retried(repo: Path,
     assert "Incorrect API key provided" in result_of(repo, summary, "coder-1")["notes"]
 
 
+def test_unreachable_api_fails_at_once_and_is_not_retried(repo: Path,
+                                                          aider_path: str) -> None:
+    """Nothing listens at the OpenAI base URL: aider would retry with backoff for a
+    minute; the preset sees it first and never starts aider."""
+    port = closed_port()
+    summary = run(repo, plan(aider_lane(retries=2)),
+                  {"PATH": aider_path, **api_env(f"http://127.0.0.1:{port}/v1")})
+    unit = only_unit(summary)
+    assert (unit["status"], unit["failure_code"]) == ("rejected", "tooling_unavailable"), unit
+    assert unit["attempts"] == 1
+    log = log_of(repo, summary, "coder-1")
+    assert f"cannot reach the model API: 127.0.0.1:{port}" in log
+    assert "wtmesh-preset: running: aider" not in log
+
+
 def test_no_model_and_no_key_stops_aiders_browser_login(repo: Path, aider_path: str) -> None:
     """With no model and no key aider offers an OpenRouter login and waits five minutes
     for a browser: the preset stops it there, and says what is missing."""
@@ -254,6 +270,53 @@ def test_no_model_and_no_key_stops_aiders_browser_login(repo: Path, aider_path: 
 
 
 # -- what the preset reads without running aider ------------------------------------------
+
+@pytest.mark.parametrize(("model", "args", "env", "url"), [
+    ("openai/gpt-4o-mini", [], {"OPENAI_API_BASE": "http://127.0.0.1:9/v1"},
+     "http://127.0.0.1:9/v1"),
+    # litellm reads OPENAI_BASE_URL first, and --openai-api-base only sets OPENAI_API_BASE.
+    ("openai/x", ["--openai-api-base", "http://a/v1"], {"OPENAI_BASE_URL": "http://b/v1"},
+     "http://b/v1"),
+    ("openai/x", ["--openai-api-base=http://a/v1"], {}, "http://a/v1"),
+    ("gpt-4o", [], {}, "https://api.openai.com/v1"),
+    ("sonnet", [], {"ANTHROPIC_BASE_URL": "http://c"}, "http://c"),
+    ("openai/x", ["--model", "deepseek"], {}, "https://api.deepseek.com"),
+    (None, [], {"AIDER_MODEL": "gemini/gemini-2.5-pro"},
+     "https://generativelanguage.googleapis.com"),
+    ("openrouter/anthropic/claude-sonnet-4", [], {}, "https://openrouter.ai/api/v1"),
+    (None, [], {}, None),  # aider picks the model itself, from the keys it finds
+    ("ollama_chat/llama3", [], {}, None),  # a provider the preset does not know
+    ("openai/x", ["--env-file", "keys.env"], {}, None),
+])
+def test_api_url_is_the_models_provider(tmp_path: Path, model: str | None, args: list[str],
+                                        env: dict[str, str], url: str | None) -> None:
+    assert aider_api_url(tmp_path, model, args, env) == url
+
+
+@pytest.mark.parametrize(("where", "name", "text", "told"), [
+    ("worktree", ".aider.conf.yml", "model: sonnet\n", False),
+    ("home", ".aider.conf.yml", "openai-api-base: http://127.0.0.1:11434/v1\n", False),
+    ("home", ".env", "export OPENAI_API_BASE=http://127.0.0.1:11434/v1\n", False),
+    ("worktree", ".aider.conf.yml", "dark-mode: true\n", True),
+    ("home", ".env", "OPENAI_API_KEY=sk-x\n", True),
+])
+def test_api_url_is_not_told_when_aiders_files_may_say_otherwise(
+        tmp_path: Path, where: str, name: str, text: str, told: bool) -> None:
+    (tmp_path / where).mkdir(exist_ok=True)
+    (tmp_path / where / name).write_text(text)
+    url = aider_api_url(tmp_path, "openai/x", [], {"OPENAI_API_BASE": "http://127.0.0.1:9"})
+    assert url == ("http://127.0.0.1:9" if told else None)
+
+
+def aider_api_url(tmp_path: Path, model: str | None, args: list[str],
+                  env: dict[str, str]) -> str | None:
+    (tmp_path / "worktree").mkdir(exist_ok=True)
+    (tmp_path / "home").mkdir(exist_ok=True)
+    lane_ = Lane(preset="aider", role="coder", unit=UNIT, worktree=tmp_path / "worktree",
+                 result_path=tmp_path / "r.json", work_dir=tmp_path / "r.preset", diff=None,
+                 model=model, args=tuple(args))
+    return PRESET.api_url(lane_, {"HOME": str(tmp_path / "home"), **env})
+
 
 @pytest.mark.parametrize(("lines", "usage"), [
     (["Tokens: 12k sent, 1.5k received. Cost: $0.05 message, $0.05 session.",

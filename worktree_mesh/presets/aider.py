@@ -39,7 +39,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .. import proc
@@ -106,6 +106,96 @@ def price_list_cache(home: Path) -> None:
         os.replace(tmp, path)
     except OSError:
         pass  # not writable here: aider fetches it, as it always did
+
+
+# -- which model API aider will call ----------------------------------------------------
+
+# litellm's providers by model-name prefix: the variables it reads for the base URL, in
+# its order, and its default (litellm/main.py).
+PROVIDER_BASES: Mapping[str, tuple[tuple[str, ...], str]] = {
+    "openai": (("OPENAI_BASE_URL", "OPENAI_API_BASE"), "https://api.openai.com/v1"),
+    "anthropic": (("ANTHROPIC_API_BASE", "ANTHROPIC_BASE_URL"), "https://api.anthropic.com"),
+    "gemini": (("GEMINI_API_BASE",), "https://generativelanguage.googleapis.com"),
+    "deepseek": (("DEEPSEEK_API_BASE",), "https://api.deepseek.com"),
+    "openrouter": (("OPENROUTER_API_BASE",), "https://openrouter.ai/api/v1"),
+}
+# Bare model names whose provider litellm knows without a prefix.
+_BARE = ((re.compile(r"(gpt-|chatgpt-|o[134](-|$))"), "openai"),
+         (re.compile(r"claude-"), "anthropic"))
+# aider's aliases (aider/models.py, MODEL_ALIASES) for models of the providers above.
+ALIASES = {"sonnet": "anthropic", "haiku": "anthropic", "opus": "anthropic",
+           "4": "openai", "4o": "openai", "4-turbo": "openai", "35turbo": "openai",
+           "35-turbo": "openai", "3": "openai", "deepseek": "deepseek", "r1": "deepseek",
+           "flash": "gemini", "flash-lite": "gemini", "gemini": "gemini",
+           "gemini-exp": "gemini", "gemini-2.5-pro": "gemini",
+           "gemini-3-pro-preview": "gemini", "quasar": "openrouter", "optimus": "openrouter"}
+# aider's own files (in HOME and at the git root), and what in them could name another
+# model or base URL than the lane and the environment do: then what aider will call
+# cannot be told.
+CONFIG_FILES = {
+    ".aider.conf.yml": re.compile(
+        r"^\s*(model|openai-api-base|env-file|set-env|api-key|config)\s*:", re.MULTILINE),
+    ".env": re.compile(r"^\s*(export\s+)?(AIDER_\w+|\w+_API_BASE|\w+_BASE_URL)\s*=",
+                       re.MULTILINE),
+}
+
+
+def option_value(args: Sequence[str], flag: str) -> str | None:
+    """The last value given to ``flag`` (``--flag V`` or ``--flag=V``), as argparse reads."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def provider_of(model: str) -> str | None:
+    prefix, slash, _ = model.partition("/")
+    if slash:
+        return prefix if prefix in PROVIDER_BASES else None
+    if model in ALIASES:
+        return ALIASES[model]
+    return next((name for pattern, name in _BARE if pattern.match(model)), None)
+
+
+def config_may_differ(places: Sequence[Path]) -> bool:
+    """One of aider's files in ``places`` could set the model or its base URL (an
+    unreadable one could too)."""
+    for place in places:
+        for name, says in CONFIG_FILES.items():
+            path = place / name
+            if not path.exists():
+                continue
+            try:
+                if says.search(path.read_text("utf-8", "replace")):
+                    return True
+            except OSError:
+                return True
+    return False
+
+
+def model_api_url(lane: Lane, env: Mapping[str, str]) -> str | None:
+    """The base URL aider's model calls will go to, when the lane and the environment
+    say it; None when aider picks the model itself, reads it from files, or uses a
+    provider not listed here."""
+    args = list(lane.args)
+    if option_value(args, "--config") or option_value(args, "--env-file"):
+        return None
+    home = env.get("HOME")
+    if config_may_differ([lane.worktree, *([Path(home)] if home else [])]):
+        return None
+    model = option_value(args, "--model") or lane.model or env.get("AIDER_MODEL")
+    provider = provider_of(model) if model else None
+    if provider is None:
+        return None
+    variables, default = PROVIDER_BASES[provider]
+    if provider == "openai":
+        # --openai-api-base sets OPENAI_API_BASE, which OPENAI_BASE_URL still outranks.
+        given = option_value(args, "--openai-api-base") or env.get("AIDER_OPENAI_API_BASE")
+        env = {**env, **({"OPENAI_API_BASE": given} if given else {})}
+    return next((env[v] for v in variables if env.get(v)), default)
 
 
 # -- reading what aider wrote -----------------------------------------------------------
@@ -217,7 +307,7 @@ class Aider:
         return Invocation(tuple(argv), env=ENV)
 
     def api_url(self, lane: Lane, env: Mapping[str, str]) -> str | None:
-        return None  # the provider is chosen by configuration wtmesh does not read yet
+        return model_api_url(lane, env)
 
     def stop_reason(self, line: str) -> str | None:
         return LOGIN_STOPPED if _LOGIN_OFFER.search(line) else None
