@@ -186,6 +186,20 @@ def test_aider_asks_the_internet_for_nothing(landed: Landed) -> None:
     assert landed.proxied == []
 
 
+def test_sandboxed_aider_writes_only_its_own_home_directory(landed: Landed) -> None:
+    """The lane ran sandboxed, where only the worktree, the unit's files and the preset's
+    writable directories can be written: ~/.aider is all aider needs (it keeps its
+    analytics id and caches there), and nothing else is made for it in HOME."""
+    ledger = state_dir(landed.repo) / "runs" / landed.summary["run_id"] / "ledger.jsonl"
+    started = json.loads(ledger.read_text().splitlines()[0])
+    assert started["event"] == "run_started" and started["sandbox"]["active"] is True
+    wtmesh_own = landed.home / ".local" / "share" / "wtmesh"  # where the worktrees were
+    made = sorted(str(p.relative_to(landed.home)) for p in landed.home.rglob("*")
+                  if p not in wtmesh_own.parents and not p.is_relative_to(wtmesh_own))
+    assert made and all(p.startswith(".aider") for p in made), made
+    assert (landed.home / ".aider" / "analytics.json").is_file()
+
+
 def test_fixer_accepts(repo: Path, aider_path: str) -> None:
     verdict = {"decision": "accept", "failure_code": None,
                "notes": "negate(a) returns -a as the objective asks and nothing else changed"}

@@ -50,7 +50,8 @@ PRESET_WRITABLE: Mapping[str, tuple[str, ...]] = {
     "gemini": (),
     "opencode": ("~/.local/share/opencode", "~/.config/opencode", "~/.cache/opencode",
                  "~/.local/state/opencode"),
-    "aider": ("~/.aider", "~/.cache/aider"),
+    # aider keeps everything under ~/.aider (analytics id, installs, caches: aider/*.py).
+    "aider": ("~/.aider",),
 }
 
 
