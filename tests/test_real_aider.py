@@ -194,8 +194,10 @@ def test_sandboxed_aider_writes_only_its_own_home_directory(landed: Landed) -> N
     started = json.loads(ledger.read_text().splitlines()[0])
     assert started["event"] == "run_started" and started["sandbox"]["active"] is True
     wtmesh_own = landed.home / ".local" / "share" / "wtmesh"  # where the worktrees were
+    every_tests = landed.home / ".codex"  # conftest: codex's stand-in config, in every home
     made = sorted(str(p.relative_to(landed.home)) for p in landed.home.rglob("*")
-                  if p not in wtmesh_own.parents and not p.is_relative_to(wtmesh_own))
+                  if p not in wtmesh_own.parents and not p.is_relative_to(wtmesh_own)
+                  and not p.is_relative_to(every_tests))
     assert made and all(p.startswith(".aider") for p in made), made
     assert (landed.home / ".aider" / "analytics.json").is_file()
 
