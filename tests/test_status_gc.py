@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import git, lane, no_worktrees_left, run_worktrees, state_dir, wtmesh
 
 KILLED = -9
@@ -183,3 +184,23 @@ def test_a_run_id_is_a_name_never_a_path(repo: Path, tmp_path: Path) -> None:
         res = wtmesh(*args, cwd=repo)
         assert res.returncode == 2, (args, res.stderr)
         assert res.stderr == "wtmesh: error: no run '../elsewhere' in this repository\n"
+
+
+@pytest.mark.parametrize("point", ["admin-claimed:1", "admin-claimed:2", "admin-emptied:1",
+                                   "admin-emptied:2"])
+def test_a_kill_while_a_worktrees_admin_dir_is_made_or_removed_leaves_nothing_after_gc(
+        repo: Path, tmp_path: Path, point: str) -> None:
+    """Killed with a worktree's private admin dir half made or half removed: the dir
+    says whose it is, so resuming and gc leave nothing of the run's worktrees behind."""
+    plan = plan_file(tmp_path, [unit("a"), unit("b"), unit("c")], max_active=1)
+    res = wtmesh("run", plan, cwd=repo, env={"WTMESH_FAULT": f"at:{point}"})
+    assert res.returncode == KILLED, res.stderr
+    resumed = wtmesh("run", plan, "--resume", cwd=repo)
+    if resumed.returncode != 0:  # killed before the run had a ledger: start it afresh
+        assert "no run to resume" in resumed.stderr or "nothing to resume" in resumed.stderr, \
+            resumed.stderr
+        assert wtmesh("run", plan, cwd=repo).returncode == 0
+    assert sorted(git(repo, "log", "--format=%s", "main").splitlines()) == [
+        "a: do a", "b: do b", "c: do c", "initial"]
+    assert wtmesh("gc", cwd=repo).returncode == 0
+    assert no_worktrees_left(repo)

@@ -22,6 +22,8 @@ POINTS = (
     "land",          # the landing ref moved (and the worktree), its ledger event not yet
     "strand",        # the stranded event is written, the stranded branch not yet made
     "patch",         # patch_first: landed, the patch file not yet written
+    "admin-claimed",  # a worktree's private admin dir says whose it is, nothing else yet
+    "admin-emptied",  # a worktree's admin dir being removed holds only its claim
 )
 
 _lock = threading.Lock()

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, NewType
 
-from . import proc
+from . import faults, proc
 
 Sha = NewType("Sha", str)
 ZERO_SHA = Sha("0" * 40)
@@ -902,19 +902,33 @@ class PrivateGit:
     def make_admin(self, worktree: Path, commit: str) -> Path:
         admin = self.key(worktree)
         shutil.rmtree(admin, ignore_errors=True)  # a killed run's, for this very path
+        # The claim (which worktree this is for) is written first and removed last
+        # (forget_admin): a kill at any moment leaves a dir that says whose it is, so gc
+        # removes it with its run's worktrees. Until realpath is written, it is not
+        # taken for a usable admin dir (_entry).
+        admin.mkdir(parents=True)
+        (admin / "worktree").write_bytes(os.fsencode(worktree) + b"\n")
+        faults.point("admin-claimed")
         self._make_git_dir(admin, commit, bare=False)
         real = os.path.realpath(worktree)
         (admin / "realpath").write_bytes(os.fsencode(real) + b"\n")
-        # Written last: until it is, the dir is not taken for an admin dir (a crash
-        # before this leaves a dir that gc removes as unclaimed).
-        (admin / "worktree").write_bytes(os.fsencode(worktree) + b"\n")
         self._known[worktree] = (admin, real)
         return admin
 
     def forget_admin(self, worktree: Path) -> None:
         known = self._known.pop(worktree, None)
-        shutil.rmtree(known[0] if known is not None else self.key(worktree),
-                      ignore_errors=True)
+        admin = known[0] if known is not None else self.key(worktree)
+        if not admin.is_dir() or admin.is_symlink():
+            return
+        for entry in admin.iterdir():  # all but the claim first (see make_admin)
+            if entry.name == "worktree":
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        faults.point("admin-emptied")
+        shutil.rmtree(admin, ignore_errors=True)
 
     def entries(self) -> list[tuple[Path, Path]]:
         """``(admin dir, worktree)`` for every worktree of wtmesh's on this repository."""
