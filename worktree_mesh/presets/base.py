@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+# What a lane spent: one record for the core and the presets.
+from ..usage import Usage as Usage
+
 # The turn cap a preset gives an agent when the plan sets none (claude, gemini and
 # opencode have one): a fixer reviews, so it needs fewer turns than a coder.
 DEFAULT_MAX_TURNS = {"coder": 60, "fixer": 30}
@@ -94,19 +97,6 @@ class Transcript:
     error: str | None = None  # any other failure the CLI reported
     verdict: Any = None  # a structured verdict (schema feature), when the CLI has one
     usage: Usage | None = None  # tokens and cost, as the CLI reported them (SPEC 17)
-
-
-@dataclass(frozen=True)
-class Usage:
-    """What one lane attempt spent, as its CLI said (None: it did not say)."""
-
-    tokens_in: int | None = None
-    tokens_out: int | None = None
-    cost_usd: float | None = None
-
-    def record(self) -> dict[str, Any]:
-        return {"tokens_in": self.tokens_in, "tokens_out": self.tokens_out,
-                "cost_usd": self.cost_usd}
 
 
 class Preset(Protocol):
