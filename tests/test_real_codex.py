@@ -175,6 +175,35 @@ def test_fixer_verdict_through_the_output_schema(
         assert git(repo, "rev-parse", "main") == head
 
 
+# -- a denial -------------------------------------------------------------------------------
+
+PUSH = ToolCall("exec_command", {"cmd": "git push origin main"})
+
+
+@pytest.mark.parametrize(("rule", "refusal"), [
+    ('decision="forbidden", justification="pushing is for people"',
+     "`/bin/bash -lc 'git push origin main'` rejected: pushing is for people"),
+    ('decision="prompt"', "approval required by policy, but AskForApproval is set to Never")])
+def test_a_command_codex_rules_refuse_is_a_denial(
+        repo: Path, write_plan: Any, codex_bin: Path, home: Path, rule: str,
+        refusal: str) -> None:
+    """The user's rules forbid ``git push`` (or want it approved, which ``exec`` never
+    can): codex refuses the call and says so only on stderr; the lane is
+    requires_clarification, naming the refusal, not no_diff."""
+    (home / ".codex" / "rules").mkdir(parents=True)
+    (home / ".codex" / "rules" / "default.rules").write_text(
+        f'prefix_rule(pattern=["git", "push"], {rule})\n')
+    with ModelServer(wire_codex.responses, [PUSH, Text("I could not push.")]) as server:
+        summary = run(repo, write_plan(plan_for(codex_lane(server.url, retries=2))),
+                      codex_bin, env=KEY)
+    unit = only_unit(summary)
+    assert (unit["status"], unit["failure_code"], unit["attempts"]) == \
+        ("rejected", "requires_clarification", 1), (unit, lane_log(repo, summary))
+    assert any(refusal in output for output in tool_outputs(server)), tool_outputs(server)
+    result = json.loads(unit_file(repo, summary, "coder-1.result.json").read_text())
+    assert result["notes"].startswith(f"codex was denied: {refusal}"), result["notes"]
+
+
 # -- what makes codex unusable ---------------------------------------------------------------
 
 def test_missing_key_is_tooling_unavailable_and_not_retried(

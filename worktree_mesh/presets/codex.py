@@ -17,7 +17,10 @@
   ``--output-schema``; ``turn.completed`` carries the tokens (no cost).
 - Failures: ``turn.failed`` and ``error`` events (codex may exit 0 after a capacity error,
   so the events decide, not only the exit code); a ``command_execution`` item with status
-  ``declined`` is a denial.
+  ``declined`` is a denial. So is a command codex's rules (``$CODEX_HOME/rules/*.rules``)
+  forbid, or want approval for, which ``exec`` can never give: codex tells the model and
+  logs it on stderr (``... failed: CreateProcess { message: "Rejected(...)" }``), with no
+  event on stdout.
 - Model API: the provider the configuration names (the lane's ``-c`` args over
   ``$CODEX_HOME/config.toml``); codex's own is ``https://api.openai.com/v1`` unless
   ``openai_base_url`` is set (codex ignores ``OPENAI_BASE_URL``).
@@ -57,6 +60,8 @@ WORKSPACE_WRITE = ("-s", "workspace-write", "-c", "sandbox_workspace_write.exclu
 # Codex's word for a model provider whose key variable is unset: a missing key.
 _MISSING_KEY = re.compile(r"missing environment variable", re.IGNORECASE)
 _RECONNECTING = re.compile(r"^\s*reconnecting\b", re.IGNORECASE)
+# Codex's stderr line for a tool call its rules or approval policy refused (0.171.0).
+_REJECTED = re.compile(r'\bfailed: CreateProcess \{ message: "Rejected\(\\"(.*)\\"\)" \}')
 
 
 def _error_text(event: dict[str, Any]) -> str:
@@ -300,6 +305,7 @@ class Codex:
                 failed_turn = _error_text(event) or kind
             elif kind == "error":
                 errors.append(_error_text(event) or kind)
+        t.denials.extend(_rejections(done.stderr_tail))
         t.usage = _usage(spent)
         last = lane.work_dir / "last-message.txt"
         if last.is_file() and last.read_text("utf-8", "replace").strip():
@@ -315,6 +321,12 @@ class Codex:
         if lane.role == "fixer":
             t.verdict = parse_verdict_text(t.message)
         return t
+
+
+def _rejections(stderr: str) -> list[str]:
+    """The commands codex refused to run, from its log lines on stderr."""
+    return [m.group(1).replace('\\"', '"').replace("\\'", "'")
+            for m in map(_REJECTED.search, stderr.splitlines()) if m]
 
 
 def _last_word(errors: list[str]) -> str | None:
