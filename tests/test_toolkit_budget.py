@@ -113,6 +113,71 @@ def test_usage_errors(tmp_path: Path, args: tuple[str, ...], needle: str) -> Non
     assert needle in one_error_line(run_budget(tmp_path, *args))
 
 
+ROLE_KEYS = ["roles_per_task", "reserve_slots", "parallel_tasks_target"]
+PLENTY = ("--remaining-five-hour", "90", "--remaining-weekly", "90")
+
+
+@pytest.mark.parametrize("roles, target", [("5", 2), ("3", 3)])
+def test_roles_per_task_mesh_figures(tmp_path: Path, roles: str, target: int) -> None:
+    """SPEC 12: 12 threads less 2 reserved, by 5 roles -> 2 tasks; by 3 roles -> 3."""
+    res = run_budget(tmp_path, "--remaining-five-hour", "40", "--remaining-weekly", "28",
+                     "--max-threads", "12", "--roles-per-task", roles, "--reserve-slots", "2")
+    assert res.returncode == 0, res.stderr
+    out = res.json()
+    assert list(out) == SPEC_KEYS + ROLE_KEYS
+    assert {k: out[k] for k in ROLE_KEYS} == \
+        {"roles_per_task": int(roles), "reserve_slots": 2, "parallel_tasks_target": target}
+    # The clamp itself is untouched by the roles.
+    assert (out["mode"], out["max_active_units"]) == ("linear_clamp", 9)
+
+
+def test_reserve_slots_defaults_to_two(tmp_path: Path) -> None:
+    out = run_budget(tmp_path, *PLENTY, "--roles-per-task", "3").json()
+    assert (out["reserve_slots"], out["parallel_tasks_target"]) == (2, 3)  # floor(10 / 3)
+    none_kept = run_budget(tmp_path, *PLENTY, "--roles-per-task", "3",
+                           "--reserve-slots", "0").json()
+    assert (none_kept["reserve_slots"], none_kept["parallel_tasks_target"]) == (0, 4)
+
+
+def test_parallel_tasks_target_is_at_least_one(tmp_path: Path) -> None:
+    # floor((4 - 2) / 5) = 0: still one task.
+    out = run_budget(tmp_path, *PLENTY, "--max-threads", "4", "--roles-per-task", "5").json()
+    assert out["parallel_tasks_target"] == 1
+    # One slot left (3 - 2) for a task of 3 roles.
+    out = run_budget(tmp_path, *PLENTY, "--max-threads", "3", "--roles-per-task", "3").json()
+    assert out["parallel_tasks_target"] == 1
+
+
+def test_roles_in_the_text_format(tmp_path: Path) -> None:
+    res = run_budget(tmp_path, "--remaining-five-hour", "40", "--remaining-weekly", "28",
+                     "--roles-per-task", "5", "--format", "text")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == ("mode=linear_clamp strict_remaining=28.00 max_active_units=9 "
+                          "cas_scaleout_allowed=true roles_per_task=5 reserve_slots=2 "
+                          "parallel_tasks_target=2\n")
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("--roles-per-task", "0"), "--roles-per-task must be at least 1, not 0"),
+    (("--roles-per-task", "-3"), "--roles-per-task must be at least 1, not -3"),
+    (("--roles-per-task", "2.5"), "'--roles-per-task': '2.5' is not a valid integer"),
+    (("--roles-per-task", "five"), "'--roles-per-task': 'five' is not a valid integer"),
+    (("--roles-per-task", "3", "--reserve-slots", "-1"), "--reserve-slots cannot be negative"),
+    (("--roles-per-task", "3", "--reserve-slots", "0.5"),
+     "'--reserve-slots': '0.5' is not a valid integer"),
+    (("--roles-per-task", "3", "--reserve-slots", "12"),
+     "--reserve-slots 12 leaves no slot of --max-threads 12"),
+    (("--roles-per-task", "3", "--reserve-slots", "13"),
+     "--reserve-slots 13 leaves no slot of --max-threads 12"),
+    # The default reserve (2) counts too.
+    (("--max-threads", "2", "--roles-per-task", "1"),
+     "--reserve-slots 2 leaves no slot of --max-threads 2"),
+    (("--reserve-slots", "1"), "--reserve-slots goes with --roles-per-task"),
+])
+def test_roles_usage_errors(tmp_path: Path, args: tuple[str, ...], needle: str) -> None:
+    assert needle in one_error_line(run_budget(tmp_path, *PLENTY, *args))
+
+
 def test_replay_62_41_12_with_19_ready_units_is_waves_12_7(tmp_path: Path) -> None:
     res = wtmesh("replay", "--remaining-five-hour", "62", "--remaining-weekly", "41",
                  "--ready-units", "19", "--max-threads", "12", cwd=tmp_path)
@@ -185,6 +250,18 @@ def test_matches_the_formula_exactly(five: int, week: int, n: int) -> None:
         assert (decision.mode, decision.max_active_units) == ("linear_clamp", expected)
     else:
         assert (decision.mode, decision.max_active_units) == ("full_fanout", n)
+
+
+@given(st.integers(1, 64), st.integers(1, 16), st.integers(0, 63))
+def test_parallel_tasks_target_matches_the_formula(n: int, roles: int, reserve: int) -> None:
+    if reserve >= n:
+        with pytest.raises(ValueError):
+            budget.parallel_tasks_target(n, roles, reserve)
+        return
+    target = budget.parallel_tasks_target(n, roles, reserve)
+    assert target == max(1, math.floor(Fraction(n - reserve, roles)))
+    # Never more lanes than threads, unless the floor of one task forces it.
+    assert target * roles <= n - reserve or target == 1
 
 
 def test_decision_limits_a_run_and_renders() -> None:

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 DEFAULT_MAX_THREADS = 12
 DEFAULT_SINGLE_AGENT_THRESHOLD = 10.0
 DEFAULT_LINEAR_START_THRESHOLD = 33.0
 DEFAULT_SCALEOUT_THRESHOLD = 25.0
+DEFAULT_RESERVE_SLOTS = 2
 MODES = ("single_agent", "linear_clamp", "full_fanout")
 
 
@@ -35,14 +36,27 @@ class BudgetDecision:
     max_active_units: int
     mode: str
     cas_scaleout_allowed: bool
+    # Set by ``with_roles`` (``--roles-per-task``): consensus tasks to run side by side.
+    roles_per_task: int | None = None
+    reserve_slots: int | None = None
+    parallel_tasks_target: int | None = None
 
     def limit(self, max_active: int) -> int:
         """A run's ``max_active`` clamped by this decision (never below 1)."""
         return max(1, min(max_active, self.max_active_units))
 
+    def with_roles(self, roles_per_task: int,
+                   reserve_slots: int = DEFAULT_RESERVE_SLOTS) -> BudgetDecision:
+        """This decision plus SPEC 12's ``parallel_tasks_target``: tasks whose every role (each
+        variant and critic) holds a slot, once ``reserve_slots`` of ``max_threads`` are kept."""
+        return replace(self, roles_per_task=roles_per_task, reserve_slots=reserve_slots,
+                       parallel_tasks_target=parallel_tasks_target(
+                           self.max_threads, roles_per_task, reserve_slots))
+
     def as_dict(self) -> dict[str, Any]:
-        """The keys of ``wtmesh budget``'s output, in its order."""
-        return {
+        """The keys of ``wtmesh budget``'s output, in its order (the roles' keys last, only
+        when given)."""
+        out: dict[str, Any] = {
             "command": "budget",
             "remaining_five_hour": self.remaining_five_hour,
             "remaining_weekly": self.remaining_weekly,
@@ -55,6 +69,10 @@ class BudgetDecision:
             "mode": self.mode,
             "cas_scaleout_allowed": self.cas_scaleout_allowed,
         }
+        if self.parallel_tasks_target is not None:
+            out.update(roles_per_task=self.roles_per_task, reserve_slots=self.reserve_slots,
+                       parallel_tasks_target=self.parallel_tasks_target)
+        return out
 
     def as_json(self) -> str:
         """One JSON line; percentages are always JSON floats (``40.0``, not ``40``)."""
@@ -62,8 +80,26 @@ class BudgetDecision:
 
     def as_text(self) -> str:
         allowed = "true" if self.cas_scaleout_allowed else "false"
-        return (f"mode={self.mode} strict_remaining={self.remaining_strict:.2f} "
+        text = (f"mode={self.mode} strict_remaining={self.remaining_strict:.2f} "
                 f"max_active_units={self.max_active_units} cas_scaleout_allowed={allowed}")
+        if self.parallel_tasks_target is not None:
+            text += (f" roles_per_task={self.roles_per_task} reserve_slots={self.reserve_slots}"
+                     f" parallel_tasks_target={self.parallel_tasks_target}")
+        return text
+
+
+def parallel_tasks_target(max_threads: int, roles_per_task: int,
+                          reserve_slots: int = DEFAULT_RESERVE_SLOTS) -> int:
+    """``max(1, floor((max_threads - reserve_slots) / roles_per_task))`` (12 threads, 5 roles:
+    2). A ``ValueError`` unless ``roles_per_task >= 1`` and ``0 <= reserve_slots < max_threads``."""
+    if roles_per_task < 1:
+        raise ValueError(f"--roles-per-task must be at least 1, not {roles_per_task}")
+    if reserve_slots < 0:
+        raise ValueError(f"--reserve-slots cannot be negative ({reserve_slots})")
+    if reserve_slots >= max_threads:
+        raise ValueError(f"--reserve-slots {reserve_slots} leaves no slot of --max-threads "
+                         f"{max_threads}: reserve fewer slots than threads")
+    return max(1, (max_threads - reserve_slots) // roles_per_task)
 
 
 def clamp(five_hour: float, weekly: float, max_threads: int = DEFAULT_MAX_THREADS, *,

@@ -63,18 +63,35 @@ max_threads_option = click.option(
 @click.option("--scaleout-threshold", type=float, metavar="PERCENT",
               default=budget_mod.DEFAULT_SCALEOUT_THRESHOLD, show_default=True,
               help="Above this, scale-out (cas_scaleout_allowed) is allowed.")
+@click.option("--roles-per-task", type=int, metavar="N",
+              help="Lanes one consensus task runs at once (variants and critics): adds "
+                   "parallel_tasks_target, the tasks that fit side by side.")
+@click.option("--reserve-slots", type=int, metavar="N",
+              help="Of --max-threads, slots kept free before dividing by --roles-per-task "
+                   f"(fewer than --max-threads).  [default: {budget_mod.DEFAULT_RESERVE_SLOTS}]")
 @click.option("--format", "fmt", type=click.Choice(["json", "text"]), default="json",
               show_default=True, help="One JSON line, or one key=value line.")
 def budget_command(five_hour: float, weekly: float, max_threads: int,
                    single_agent_threshold: float, linear_start_threshold: float,
-                   scaleout_threshold: float, fmt: str) -> None:
+                   scaleout_threshold: float, roles_per_task: int | None,
+                   reserve_slots: int | None, fmt: str) -> None:
     """Units to run at once on the budget left.
 
-    Mode single_agent, linear_clamp or full_fanout, as SPEC section 7 computes it."""
+    Mode single_agent, linear_clamp or full_fanout, as SPEC section 7 computes it. With
+    --roles-per-task, also parallel_tasks_target = max(1, floor((max_threads - reserve_slots)
+    / roles_per_task)) (SPEC section 12)."""
+    if roles_per_task is None and reserve_slots is not None:
+        raise UsageError("--reserve-slots goes with --roles-per-task")
     decision = _decision(five_hour, weekly, max_threads,
                          single_agent_threshold=single_agent_threshold,
                          linear_start_threshold=linear_start_threshold,
                          scaleout_threshold=scaleout_threshold)
+    if roles_per_task is not None:
+        reserve = budget_mod.DEFAULT_RESERVE_SLOTS if reserve_slots is None else reserve_slots
+        try:
+            decision = decision.with_roles(roles_per_task, reserve)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     click.echo(decision.as_json() if fmt == "json" else decision.as_text())
 
 
