@@ -1,0 +1,1 @@
+"""Several proposals per unit, critics and a vote (SPEC 12)."""
