@@ -7,6 +7,7 @@ scopes that stay inside the repository — live here.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -57,6 +58,35 @@ class SetupSpec:
     copy_ignored: tuple[str, ...]
 
 
+SELECT_MODES = ("vote", "first_passing", "smallest", "manual")
+SYNTHESIS = "synthesis"  # the synthesizer's candidate
+DEFAULT_ROUNDS = 3
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of trying a consensus unit: its own coder and fixer, an objective with a
+    suffix, environment for both lanes (``WTMESH_VARIANT`` is its name)."""
+
+    name: str
+    coder: LaneSpec
+    fixer: LaneSpec | None
+    objective_suffix: str = ""
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Consensus:
+    """Several proposals, critics and a vote (SPEC 12). ``critics`` are named lanes."""
+
+    variants: tuple[Variant, ...]
+    critics: tuple[tuple[str, LaneSpec], ...]
+    synthesizer: LaneSpec | None
+    quorum: int
+    rounds: int
+    select: str
+
+
 @dataclass(frozen=True)
 class Unit:
     id: str
@@ -71,6 +101,7 @@ class Unit:
     fixer: LaneSpec | None
     labels: Mapping[str, Any]
     raw: Mapping[str, Any]
+    consensus: Consensus | None = None
 
     def as_record(self) -> dict[str, Any]:
         """The unit with all its fields resolved: what lanes read from WTMESH_UNIT_JSON."""
@@ -282,6 +313,7 @@ def problems(data: Any) -> list[str]:
                 and mode != plan_mode):
             found.append(f"{where}.delivery_mode: {mode!r} differs from the run's {plan_mode!r}")
         found.extend(_lane_problems(data.get("lanes"), unit.get("lanes"), where))
+        found.extend(_consensus_problems(data.get("consensus"), unit, where))
     found.extend(_sandbox_writable_problems(data.get("sandbox_writable")))
     for cycle in _dependency_cycles(depends):
         if len(cycle) == 2:
@@ -298,6 +330,66 @@ def problems(data: Any) -> list[str]:
                     found.append(f"$.setup.copy_ignored[{j}]: "
                                  + problem.replace("scope", "path"))
     return found
+
+
+def _consensus_problems(plan_consensus: Any, unit: Mapping[str, Any], where: str) -> list[str]:
+    """The rules of a unit's consensus (its own, else the plan's) that span its fields."""
+    if "consensus" in unit:
+        spec, path = unit["consensus"], f"{where}.consensus"
+    else:
+        spec, path = plan_consensus, "$.consensus"
+    if not isinstance(spec, dict):
+        return []
+    out: list[str] = []
+    variants = spec.get("variants")
+    names: dict[str, str] = {}
+    for j, variant in enumerate(variants if isinstance(variants, list) else []):
+        name = variant.get("name") if isinstance(variant, dict) else None
+        if not isinstance(name, str):
+            continue
+        if name == SYNTHESIS:
+            out.append(f"{path}.variants[{j}].name: {SYNTHESIS!r} is the synthesizer's "
+                       "candidate; give the variant another name")
+        elif name in names:
+            out.append(f"{path}.variants[{j}].name: duplicate variant {name!r} "
+                       f"(also {names[name]})")
+        else:
+            names[name] = f"{path}.variants[{j}]"
+        for lane_name in LANE_NAMES:
+            lane = variant.get(lane_name) if isinstance(variant, dict) else None
+            if isinstance(lane, dict) and "command" in lane and "preset" in lane:
+                out.append(f"{path}.variants[{j}].{lane_name}: give either command or "
+                           "preset, not both")
+    critics = spec.get("critics")
+    critics = critics if isinstance(critics, list) else []
+    seen: dict[str, int] = {}
+    for j, critic in enumerate(critics):
+        if not isinstance(critic, dict):
+            continue
+        lane_path = f"{path}.critics[{j}]"
+        if ("command" in critic) == ("preset" in critic):
+            out.append(f"{lane_path}: give either command or preset")
+        name = critic.get("name", f"critic{j + 1}")
+        if isinstance(name, str) and name in seen:
+            out.append(f"{lane_path}.name: duplicate critic {name!r} "
+                       f"(also {path}.critics[{seen[name]}])")
+        elif isinstance(name, str):
+            seen[name] = j
+    synthesizer = spec.get("synthesizer")
+    if isinstance(synthesizer, dict):
+        if ("command" in synthesizer) == ("preset" in synthesizer):
+            out.append(f"{path}.synthesizer: give either command or preset")
+        if not critics:
+            out.append(f"{path}.synthesizer: a synthesizer works from the critics' "
+                       "verdicts; give critics too")
+    select = spec.get("select", "vote" if critics else "first_passing")
+    if select == "vote" and not critics:
+        out.append(f"{path}.select: 'vote' needs critics")
+    quorum = spec.get("quorum")
+    if isinstance(quorum, int) and not isinstance(quorum, bool) and critics \
+            and quorum > len(critics):
+        out.append(f"{path}.quorum: {quorum} is more than the {len(critics)} critics")
+    return out
 
 
 SANDBOX_PATH_STARTS = ("/", "~/", "{repo}", "{plan_dir}")
@@ -376,14 +468,22 @@ def _command(value: Any) -> Command | None:
     return value if isinstance(value, str) else tuple(value)
 
 
-def _lane(name: str, plan_lane: Mapping[str, Any] | None, unit_lane: Mapping[str, Any] | None,
-          unit_timeout: float | None) -> LaneSpec | None:
-    base = dict(plan_lane or {})
-    over = dict(unit_lane or {})
+def _merged(base_lane: Mapping[str, Any] | None,
+            over_lane: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A lane's keys over another's: a command or preset replaces the other's either."""
+    base = dict(base_lane or {})
+    over = dict(over_lane or {})
     if "command" in over or "preset" in over:
         base.pop("command", None)
         base.pop("preset", None)
-    merged = {**base, **over}
+    return {**base, **over}
+
+
+def _lane(name: str, plan_lane: Mapping[str, Any] | None, unit_lane: Mapping[str, Any] | None,
+          unit_timeout: float | None) -> LaneSpec | None:
+    base = _merged(plan_lane, None)
+    over = dict(unit_lane or {})
+    merged = _merged(plan_lane, unit_lane)
     if "command" not in merged and "preset" not in merged:
         return None
     timeout = over.get("timeout_s", unit_timeout if unit_timeout is not None
@@ -429,6 +529,9 @@ def build(data: Mapping[str, Any], path: Path) -> Plan:
             fixer=fixer,
             labels={k: raw[k] for k in MESH_LABELS if k in raw},
             raw=raw,
+            consensus=_consensus(raw["consensus"] if "consensus" in raw
+                                 else data.get("consensus"), plan_lanes, unit_lanes,
+                                 unit_timeout, coder, fixer),
         ))
     setup = data.get("setup", {})
     copies = setup.get("copy_ignored", [])
@@ -448,6 +551,59 @@ def build(data: Mapping[str, Any], path: Path) -> Plan:
         sandbox_writable=tuple(data.get("sandbox_writable", ())),
         max_cost_usd=float(data["max_cost_usd"]) if "max_cost_usd" in data else None,
     )
+
+
+def _consensus(spec: Mapping[str, Any] | None, plan_lanes: Mapping[str, Any],
+               unit_lanes: Mapping[str, Any], unit_timeout: float | None, coder: LaneSpec,
+               fixer: LaneSpec | None) -> Consensus | None:
+    """The unit's consensus; each variant's lanes are the unit's (``coder``, ``fixer``)
+    with the variant's keys over them."""
+    if spec is None:
+        return None
+    raw_variants = spec["variants"]
+    if isinstance(raw_variants, int):
+        raw_variants = [{"name": f"v{i}"} for i in range(1, raw_variants + 1)]
+    raw_coder = _merged(plan_lanes.get("coder"), unit_lanes.get("coder"))
+    raw_fixer = _merged(plan_lanes.get("fixer"), unit_lanes.get("fixer") or {})
+    variants = []
+    for i, raw in enumerate(raw_variants, 1):
+        variant_fixer: LaneSpec | None = fixer
+        if "fixer" in raw:
+            variant_fixer = (None if raw["fixer"] is None
+                             else _override(fixer, raw_fixer if fixer else {}, raw["fixer"]))
+        variants.append(Variant(
+            name=str(raw.get("name", f"v{i}")),
+            coder=_override(coder, raw_coder, raw.get("coder")) or coder,
+            fixer=variant_fixer,
+            objective_suffix=str(raw.get("objective_suffix", "")),
+            env=dict(raw.get("env", {}))))
+    critics = tuple((str(raw.get("name", f"critic{j}")),
+                     _lane("critic", None, {k: v for k, v in raw.items() if k != "name"},
+                           unit_timeout))
+                    for j, raw in enumerate(spec.get("critics", []), 1))
+    synthesizer = (_lane("synthesizer", None, spec["synthesizer"], unit_timeout)
+                   if spec.get("synthesizer") else None)
+    return Consensus(
+        variants=tuple(variants),
+        critics=tuple((name, lane) for name, lane in critics if lane is not None),
+        synthesizer=synthesizer,
+        quorum=int(spec.get("quorum", max(1, len(critics) - 1))),
+        rounds=int(spec.get("rounds", DEFAULT_ROUNDS)),
+        select=str(spec.get("select", "vote" if critics else "first_passing")),
+    )
+
+
+def _override(resolved: LaneSpec | None, base: Mapping[str, Any],
+              over: Mapping[str, Any] | None) -> LaneSpec | None:
+    """``resolved`` (a unit's lane, from ``base``) with a variant's keys over it; the
+    timeout stays the unit's unless the variant gives one."""
+    if not over:
+        return resolved
+    name = resolved.name if resolved else "fixer"
+    lane = _lane(name, base, over, None)
+    if lane is not None and resolved is not None and "timeout_s" not in over:
+        lane = dataclasses.replace(lane, timeout_s=resolved.timeout_s)
+    return lane
 
 
 def integration_order(plan: Plan) -> list[Unit]:
