@@ -68,7 +68,15 @@ from .plan import Plan, Unit
 from .proof import Prover
 from .repo_guard import RepoGuard, own_writes
 from .sandbox import Sandbox
-from .state import RunDir, StateDir, atomic_file, scratch_ref, stranded_ref, write_atomic
+from .state import (
+    RunDir,
+    StateDir,
+    atomic_file,
+    safe_name,
+    scratch_ref,
+    stranded_ref,
+    write_atomic,
+)
 from .unit_runner import UnitWork
 
 Report = Callable[..., None]
@@ -115,8 +123,22 @@ class Landing:
     proof_duration_s: float
 
 
+@dataclass(frozen=True)
+class CandidateProof:
+    """A consensus candidate proven on the head ``onto``: ``status`` pass (or skipped: no
+    proof command), else its landing's failure (failed / no_diff) with the code and why."""
+
+    status: str
+    failure_code: str | None
+    notes: str
+    onto: Sha
+    commit: Sha | None
+    duration_s: float
+    patch: str | None  # in the patch directory, patch_first
+
+
 def commit_message(unit: Unit, run_id: str, *, batch: str | None = None,
-                   proof: str | None = None) -> str:
+                   proof: str | None = None, trailers: Sequence[str] = ()) -> str:
     """Subject from the objective, its body, and trailers: the run and unit (how resume
     recognises a landing), and in a batch which commit of it the proof ran on. In
     patch_first the message travels through ``git am``: the body is made safe for it
@@ -127,10 +149,11 @@ def commit_message(unit: Unit, run_id: str, *, batch: str | None = None,
     parts = [subject]
     if body:
         parts.append(body)
-    trailers = [f"Wtmesh-Run: {run_id}", f"Wtmesh-Unit: {unit.id}"]
+    lines_of_trailers = [f"Wtmesh-Run: {run_id}", f"Wtmesh-Unit: {unit.id}"]
     if batch is not None:
-        trailers += [f"Wtmesh-Batch: {batch}", f"Wtmesh-Proof: {proof}"]
-    parts.append("\n".join(trailers))
+        lines_of_trailers += [f"Wtmesh-Batch: {batch}", f"Wtmesh-Proof: {proof}"]
+    lines_of_trailers += trailers
+    parts.append("\n".join(lines_of_trailers))
     return "\n\n".join(parts) + "\n"
 
 
@@ -419,7 +442,8 @@ class Integrator:
             if escapes:
                 return _Link(unit, work, None, _failed(unit, "scope_violation",
                                                        "; ".join(escapes)))
-        commit = self.git.commit_tree(tree, [tip], commit_message(unit, self.run_id))
+        commit = self.git.commit_tree(tree, [tip], commit_message(unit, self.run_id,
+                                                                  trailers=work.trailers))
         if self.mode == "patch_first":
             # Before its proof: a patch that does not give this tree is never delivered.
             # In a batch the commit that lands is made again with trailers added
@@ -492,7 +516,8 @@ class Integrator:
             proven = ("passed" if position == len(landed)
                       else f"covered by the proof of {tip_unit} (batch tip)")
             message = commit_message(link.unit, self.run_id,
-                                     batch=f"{position}/{len(landed)}", proof=proven)
+                                     batch=f"{position}/{len(landed)}", proof=proven,
+                                     trailers=link.work.trailers)
             assert link.tree is not None
             tip = self.git.commit_tree(link.tree, [tip], message)
             link.commit = tip
@@ -509,6 +534,31 @@ class Integrator:
             out[link.unit.id] = Landing(link.unit.id, "integrated", None, "", link.commit,
                                         patch, "pass", 0.0)
         return out
+
+    def prove_candidate(self, unit: Unit, work: UnitWork, name: str) -> CandidateProof:
+        """A consensus unit's candidate applied onto the head and proven there, as the
+        unit would be, without landing (SPEC 12); in patch_first its patch is written
+        for reviewers to compare (``candidates/<unit>/<name>.patch``)."""
+        with self.locked():
+            head = self._landing_head()
+            link = self._link(unit, work, head, self.git.tree_of(head))
+            if link.landing is not None:
+                ended = link.landing
+                return CandidateProof(ended.status, ended.failure_code, ended.notes, head,
+                                      None, 0.0, None)
+            assert link.commit is not None and link.tree is not None
+            verdict = self.prover.prove(unit, link.commit, link.tree, [unit.id], of=name)
+            if verdict.status == "fail":
+                return CandidateProof("failed", "proof_failed", verdict.notes, head, None,
+                                      verdict.duration_s, None)
+            patch = None
+            if self.patch_dir is not None:
+                patch = f"candidates/{safe_name(unit.id)}/{safe_name(name)}.patch"
+                (self.patch_dir / patch).parent.mkdir(parents=True, exist_ok=True)
+                with atomic_file(self.patch_dir / patch) as out:
+                    self.git.format_patch(link.commit, out)
+            return CandidateProof(verdict.status, None, verdict.notes, head, link.commit,
+                                  verdict.duration_s, patch)
 
     # -- the integration worktree -------------------------------------------------------
 

@@ -22,13 +22,14 @@ from rich.text import Text
 
 from . import usage as usage_mod
 from .output import STATE_STYLE, describe, sandbox_note
+from .readiness import FINAL_STATES
 from .usage import Usage, summed_cost_text, tokens_text
 
 REFRESH_PER_SECOND = 2
 # Lines around the table (title, header, progress, notes): rows beyond the terminal's
 # height are not drawn at all, since drawing holds the interpreter lock the run needs.
 FRAME_LINES = 8
-FINAL = frozenset({"integrated", "no_diff", "rejected", "failed", "skipped"})
+FINAL = FINAL_STATES  # a unit in one of these has ended
 
 
 @dataclass

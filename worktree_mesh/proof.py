@@ -19,7 +19,7 @@ from .lanes import render
 from .plan import Plan, Unit
 from .prepare import SetupFailed, prepare
 from .sandbox import Confinement, Sandbox
-from .state import RunDir
+from .state import RunDir, safe_name
 
 Report = Callable[..., None]
 
@@ -50,31 +50,36 @@ class Prover:
     def path(self) -> Path:
         return self.worktree.path
 
-    def prove(self, unit: Unit, candidate: Sha, tree: Sha, units: Sequence[str]) -> Verdict:
+    def prove(self, unit: Unit, candidate: Sha, tree: Sha, units: Sequence[str],
+              of: str | None = None) -> Verdict:
         """The proof of ``candidate`` (whose tree is ``tree``), whose tip unit is ``unit``;
-        ``units`` are the units whose changes it holds on top of the landed head."""
+        ``units`` are the units whose changes it holds on top of the landed head. ``of``:
+        the consensus candidate it proves (its log is that candidate's)."""
+        said = {"unit": unit.id, **({"of": of} if of else {})}
         if unit.proof_command is None:
             skipped = Verdict("skipped", "no proof command", 0.0)
-            self.report("proof_finished", unit=unit.id, status=skipped.status, duration_s=0.0,
+            self.report("proof_finished", **said, status=skipped.status, duration_s=0.0,
                         notes=skipped.notes)
             return skipped
         key = (tree, repr(unit.proof_command), unit.proof_timeout_s)
         cached = self._verdicts.get(key)
         if cached is not None:
-            self.report("proof_finished", unit=unit.id, status=cached.status, duration_s=0.0,
+            self.report("proof_finished", **said, status=cached.status, duration_s=0.0,
                         notes=cached.notes, cached=True)
             return cached
-        self.report("proof_started", unit=unit.id, candidate=candidate, units=list(units))
-        verdict = self._run(unit, candidate, tree)
+        self.report("proof_started", **said, candidate=candidate, units=list(units))
+        log = self.run_dir.unit_dir(unit.id) / (
+            f"candidates/{safe_name(of)}/proof.log" if of else "proof.log")
+        verdict = self._run(unit, candidate, tree, log)
         self.last_duration_s = verdict.duration_s
-        self.report("proof_finished", unit=unit.id, status=verdict.status,
+        self.report("proof_finished", **said, status=verdict.status,
                     duration_s=round(verdict.duration_s, 3), notes=verdict.notes)
         self._verdicts[key] = verdict
         return verdict
 
-    def _run(self, unit: Unit, candidate: Sha, tree: Sha) -> Verdict:
+    def _run(self, unit: Unit, candidate: Sha, tree: Sha, log: Path) -> Verdict:
         assert unit.proof_command is not None
-        log = self.run_dir.unit_dir(unit.id) / "proof.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
         self.worktree.place(candidate, tree)
         if not self.worktree.prepared:
             env = self._env(unit, candidate)

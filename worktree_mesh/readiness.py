@@ -12,7 +12,8 @@ from collections.abc import Mapping, Sequence
 
 from .plan import Unit
 
-FINAL_STATES = frozenset({"integrated", "no_diff", "rejected", "failed", "skipped"})
+FINAL_STATES = frozenset({"integrated", "no_diff", "rejected", "failed", "skipped",
+                          "no_consensus", "awaiting_choice"})
 # A dependency that found nothing to change leaves the tree as its dependants expect.
 SATISFIES_DEPENDENCY = frozenset({"integrated", "no_diff"})
 

@@ -12,7 +12,14 @@ import os
 import time
 import traceback
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    CancelledError,
+    Future,
+    InvalidStateError,
+    ThreadPoolExecutor,
+    wait,
+)
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +28,8 @@ from . import diffs, proc
 from . import ledger as ledger_mod
 from . import sandbox as sandbox_mod
 from . import usage as usage_mod
+from .consensus import summary as consensus_summary
+from .consensus.flow import ConsensusUnit
 from .errors import (
     EXIT_ENVIRONMENT,
     EXIT_INTERRUPTED,
@@ -29,7 +38,7 @@ from .errors import (
     EnvironmentRefused,
 )
 from .git import Git, Sha
-from .integrator import Integrator, Landing, target_worktree
+from .integrator import CandidateProof, Integrator, Landing, target_worktree
 from .ledger import Ledger
 from .plan import Unit, integration_order
 from .presets import versions
@@ -45,6 +54,7 @@ from .resume import (
     stop_leftover_processes,
 )
 from .run_options import RunOptions
+from .slots import LaneSlots, Stopped
 from .state import RunDir, StateDir, new_run_id, unit_ref_prefix, worktrees_home, write_atomic
 from .text import printable, printable_data, quote_path
 from .toolkit import learnings
@@ -54,7 +64,8 @@ from .usage import Budget, LaneSpend
 from .worktrees import WorktreePool, fill_slots
 
 Observer = Callable[[dict[str, Any]], None]
-UNIT_STATES = ("pending", "running", "integrated", "no_diff", "rejected", "failed", "skipped")
+UNIT_STATES = ("pending", "running", "integrated", "no_diff", "rejected", "failed", "skipped",
+               "no_consensus", "awaiting_choice")
 
 
 @dataclass
@@ -79,8 +90,11 @@ class UnitProgress:
             return round(self.earlier_s, 3)
         return round(self.earlier_s + (self.finished or time.monotonic()) - self.started, 3)
 
-    def summary(self, spends: list[LaneSpend]) -> dict[str, Any]:
+    def summary(self, spends: list[LaneSpend],
+                records: list[dict[str, Any]]) -> dict[str, Any]:
         landing = self.landing
+        shown = consensus_summary.candidates(records, self.unit.id) \
+            if self.unit.consensus is not None else None
         return {
             "id": self.unit.id,
             "status": self.state,
@@ -92,6 +106,7 @@ class UnitProgress:
             "duration_s": self.duration_s,
             "usage": usage_mod.unit_usage(spends, self.unit.id),
             **({"labels": dict(self.unit.labels)} if self.unit.labels else {}),
+            **({"candidates": shown} if shown is not None else {}),
         }
 
 
@@ -145,6 +160,12 @@ class Run:
         lane_git = git.running_with(self.lane_git_runner)
         self.pool = WorktreePool(lane_git, self.run_dir.worktrees, size=options.max_active)
         self.executor = LocalExecutor(lane_git, self.pool, sandbox, self.guard)
+        # Every lane takes a slot: a unit's lanes one, a consensus unit's one per lane it
+        # runs (SPEC 12).
+        self.slots = LaneSlots(lambda: self.active_limit, proc.RUNNING_GROUPS.stopping,
+                               on_give=self._slot_freed)
+        self._wake: Future[None] | None = None  # done when a slot comes free
+        self.integration_pool: ThreadPoolExecutor | None = None
 
     def _repo_guard(self, sandboxed: bool) -> RepoGuard | None:
         """None when lanes are sandboxed: the repository is read-only to them. Else
@@ -368,7 +389,16 @@ class Run:
         elif unit_diff.violations:
             status, code, notes = "failed", "scope_violation", "; ".join(unit_diff.violations)
         return UnitWork(unit.id, status, code, notes, start, result, unit_diff, diff_path,
-                        max(attempts, 1), (), 0.0)
+                        max(attempts, 1), (), 0.0, self._chosen_trailers(unit))
+
+    def _chosen_trailers(self, unit: Unit) -> tuple[str, ...]:
+        """A consensus unit's result is the candidate its ``chosen`` event names (written
+        before the ref): the trailers its commit carries."""
+        if unit.consensus is None:
+            return ()
+        chosen = [r for r in ledger_mod.read(self.run_dir.ledger)
+                  if r["event"] == "chosen" and r.get("unit") == unit.id]
+        return tuple(chosen[-1].get("trailers", ())) if chosen else ()
 
     def execute(self) -> dict[str, Any]:
         try:
@@ -410,7 +440,12 @@ class Run:
     def _run_unit(self, job: UnitJob) -> UnitWork:
         """A failure inside wtmesh while running one unit ends that unit, not the run."""
         try:
-            return self.executor.run(job, self._report_from_lane, self.spending.refusal)
+            if job.unit.consensus is not None:
+                return self._consensus_unit(job).run()
+            try:
+                return self.executor.run(job, self._report_from_lane, self.spending.refusal)
+            finally:
+                self.slots.give()
         except Exception as exc:  # noqa: BLE001 - recorded with its traceback
             log = job.unit_dir / "error.log"
             log.parent.mkdir(parents=True, exist_ok=True)
@@ -418,6 +453,33 @@ class Run:
             return UnitWork(job.unit.id, "failed", "tooling_unavailable",
                             f"wtmesh could not run the unit: {exc} (see {log})", job.start,
                             None, None, None, job.first_attempt, (), 0.0)
+
+    def _consensus_unit(self, job: UnitJob) -> ConsensusUnit:
+        assert job.unit.consensus is not None
+        earlier = [r for r in ledger_mod.read(self.run_dir.ledger)
+                   if r.get("unit") == job.unit.id]
+        return ConsensusUnit(
+            job=job, spec=job.unit.consensus, git=self.executor.git, executor=self.executor,
+            slots=self.slots, prove=self._prove_candidate,
+            head=lambda: self.git.read_ref(self.integrator.landing_ref) or self.head,
+            report=self._report_from_lane, gate=self.spending.refusal, earlier=earlier)
+
+    def _prove_candidate(self, unit: Unit, work: UnitWork, name: str) -> CandidateProof:
+        """On the integration thread, between landings: one proof at a time."""
+        assert self.integration_pool is not None
+        try:
+            return self.integration_pool.submit(self.integrator.prove_candidate, unit, work,
+                                                name).result()
+        except CancelledError:
+            raise Stopped from None
+
+    def _slot_freed(self) -> None:
+        wake = self._wake
+        if wake is not None and not wake.done():
+            try:
+                wake.set_result(None)
+            except InvalidStateError:  # another lane's release was first
+                pass
 
     def _report_from_lane(self, event: str, **fields: Any) -> None:
         if event == "lane_started":
@@ -457,7 +519,12 @@ class Run:
             return  # a resumed run with nothing left to do: no worktree to make
         lanes_pool = ThreadPoolExecutor(max_workers=self.options.max_active,
                                         thread_name_prefix="lane")
+        # A consensus unit's own thread holds no slot: its lanes take theirs.
+        consensus_pool = ThreadPoolExecutor(
+            max_workers=max(1, sum(1 for u in self.order if u.consensus is not None)),
+            thread_name_prefix="consensus")
         integration_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="integrator")
+        self.integration_pool = integration_pool
         running: dict[Future[UnitWork], UnitProgress] = {}
         integrating: tuple[Future[list[Landing]], list[UnitProgress]] | None = None
         # The one integration thread makes its worktree from the start, beside the first
@@ -469,15 +536,23 @@ class Run:
                 self._skip_orphans()
                 self._skip_over_budget()
                 states = self._states()
+                self._wake = Future()
                 for unit in self.order:
-                    if len(running) >= self.active_limit:
+                    if self.slots.in_use >= self.active_limit:
                         break
                     progress = self.units[unit.id]
-                    if self.readiness.ready(unit, states):
-                        progress.started = time.monotonic()
-                        self._set(progress, "running", "starting")
-                        states[unit.id] = "running"
-                        running[lanes_pool.submit(self._run_unit, self._job(progress))] = progress
+                    if not self.readiness.ready(unit, states):
+                        continue
+                    if unit.consensus is not None:
+                        pool = consensus_pool
+                    elif self.slots.try_take():
+                        pool = lanes_pool
+                    else:
+                        break
+                    progress.started = time.monotonic()
+                    self._set(progress, "running", "starting")
+                    states[unit.id] = "running"
+                    running[pool.submit(self._run_unit, self._job(progress))] = progress
                 hold: list[Future[Any]] = []  # what a unit held back waits for
                 hold_s: float | None = None  # a batch gathering: look again after this
                 batch = self._next_batch() if integrating is None else []
@@ -493,7 +568,7 @@ class Run:
                                                            self._hand_over(batch)), batch)
                 if all(p.state in FINAL_STATES for p in self.units.values()):
                     return
-                waiting: list[Future[Any]] = [*running, *hold]
+                waiting: list[Future[Any]] = [*running, *hold, self._wake]
                 if integrating is not None:
                     waiting.append(integrating[0])
                 if not waiting:  # pragma: no cover - readiness guarantees progress
@@ -517,7 +592,9 @@ class Run:
             proc.RUNNING_GROUPS.stop_all()
             raise
         finally:
+            # Consensus units wait on proofs: the integration thread outlives them.
             lanes_pool.shutdown(wait=True, cancel_futures=True)
+            consensus_pool.shutdown(wait=True, cancel_futures=True)
             integration_pool.shutdown(wait=True, cancel_futures=True)
 
     def _skip_orphans(self) -> None:
@@ -659,7 +736,8 @@ class Run:
         counts = _counts(p.state for p in self.units.values())
         head = self.git.read_ref(self.integrator.landing_ref)
         # From the ledger: it holds the lanes of an interrupted process too.
-        spends = usage_mod.lane_spends(ledger_mod.read(self.run_dir.ledger))
+        records = ledger_mod.read(self.run_dir.ledger)
+        spends = usage_mod.lane_spends(records)
         summary = {
             "run_id": self.run_id,
             "delivery_mode": self.options.delivery_mode,
@@ -667,7 +745,8 @@ class Run:
             "base": self.options.base,
             "head": head,
             "patch_dir": str(self.patch_dir) if self.patch_dir else None,
-            "units": [self.units[u.id].summary(spends) for u in self.options.plan.units],
+            "units": [self.units[u.id].summary(spends, records)
+                      for u in self.options.plan.units],
             "counts": counts,
             "usage": usage_mod.run_usage(spends),
             "max_cost_usd": self.options.max_cost_usd,

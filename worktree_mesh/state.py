@@ -51,10 +51,20 @@ def unit_ref_prefix(run_id: str, unit_id: str) -> str:
     system ignores case; such an id is spelled ``+`` and its hex bytes instead. ``+``
     never occurs in a unit id, so the spelling cannot collide with another id.
     """
-    refusable = (unit_id.startswith(".") or unit_id.endswith((".", ".lock"))
-                 or ".." in unit_id or unit_id != unit_id.lower())
-    component = "+" + unit_id.encode().hex() if refusable else unit_id
-    return f"refs/wtmesh/{run_id}/units/{component}"
+    return f"refs/wtmesh/{run_id}/units/{ref_component(unit_id)}"
+
+
+def ref_component(name: str) -> str:
+    """A ``[A-Za-z0-9._-]+`` name as one ref component (see ``unit_ref_prefix``)."""
+    refusable = (name.startswith(".") or name.endswith((".", ".lock"))
+                 or ".." in name or name != name.lower())
+    return "+" + name.encode().hex() if refusable else name
+
+
+def candidate_ref_prefix(run_id: str, unit_id: str, candidate: str) -> str:
+    """Where a consensus unit's candidate keeps its work: its own ``coder`` and
+    ``result`` refs, as a unit has."""
+    return f"{unit_ref_prefix(run_id, unit_id)}/candidates/{ref_component(candidate)}"
 
 
 def scratch_ref(run_id: str) -> str:

@@ -64,14 +64,27 @@ class UnitWork:
     attempts: int
     lanes: tuple[LaneResult, ...]
     duration_s: float
+    # Said in the landed commit's message beside the run and unit (a consensus unit's
+    # chosen candidate and its votes).
+    trailers: tuple[str, ...] = ()
 
 
-class _Ended(Exception):
+class Ended(Exception):
     """The unit ended before producing a diff to integrate."""
 
     def __init__(self, status: str, code: str | None, notes: str) -> None:
         super().__init__(notes)
         self.status, self.code, self.notes = status, code, notes
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What a reading lane did: its result, the paths it changed (which it must not),
+    or why it never ran to the end (``ended``: its status, code and notes)."""
+
+    lane: LaneResult | None
+    wrote: list[str]
+    ended: Ended | None
 
 
 class LocalExecutor:
@@ -100,16 +113,39 @@ class LocalExecutor:
             diff_path = job.unit_dir / "unit.diff"
             unit_diff = diffs.collect(self.git, job.start, result, job.unit.scope, diff_path)
             if unit_diff.empty:
-                raise _Ended("no_diff", None, "the lanes changed nothing")
+                raise Ended("no_diff", None, "the lanes changed nothing")
             if unit_diff.violations:
-                raise _Ended("failed", "scope_violation", "; ".join(unit_diff.violations))
+                raise Ended("failed", "scope_violation", "; ".join(unit_diff.violations))
             status, code, notes = "accepted", None, lanes[-1].notes if lanes else ""
-        except _Ended as ended:
+        except Ended as ended:
             status, code, notes = ended.status, ended.code, ended.notes
         finally:
             self.pool.release(worktree)
         return UnitWork(job.unit.id, status, code, notes, job.start, result, unit_diff,
                         diff_path, attempt[0], tuple(lanes), time.monotonic() - started)
+
+    def run_reader(self, job: UnitJob, spec: LaneSpec, report: Report,
+                   gate: Gate | None = None) -> Reading:
+        """One lane that only reads (a critic), in a worktree at the job's start after
+        setup, retried as any lane. What it changed there is said, and thrown away."""
+        worktree = self.pool.acquire(job.start)
+        attempt = [job.first_attempt]
+        try:
+            job.unit_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(job.unit_dir / "unit.json",
+                         json.dumps(job.unit.as_record(), indent=2).encode() + b"\n")
+            _refuse_if_spent(gate, job, spec, None)
+            self._setup(job, worktree, report)
+            before = self.git.tree_of(self.git.snapshot(worktree, job.start, "wtmesh reader"))
+            lane = self._lane_with_retries(job, spec, worktree, attempt, job.start, None,
+                                           report, gate)
+            after = self.git.tree_of(self.git.snapshot(worktree, job.start, "wtmesh reader"))
+            wrote = [p for c in self.git.changes(before, after) for p in c.paths]
+            return Reading(lane, wrote, None)
+        except Ended as ended:
+            return Reading(None, [], ended)
+        finally:
+            self.pool.release(worktree)
 
     # -- lanes -------------------------------------------------------------------------
 
@@ -122,17 +158,17 @@ class LocalExecutor:
         lanes.append(coder)
         self._check_decision(coder)
         if coder.decision == "no_diff":
-            raise _Ended("no_diff", None, coder.notes or "the coder reported no change")
+            raise Ended("no_diff", None, coder.notes or "the coder reported no change")
         self._apply_result_patch(coder, worktree)
         after_coder = self._snapshot(job, worktree, "coder")
         fixer_spec = job.unit.fixer
         if fixer_spec is None:  # the coder's work is the result: both refs at once
-            self._set_refs({f"{job.ref_prefix}/coder": after_coder,
+            self.set_refs({f"{job.ref_prefix}/coder": after_coder,
                             f"{job.ref_prefix}/result": after_coder})
         else:
-            self._set_refs({f"{job.ref_prefix}/coder": after_coder})
+            self.set_refs({f"{job.ref_prefix}/coder": after_coder})
         if self.git.tree_of(after_coder) == self.git.tree_of(job.start):
-            raise _Ended("no_diff", None, "the coder changed nothing")
+            raise Ended("no_diff", None, "the coder changed nothing")
         if fixer_spec is None:
             final = after_coder
         else:
@@ -147,7 +183,7 @@ class LocalExecutor:
             self._apply_result_patch(fixer, worktree)
             coder_paths = [p for c in self.git.changes(job.start, after_coder) for p in c.paths]
             final = self._snapshot(job, worktree, "result", coder_paths)
-            self._set_refs({f"{job.ref_prefix}/result": final})
+            self.set_refs({f"{job.ref_prefix}/result": final})
         faults.point("lanes-done")
         return final
 
@@ -161,16 +197,16 @@ class LocalExecutor:
         paths = self.git.pending_paths(worktree) + (earlier or [])
         embedded = diffs.embedded_repositories(worktree, paths)
         if embedded:
-            raise _Ended("failed", "scope_violation",
+            raise Ended("failed", "scope_violation",
                          "embedded git repository (its files cannot land): "
                          + ", ".join(embedded))
         refused = diffs.links_git_refuses(worktree, paths)
         if refused:
-            raise _Ended("failed", "scope_violation",
+            raise Ended("failed", "scope_violation",
                          "symlink git refuses to record: " + ", ".join(refused))
         return self.git.snapshot(worktree, job.start, f"wtmesh {job.unit.id}: {what}")
 
-    def _set_refs(self, refs: dict[str, Sha]) -> None:
+    def set_refs(self, refs: dict[str, Sha]) -> None:
         """The unit's refs, written where the guard expects them (a lane that moves or
         deletes one later is caught)."""
         with own_writes(self.guard) as expect:
@@ -192,7 +228,7 @@ class LocalExecutor:
             named += f"; and {len(touched) - NAMED_CHANGES} more (see the ledger)"
         undone = (f"; could not undo: {'; '.join(left[:NAMED_CHANGES])}" if left
                   else "; all of it was undone")
-        raise _Ended("failed", "safety_regression_risk",
+        raise Ended("failed", "safety_regression_risk",
                      f"the {lane} changed the repository outside its worktree: {named}{undone}")
 
     @staticmethod
@@ -200,7 +236,7 @@ class LocalExecutor:
         if lane.decision != "reject":
             return
         runner_said = lane.timed_out or lane.could_not_start
-        raise _Ended("failed" if runner_said else "rejected", lane.failure_code,
+        raise Ended("failed" if runner_said else "rejected", lane.failure_code,
                      lane.notes or f"the {lane.lane} rejected the change")
 
     def _apply_result_patch(self, lane: LaneResult, worktree: Path) -> None:
@@ -212,7 +248,7 @@ class LocalExecutor:
             try:
                 apply_patch.apply(lane.patch, worktree)
             except apply_patch.PatchFormatError as exc:
-                raise _Ended("rejected", "invalid_output_schema",
+                raise Ended("rejected", "invalid_output_schema",
                              f"{lane.lane} patch does not apply: {exc}") from None
             return
         applied = self.git.run("apply", "--binary", "--whitespace=nowarn", "-",
@@ -221,7 +257,7 @@ class LocalExecutor:
         if applied.returncode != 0:
             why = applied.stderr.decode("utf-8", "replace").strip().splitlines() or [
                 "git apply failed"]
-            raise _Ended("rejected", "invalid_output_schema",
+            raise Ended("rejected", "invalid_output_schema",
                          f"{lane.lane} patch does not apply: {why[0]}")
 
     def _lane_with_retries(self, job: UnitJob, spec: LaneSpec, worktree: Path,
@@ -231,7 +267,7 @@ class LocalExecutor:
         last: LaneResult | None = None
         while True:
             if proc.RUNNING_GROUPS.stopping.is_set():
-                raise _Ended("failed", "interrupted", "the run was interrupted")
+                raise Ended("failed", "interrupted", "the run was interrupted")
             _refuse_if_spent(gate, job, spec, last)
             if tries:
                 attempt[0] += 1
@@ -331,7 +367,7 @@ class LocalExecutor:
             if job.setup.command is not None:
                 self._undo_repo_changes(job, "setup", report)
             report("setup_failed", unit=job.unit.id, notes=str(exc))
-            raise _Ended("failed", "tooling_unavailable", str(exc)) from None
+            raise Ended("failed", "tooling_unavailable", str(exc)) from None
         if job.setup.command is not None:  # copying ignored files alone runs nothing
             self._undo_repo_changes(job, "setup", report)
 
@@ -345,15 +381,15 @@ def _refuse_if_spent(gate: Gate | None, job: UnitJob, spec: LaneSpec,
     if why is None:
         return
     if last is not None:
-        raise _Ended("failed", "budget_exhausted",
+        raise Ended("failed", "budget_exhausted",
                      f"the {spec.name}'s attempt {last.attempt} ended {last.failure_code}: "
                      f"{last.notes}; no retry: {why}")
-    if spec.name == "coder" and job.first_attempt == 1:
-        raise _Ended("skipped", "budget_exhausted", f"no lane started: {why}")
-    if spec.name == "coder":
-        raise _Ended("failed", "budget_exhausted",
+    if spec is job.unit.coder and job.first_attempt == 1:
+        raise Ended("skipped", "budget_exhausted", f"no lane started: {why}")
+    if spec is job.unit.coder:
+        raise Ended("failed", "budget_exhausted",
                      f"cut off during attempt {job.first_attempt - 1}, not run again: {why}")
-    raise _Ended("failed", "budget_exhausted",
+    raise Ended("failed", "budget_exhausted",
                  f"the coder's change was not reviewed: no {spec.name} started: {why}")
 
 

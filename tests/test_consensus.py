@@ -1,0 +1,351 @@
+"""Consensus units (SPEC 12) through the real CLI: variants in their own worktrees, each
+proven on the head, critics that read, the vote, the synthesizer, each ``select``, and
+what lands: exactly the chosen candidate's tree, with its trailers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import PROOF, git, lane, state_dir, wtmesh
+
+SMALL = "write:calc/extra.py=VALUE = 1\\n"
+BIG = "write:calc/extra.py=VALUE = 1\\nOTHER = 2\\nMORE = 3\\n"
+BROKEN = "write:calc/ops.py=def add(a, b):\\n    return 0\\n"
+
+
+def variant(name: str, *actions: str) -> dict[str, Any]:
+    return {"name": name, "coder": {"command": lane("act.py", *actions)}}
+
+
+def critic(name: str, *args: str) -> dict[str, Any]:
+    return {"name": name, "command": lane("critic.py", *args)}
+
+
+def plan_for(consensus: dict[str, Any], writable: Path | None = None,
+             **unit: Any) -> dict[str, Any]:
+    """One consensus unit; ``writable``: where recording lanes write (beside the repo)."""
+    return {"proof_command": PROOF, "max_active": 3,
+            **({"sandbox_writable": [str(writable)]} if writable else {}),
+            "units": [{"id": "u1", "objective": "Add VALUE to calc", "unit_scope": ["calc/"],
+                       "lanes": {"coder": {"command": lane("act.py", SMALL)}},
+                       "consensus": consensus, **unit}]}
+
+
+THREE = [variant("big", BIG), variant("broken", BROKEN), variant("small", SMALL)]
+
+
+def run(repo: Path, plan: Path, *args: str, code: int = 0) -> dict[str, Any]:
+    res = wtmesh("run", plan, "--json", *args, cwd=repo)
+    assert "Traceback" not in res.stderr, res.stderr
+    assert res.returncode == code, (res.returncode, res.stdout, res.stderr)
+    summary: dict[str, Any] = res.json()
+    return summary
+
+
+def ledger(repo: Path, run_id: str) -> list[dict[str, Any]]:
+    path = state_dir(repo) / "runs" / run_id / "ledger.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def events(repo: Path, run_id: str, name: str) -> list[dict[str, Any]]:
+    return [r for r in ledger(repo, run_id) if r["event"] == name]
+
+
+def by_name(unit: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in unit["candidates"]}
+
+
+# -- the vote ------------------------------------------------------------------------------
+
+def test_the_critics_choose_the_smaller_of_two_passing_variants(
+        repo: Path, write_plan: Any) -> None:
+    """One variant breaks the proof and is out; two critics of three (the default quorum)
+    agree on the smaller: it lands, exactly its tree, saying so in its trailers."""
+    critics = [critic("c1", "smallest"), critic("c2", "smallest"), critic("c3", "largest")]
+    summary = run(repo, write_plan(plan_for({"variants": THREE, "critics": critics})))
+    (unit,) = summary["units"]
+    assert (unit["status"], unit["failure_code"]) == ("integrated", None)
+    shown = by_name(unit)
+    assert [c["name"] for c in unit["candidates"]] == ["big", "broken", "small"]
+    assert (shown["broken"]["status"], shown["broken"]["failure_code"]) == \
+        ("failed", "proof_failed")
+    assert shown["broken"]["votes"] is None  # out before the critics
+    assert shown["small"]["chosen"] and not shown["big"]["chosen"]
+    assert shown["small"]["votes"]["agree"] == 2 and shown["big"]["votes"]["agree"] == 1
+    assert shown["small"]["stats"] == {"files": 1, "added": 1, "removed": 0}
+    assert shown["small"]["proof_status"] == "pass"
+    assert git(repo, "show", "main:calc/extra.py") == "VALUE = 1"
+    message = git(repo, "log", "-1", "--format=%B", "main")
+    assert "Wtmesh-Variant: small\nWtmesh-Votes: 2/3" in message
+    # Exactly the tree the candidate's proof ran on: the landing's proof was the same tree.
+    proofs = events(repo, summary["run_id"], "proof_finished")
+    assert proofs[-1].get("cached") is True, proofs[-1]
+    assert [e["candidate"] for e in events(repo, summary["run_id"], "chosen")] == ["small"]
+
+
+def test_each_critic_reads_every_passing_candidate_and_writes_nothing(
+        repo: Path, write_plan: Any, tmp_path: Path) -> None:
+    record = tmp_path / "seen.jsonl"
+    critics = [critic("c1", "smallest", f"record:{record}")]
+    summary = run(repo, write_plan(plan_for({"variants": THREE, "critics": critics},
+                                            tmp_path)))
+    assert summary["units"][0]["status"] == "integrated"
+    (seen,) = [json.loads(line) for line in record.read_text().splitlines()]
+    document, env = seen["candidates"], seen["env"]
+    assert [c["name"] for c in document["candidates"]] == ["big", "small"]
+    assert (document["unit"], document["round"], document["quorum"]) == ("u1", 1, 1)
+    assert document["previous"] == []
+    small = document["candidates"][1]
+    assert "+VALUE = 1" in Path(small["diff"]).read_text()
+    assert small["stats"] == {"files": 1, "insertions": 1, "deletions": 0}
+    assert small["proof"]["status"] == "pass"
+    assert (env["WTMESH_LANE"], env["WTMESH_CRITIC"], env["WTMESH_ROUND"]) == \
+        ("critic", "c1", "1")
+    assert env["WTMESH_BASE_SHA"] == summary["base"]  # at the unit's start
+
+
+def test_quorum_not_reached_in_any_round_is_no_consensus_with_every_candidate_kept(
+        repo: Path, write_plan: Any) -> None:
+    head = git(repo, "rev-parse", "main")
+    critics = [critic("c1", "smallest"), critic("c2", "largest")]
+    consensus = {"variants": THREE, "critics": critics, "quorum": 2, "rounds": 2}
+    summary = run(repo, write_plan(plan_for(consensus)), code=1)
+    (unit,) = summary["units"]
+    assert (unit["status"], unit["failure_code"]) == ("no_consensus", "no_consensus")
+    assert "no candidate reached the quorum of 2 in 2 rounds" in \
+        events(repo, summary["run_id"], "unit_finished")[0]["notes"]
+    assert git(repo, "rev-parse", "main") == head
+    assert [v["round"] for v in events(repo, summary["run_id"], "vote")] == [1, 2]
+    refs = git(repo, "for-each-ref", "--format=%(refname)",
+               f"refs/wtmesh/{summary['run_id']}/units/u1/candidates/").splitlines()
+    assert {r.rsplit("/", 2)[-2] for r in refs if r.endswith("/result")} == \
+        {"big", "broken", "small"}
+    assert not any(c["chosen"] for c in unit["candidates"])
+
+
+def test_round_two_shows_each_critic_the_others_verdicts(
+        repo: Path, write_plan: Any, tmp_path: Path) -> None:
+    """Split in round 1; in round 2 a critic that follows the others' majority tips it."""
+    record = tmp_path / "seen.jsonl"
+    critics = [critic("c1", "agree:big"), critic("c2", "agree:big"),
+               critic("c3", "smallest", "follow", f"record:{record}")]
+    consensus = {"variants": THREE, "critics": critics, "quorum": 3}
+    summary = run(repo, write_plan(plan_for(consensus, tmp_path)))
+    (unit,) = summary["units"]
+    assert unit["status"] == "integrated" and by_name(unit)["big"]["chosen"]
+    rounds = [json.loads(line)["candidates"] for line in record.read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert sorted(p["critic"] for p in rounds[1]["previous"]) == ["c1", "c2"]
+    assert "Wtmesh-Votes: 3/3" in git(repo, "log", "-1", "--format=%B", "main")
+
+
+def test_a_rubric_below_the_pass_line_counts_as_disagree(repo: Path, write_plan: Any) -> None:
+    """Both critics agree on small, but one marks it 3 throughout (mean 3.0 < 4.0): only
+    one agree counts, short of a quorum of 2."""
+    critics = [critic("c1", "smallest", "scores:small=5"),
+               critic("c2", "smallest", "scores:small=3")]
+    consensus = {"variants": THREE, "critics": critics, "quorum": 2, "rounds": 1}
+    summary = run(repo, write_plan(plan_for(consensus)), code=1)
+    (unit,) = summary["units"]
+    assert unit["status"] == "no_consensus"
+    assert by_name(unit)["small"]["votes"]["agree"] == 1
+    assert by_name(unit)["small"]["votes"]["rubric_mean"] == 4.0
+
+
+# -- critics that do not give a verdict -----------------------------------------------------
+
+def test_a_critic_that_writes_is_invalid_and_its_vote_does_not_count(
+        repo: Path, write_plan: Any) -> None:
+    critics = [critic("writer", "agree:big", "write:calc/extra.py=HACKED = 1\\n"),
+               critic("c2", "agree:big"), critic("c3", "smallest")]
+    consensus = {"variants": THREE, "critics": critics, "quorum": 2, "rounds": 1}
+    summary = run(repo, write_plan(plan_for(consensus)), code=1)
+    assert summary["units"][0]["status"] == "no_consensus"
+    (wrote,) = [c for c in events(repo, summary["run_id"], "critique")
+                if c["critic"] == "writer"]
+    assert (wrote["counted"], wrote["failure_code"]) == (False, "invalid_output_schema")
+    assert "calc/extra.py" in wrote["notes"]
+    assert "HACKED" not in git(repo, "log", "--all", "-p")  # nothing of it was kept
+
+
+@pytest.mark.parametrize("verdict", [
+    "not json", "[]", '{"decision": "maybe", "votes": {}}',
+    '{"decision": "accept", "votes": {"nobody": "agree"}}',
+    '{"decision": "accept", "votes": {"big": "agree"}, "scores": {"big": {"legibility_trace": 9}}}',
+])
+def test_a_critic_with_a_malformed_verdict_does_not_count(
+        repo: Path, write_plan: Any, verdict: str) -> None:
+    critics = [critic("bad", f"verdict:{verdict}"), critic("c2", "smallest")]
+    consensus = {"variants": THREE, "critics": critics, "quorum": 1, "rounds": 1}
+    summary = run(repo, write_plan(plan_for(consensus)))
+    assert by_name(summary["units"][0])["small"]["chosen"]
+    (bad,) = [c for c in events(repo, summary["run_id"], "critique") if c["critic"] == "bad"]
+    assert (bad["counted"], bad["failure_code"]) == (False, "invalid_output_schema"), bad
+    assert bad["notes"]
+
+
+# -- the synthesizer ------------------------------------------------------------------------
+
+def test_the_synthesis_is_proven_and_voted_on_in_the_next_round(
+        repo: Path, write_plan: Any, tmp_path: Path) -> None:
+    record = tmp_path / "synth.jsonl"
+    synthesizer = {"command": lane("critic.py", f"record:{record}",
+                                   "write:calc/extra.py=VALUE = 1  # merged\\n")}
+    critics = [critic("c1", "agree:synthesis"), critic("c2", "agree:synthesis")]
+    consensus = {"variants": THREE, "critics": critics, "synthesizer": synthesizer,
+                 "quorum": 2}
+    summary = run(repo, write_plan(plan_for(consensus, tmp_path)))
+    (unit,) = summary["units"]
+    assert unit["status"] == "integrated"
+    assert [c["name"] for c in unit["candidates"]] == ["big", "broken", "small", "synthesis"]
+    assert by_name(unit)["synthesis"]["chosen"]
+    assert by_name(unit)["synthesis"]["proof_status"] == "pass"
+    assert git(repo, "show", "main:calc/extra.py") == "VALUE = 1  # merged"
+    (seen,) = [json.loads(line) for line in record.read_text().splitlines()]
+    assert seen["env"]["WTMESH_LANE"] == "synthesizer"
+    assert sorted(p["critic"] for p in seen["candidates"]["previous"]) == ["c1", "c2"]
+    assert [v["round"] for v in events(repo, summary["run_id"], "vote")] == [1, 2]
+
+
+def test_a_synthesizer_that_changes_nothing_leaves_the_candidates_standing(
+        repo: Path, write_plan: Any) -> None:
+    critics = [critic("c1", "smallest"), critic("c2", "largest")]
+    consensus = {"variants": THREE, "critics": critics, "quorum": 2, "rounds": 2,
+                 "synthesizer": {"command": lane("act.py")}}
+    summary = run(repo, write_plan(plan_for(consensus)), code=1)
+    (unit,) = summary["units"]
+    assert unit["status"] == "no_consensus"
+    synthesis = by_name(unit)["synthesis"]  # shown, as what the synthesizer did
+    assert (synthesis["status"], synthesis["votes"], synthesis["chosen"]) == \
+        ("no_diff", None, False)
+    second = events(repo, summary["run_id"], "vote")[1]
+    assert [s["name"] for s in second["standings"]] == ["big", "small"]
+
+
+# -- select without a vote ------------------------------------------------------------------
+
+def test_first_passing_is_the_default_without_critics(repo: Path, write_plan: Any) -> None:
+    variants = [variant("broken", BROKEN), variant("big", BIG), variant("small", SMALL)]
+    summary = run(repo, write_plan(plan_for({"variants": variants})))
+    (unit,) = summary["units"]
+    assert by_name(unit)["big"]["chosen"] and unit["status"] == "integrated"
+    assert "Wtmesh-Variant: big\n" in git(repo, "log", "-1", "--format=%B", "main") + "\n"
+    assert "Wtmesh-Votes" not in git(repo, "log", "-1", "--format=%B", "main")
+
+
+def test_smallest_takes_the_fewest_changed_lines(repo: Path, write_plan: Any) -> None:
+    summary = run(repo, write_plan(plan_for({"variants": THREE, "select": "smallest"})))
+    assert by_name(summary["units"][0])["small"]["chosen"]
+    assert git(repo, "show", "main:calc/extra.py") == "VALUE = 1"
+
+
+def test_n_variants_are_told_apart_by_wtmesh_variant(repo: Path, write_plan: Any,
+                                                     tmp_path: Path) -> None:
+    record = tmp_path / "variants.jsonl"
+    plan = plan_for({"variants": 3}, tmp_path)
+    plan["units"][0]["lanes"]["coder"]["command"] = lane("act.py", f"record:{record}", SMALL)
+    summary = run(repo, write_plan(plan))
+    seen = [json.loads(line) for line in record.read_text().splitlines()]
+    assert sorted(s["env"]["WTMESH_VARIANT"] for s in seen) == ["v1", "v2", "v3"]
+    assert by_name(summary["units"][0])["v1"]["chosen"]
+
+
+def test_all_variants_failing_fail_the_unit(repo: Path, write_plan: Any) -> None:
+    head = git(repo, "rev-parse", "main")
+    variants = [variant("b1", BROKEN), variant("b2", BROKEN)]
+    summary = run(repo, write_plan(plan_for({"variants": variants})), code=1)
+    (unit,) = summary["units"]
+    assert (unit["status"], unit["failure_code"]) == ("failed", "proof_failed")
+    assert git(repo, "rev-parse", "main") == head
+
+
+def test_variants_count_toward_max_active(repo: Path, write_plan: Any) -> None:
+    """max_active 1: the three variants' lanes run one after another, never two at once."""
+    plan = plan_for({"variants": THREE, "critics": [critic("c1", "smallest")]})
+    plan["max_active"] = 1
+    summary = run(repo, write_plan(plan))
+    running = 0
+    for record in ledger(repo, summary["run_id"]):
+        if record["event"] == "lane_started":
+            running += 1
+            assert running == 1, record
+        elif record["event"] == "lane_finished":
+            running -= 1
+
+
+# -- crash safety ---------------------------------------------------------------------------
+
+KILLED = -9
+CONSENSUS_EVENTS = ("candidate_finished", "critique", "vote", "chosen")
+
+
+def resumable_plan() -> dict[str, Any]:
+    """Two variants, critics split in round 1, the synthesis chosen in round 2."""
+    critics = [critic("c1", "agree:synthesis,small"), critic("c2", "agree:synthesis,big")]
+    synthesizer = {"command": lane("act.py", "write:calc/extra.py=VALUE = 1  # merged\\n")}
+    return plan_for({"variants": [variant("big", BIG), variant("small", SMALL)],
+                     "critics": critics, "synthesizer": synthesizer, "quorum": 2})
+
+
+def consensus_outcome(repo: Path) -> dict[str, Any]:
+    (run_dir,) = (state_dir(repo) / "runs").iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    (unit,) = summary["units"]
+    return {"status": unit["status"], "exit": summary["exit_code"],
+            "candidates": [(c["name"], c["status"], c["chosen"]) for c in unit["candidates"]],
+            "tree": git(repo, "rev-parse", "main^{tree}"),
+            "trailers": [line for line in git(repo, "log", "-1", "--format=%B", "main")
+                         .splitlines() if line.startswith("Wtmesh-")
+                         and not line.startswith("Wtmesh-Run:")],
+            "commits": git(repo, "rev-list", "--count", "main")}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(hermetic_module: None, tmp_path_factory: pytest.TempPathFactory
+                  ) -> tuple[dict[str, Any], list[int]]:
+    """The outcome without a kill, and the ledger positions of its consensus events."""
+    from conftest import make_repo
+
+    base = tmp_path_factory.mktemp("uninterrupted")
+    repo = make_repo(base / "repo")
+    plan = base / "plan.json"
+    plan.write_text(json.dumps(resumable_plan()))
+    assert wtmesh("run", plan, cwd=repo).returncode == 0
+    (run_dir,) = (state_dir(repo) / "runs").iterdir()
+    records = [json.loads(line) for line in (run_dir / "ledger.jsonl").read_text().splitlines()]
+    return consensus_outcome(repo), [r["seq"] for r in records
+                                     if r["event"] in CONSENSUS_EVENTS]
+
+
+@pytest.mark.parametrize("nth", range(10))
+def test_a_kill_at_any_consensus_event_then_resume_gives_the_same_outcome(
+        repo: Path, write_plan: Any, uninterrupted: tuple[dict[str, Any], list[int]],
+        nth: int) -> None:
+    """kill -9 right after the nth consensus event, then --resume: the same candidates,
+    choice and tree; what had finished (a candidate's lanes, a critique) is not run
+    again."""
+    expected, positions = uninterrupted
+    assert len(positions) == 10, positions  # 3 candidates, 4 critiques, 2 votes, chosen
+    plan = write_plan(resumable_plan())
+    killed = wtmesh("run", plan, cwd=repo, env={"WTMESH_FAULT": f"after-event:{positions[nth]}"})
+    assert killed.returncode == KILLED, (killed.returncode, killed.stderr)
+    codes = [KILLED]
+    while codes[-1] == KILLED:
+        res = wtmesh("run", plan, "--resume", cwd=repo)
+        assert "Traceback" not in res.stderr, res.stderr
+        codes.append(res.returncode)
+        assert len(codes) < 4, codes
+    assert consensus_outcome(repo) == expected
+    (run_dir,) = (state_dir(repo) / "runs").iterdir()
+    records = [json.loads(line) for line in (run_dir / "ledger.jsonl").read_text().splitlines()]
+    resumed_at = next(i for i, r in enumerate(records) if r["event"] == "run_resumed")
+    before, after = records[:resumed_at], records[resumed_at:]
+    done = {r["candidate"] for r in before if r["event"] == "candidate_finished"}
+    criticised = {(r["critic"], r["round"]) for r in before if r["event"] == "critique"}
+    rerun = {r.get("candidate") for r in after if r["event"] == "lane_started"}
+    assert not done & rerun, (done, rerun)
+    again = {(r["critic"], r["round"]) for r in after if r["event"] == "critique"}
+    assert not criticised & again, (criticised, again)
