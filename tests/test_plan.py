@@ -206,6 +206,38 @@ INVALID: list[tuple[str, dict[str, Any], list[tuple[str, str]]]] = [
      [("$.units[1].delivery_mode", "'commit_first' differs from the run's 'patch_first'")]),
     ("plan-not-an-object", "units",  # type: ignore[list-item]
      [("$", "expected object, got str")]),
+    # consensus (SPEC 12)
+    ("consensus-unknown-key", valid_plan(consensus={"variants": 2, "judges": []}),
+     [("$.consensus.judges", "unknown key 'judges'")]),
+    ("consensus-no-variants", valid_plan(consensus={"critics": []}),
+     [("$.consensus", "missing required key 'variants'")]),
+    ("consensus-zero-variants", valid_plan(consensus={"variants": 0}),
+     [("$.consensus.variants", "")]),
+    ("consensus-bad-select", valid_plan(consensus={"variants": 2, "select": "best"}),
+     [("$.consensus.select", "'best' is not one of vote, first_passing")]),
+    ("consensus-duplicate-variant",
+     valid_plan(consensus={"variants": [{"name": "a"}, {"name": "a"}]}),
+     [("$.consensus.variants[1].name", "duplicate variant 'a'")]),
+    ("consensus-synthesis-name", valid_plan(consensus={"variants": [{"name": "synthesis"}]}),
+     [("$.consensus.variants[0].name", "'synthesis' is the synthesizer's candidate")]),
+    ("consensus-vote-without-critics", valid_plan(consensus={"variants": 2, "select": "vote"}),
+     [("$.consensus.select", "'vote' needs critics")]),
+    ("consensus-quorum-above-critics",
+     valid_plan(consensus={"variants": 2, "critics": [{"command": "c"}], "quorum": 2}),
+     [("$.consensus.quorum", "2 is more than the 1 critics")]),
+    ("consensus-critic-without-command", valid_plan(consensus={"variants": 2, "critics": [{}]}),
+     [("$.consensus.critics[0]", "give either command or preset")]),
+    ("consensus-duplicate-critic",
+     valid_plan(consensus={"variants": 2, "critics": [{"name": "x", "command": "c"},
+                                                      {"name": "x", "command": "c"}]}),
+     [("$.consensus.critics[1].name", "duplicate critic 'x'")]),
+    ("consensus-synthesizer-without-critics",
+     valid_plan(consensus={"variants": 2, "synthesizer": {"command": "s"}}),
+     [("$.consensus.synthesizer", "give critics too")]),
+    ("unit-consensus-variant-both",
+     mutate(lambda d: unit0(d).update(consensus={"variants": [
+         {"coder": {"command": "x", "preset": "claude"}}]})),
+     [("$.units[0].consensus.variants[0].coder", "give either command or preset")]),
 ]
 
 

@@ -344,6 +344,11 @@ def _consensus_problems(plan_consensus: Any, unit: Mapping[str, Any], where: str
     variants = spec.get("variants")
     names: dict[str, str] = {}
     for j, variant in enumerate(variants if isinstance(variants, list) else []):
+        for lane_name in LANE_NAMES:
+            lane = variant.get(lane_name) if isinstance(variant, dict) else None
+            if isinstance(lane, dict) and "command" in lane and "preset" in lane:
+                out.append(f"{path}.variants[{j}].{lane_name}: give either command or "
+                           "preset, not both")
         name = variant.get("name") if isinstance(variant, dict) else None
         if not isinstance(name, str):
             continue
@@ -355,11 +360,6 @@ def _consensus_problems(plan_consensus: Any, unit: Mapping[str, Any], where: str
                        f"(also {names[name]})")
         else:
             names[name] = f"{path}.variants[{j}]"
-        for lane_name in LANE_NAMES:
-            lane = variant.get(lane_name) if isinstance(variant, dict) else None
-            if isinstance(lane, dict) and "command" in lane and "preset" in lane:
-                out.append(f"{path}.variants[{j}].{lane_name}: give either command or "
-                           "preset, not both")
     critics = spec.get("critics")
     critics = critics if isinstance(critics, list) else []
     seen: dict[str, int] = {}
