@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PROOF, git, lane, state_dir, wtmesh
+from conftest import PROOF, git, lane, run_worktrees, state_dir, wtmesh
 
 SMALL = "write:calc/extra.py=VALUE = 1\\n"
 BIG = "write:calc/extra.py=VALUE = 1\\nOTHER = 2\\nMORE = 3\\n"
@@ -274,6 +274,20 @@ def test_variants_count_toward_max_active(repo: Path, write_plan: Any) -> None:
             assert running == 1, record
         elif record["event"] == "lane_finished":
             running -= 1
+
+
+def test_critics_cost_at_most_one_worktree_beyond_the_variants(
+        repo: Path, write_plan: Any) -> None:
+    """Two variants, three critics, room for five lanes: the critics take the variants'
+    worktrees back (reset to the start, not filled again) and one more."""
+    critics = [critic("c1", "smallest"), critic("c2", "smallest"), critic("c3", "largest")]
+    plan = plan_for({"variants": [variant("big", BIG), variant("small", SMALL)],
+                     "critics": critics})
+    plan["max_active"] = 5
+    summary = run(repo, write_plan(plan), "--keep-worktrees")
+    assert summary["units"][0]["status"] == "integrated"
+    made = sorted(p.name for p in run_worktrees(repo, summary["run_id"]).iterdir())
+    assert made == ["integration", "w001", "w002", "w003"], made
 
 
 # -- crash safety ---------------------------------------------------------------------------
