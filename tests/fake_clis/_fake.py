@@ -9,7 +9,13 @@ Controlled by the environment:
   FAKE_SCENARIO   what to do (success, error, cap, denial, question, auth, commit, ...)
   FAKE_EDIT       ``path=text;path=text``: files to write in the worktree
   FAKE_RECORD     a JSONL file: one record per call (argv, cwd, stdin, selected env)
-  FAKE_VERDICT    the fixer's verdict JSON (default: accept)
+  FAKE_VERDICT    the fixer's verdict or the critic's critique, JSON (default: accept)
+  FAKE_VERDICT_FORM  how a CLI without a schema feature gives it in its final message:
+                  ``line`` (a WTMESH_VERDICT line, the default), ``after`` (the marker,
+                  then the JSON indented on the lines after), ``block`` (a fenced json
+                  block), ``none`` (no verdict at all)
+
+The role is the lane's (``WTMESH_LANE``): a critic's fake insists on read-only flags.
 """
 
 from __future__ import annotations
@@ -43,6 +49,10 @@ class Fake:
     @property
     def scenario(self) -> str:
         return os.environ.get("FAKE_SCENARIO", "success")
+
+    @property
+    def critic(self) -> bool:
+        return os.environ.get("WTMESH_LANE") == "critic"
 
     def die(self, why: str) -> NoReturn:
         sys.stderr.write(f"FAKE-{self.name.upper()}: {why}\n")
@@ -104,3 +114,14 @@ class Fake:
     def verdict(self) -> dict[str, object]:
         raw = os.environ.get("FAKE_VERDICT")
         return json.loads(raw) if raw else dict(DEFAULT_VERDICT)
+
+    def verdict_text(self) -> str:
+        """The verdict as the final message of a CLI without a schema feature gives it."""
+        form = os.environ.get("FAKE_VERDICT_FORM", "line")
+        if form == "none":
+            return ""
+        if form == "after":
+            return "WTMESH_VERDICT\n" + json.dumps(self.verdict(), indent=2)
+        if form == "block":
+            return "My critique:\n\n```json\n" + json.dumps(self.verdict(), indent=2) + "\n```"
+        return "WTMESH_VERDICT " + json.dumps(self.verdict())

@@ -20,6 +20,14 @@ from typing import Any
 FAKES = Path(__file__).resolve().parent
 NAMES = ("codex", "claude", "aider", "gemini", "opencode")
 FLAG_ERROR = 97
+# Two candidates of a consensus unit: the same function, one with a test.
+CANDIDATE_DIFFS = {
+    "a": ("diff --git a/calc/ops.py b/calc/ops.py\n--- a/calc/ops.py\n+++ b/calc/ops.py\n"
+          "@@ -1,0 +1,2 @@\n+def negate(a):\n+    return -a\n"),
+    "b": ("diff --git a/calc/ops.py b/calc/ops.py\n--- a/calc/ops.py\n+++ b/calc/ops.py\n"
+          "@@ -1,0 +1,3 @@\n+def negate(a: float) -> float:\n+    \"\"\"-a.\"\"\"\n"
+          "+    return 0 - a\n"),
+}
 
 
 def install(bin_dir: Path, *names: str) -> Path:
@@ -83,9 +91,33 @@ class PresetLane:
         if self.bin_dir is None:
             self.bin_dir = install(self.tmp / "fakebin")
 
+    def candidates(self, diffs: dict[str, str] | None = None,
+                   previous: list[dict[str, Any]] | None = None, **fields: Any) -> Path:
+        """A candidates file as wtmesh writes one for a consensus lane (SPEC 12): each
+        candidate's diff in a file of its own, in the lane's directory."""
+        diffs = diffs if diffs is not None else dict(CANDIDATE_DIFFS)
+        listed = []
+        for name, diff in diffs.items():
+            diff_file = self.unit_dir / f"critic.{name}.diff"
+            diff_file.write_text(diff)
+            changed = sum(1 for line in diff.splitlines()
+                          if line[:1] in "+-" and line[:3] not in ("+++", "---"))
+            listed.append({"name": name, "diff": str(diff_file),
+                           "stats": {"files": 1, "insertions": changed, "deletions": 0},
+                           "changed_lines": changed,
+                           "proof": {"status": "pass", "duration_s": 1.5},
+                           "notes": f"the {name} variant's lanes: added negate"})
+        data = {"unit": self.unit["id"], "objective": self.unit["objective"], "round": 1,
+                "rounds": 3, "quorum": 2, "candidates": listed, "previous": previous or [],
+                **fields}
+        path = self.unit_dir / "candidates.json"
+        path.write_text(json.dumps(data))
+        return path
+
     def run(self, preset: str, *options: str, role: str = "coder", scenario: str = "success",
             edit: str = "", verdict: dict[str, Any] | None = None, diff: str | None = None,
-            path: str | None = None, extra_env: dict[str, str] | None = None) -> Ran:
+            path: str | None = None, extra_env: dict[str, str] | None = None,
+            candidates: Path | None = None) -> Ran:
         unit_json = self.unit_dir / "unit.json"
         unit_json.write_text(json.dumps(self.unit))
         result = self.unit_dir / f"{role}-1.result.json"
@@ -103,6 +135,11 @@ class PresetLane:
         })
         if verdict is not None:
             env["FAKE_VERDICT"] = json.dumps(verdict)
+        if role in ("critic", "synthesizer"):
+            env["WTMESH_CANDIDATES_JSON"] = str(candidates or self.candidates())
+            env["WTMESH_ROUND"] = "1"
+            if role == "critic":
+                env["WTMESH_CRITIC"] = "skeptic"
         if role == "fixer":
             diff_file = self.unit_dir / "coder.diff"
             diff_file.write_text(diff if diff is not None else "")

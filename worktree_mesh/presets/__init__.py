@@ -1,10 +1,11 @@
 """Lane presets for agent CLIs (SPEC section 9).
 
 A preset lane is an ordinary lane: wtmesh runs ``python -P -m worktree_mesh.presets NAME
---role coder|fixer [options]`` in the worktree, in its own process group, under the lane's
-timeout, stdin closed, output to the lane logs. That runner (``runner.py``) renders the
-unit into a prompt, runs the agent's CLI headless (one small module per CLI), reads its
-machine-readable output and writes ``WTMESH_RESULT_JSON`` itself.
+--role coder|fixer|critic|synthesizer [options]`` in the worktree, in its own process
+group, under the lane's timeout, stdin closed, output to the lane logs. That runner
+(``runner.py``) renders the unit into a prompt, runs the agent's CLI headless (one small
+module per CLI), reads its machine-readable output and writes ``WTMESH_RESULT_JSON``
+itself.
 
 This module is only the catalogue — which presets exist and which options each one can
 honour — so that ``plan.py`` can validate plans without importing the runners.
@@ -17,7 +18,8 @@ from collections.abc import Mapping
 from typing import Any
 
 PRESETS = ("codex", "claude", "aider", "gemini", "opencode")
-ROLES = ("coder", "fixer")
+# A critic and a synthesizer are consensus lanes (SPEC 12); their lane names are the roles.
+ROLES = ("coder", "fixer", "critic", "synthesizer")
 
 # What each CLI can be bounded by besides the lane's wall-clock timeout (AGENT-CLIS.md):
 # claude has --max-turns and --max-budget-usd; gemini (model.maxSessionTurns) and opencode

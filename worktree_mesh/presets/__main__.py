@@ -1,4 +1,5 @@
-"""``python -m worktree_mesh.presets NAME --role coder|fixer [...]``: a preset lane."""
+"""``python -m worktree_mesh.presets NAME --role coder|fixer|critic|synthesizer [...]``:
+a preset lane."""
 
 from __future__ import annotations
 

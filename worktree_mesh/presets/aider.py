@@ -16,7 +16,8 @@
   need not guess the same and can never refuse a setup aider would have run.
 - Edits: the unit's scope, as files: literal paths as given, globs expanded over tracked
   files (at most 30; beyond that, or for the whole repository, aider picks files itself
-  from its repository map).
+  from its repository map). A critic gets no files and ``--chat-mode ask``: aider answers
+  and edits nothing.
 - Bounds: aider has no turn or cost cap (``--timeout`` bounds each API call only); the
   lane's timeout bounds it. Its "hit a token limit" message reads as a cap.
 - Offline: analytics off for this run only (``--no-analytics``; ``--analytics-disable``
@@ -53,6 +54,7 @@ from .base import (
     first_line,
     unavailable_reason,
 )
+from .critique import find_critique
 from .prompt import find_marked_verdict
 
 MAX_FILES = 30
@@ -303,7 +305,9 @@ class Aider:
                 "--input-history-file", str(lane.work_dir / "input.history")]
         if lane.model:
             argv += ["--model", lane.model]
-        argv += [*lane.args, *scope_files(lane)]
+        if not lane.edits:
+            argv += ["--chat-mode", "ask"]
+        argv += [*lane.args, *(scope_files(lane) if lane.edits else [])]
         return Invocation(tuple(argv), env=ENV)
 
     def api_url(self, lane: Lane, env: Mapping[str, str]) -> str | None:
@@ -334,6 +338,8 @@ class Aider:
                                  f"aider exited {done.returncode}")
         if lane.role == "fixer":
             t.verdict = find_marked_verdict(answer)
+        elif lane.role == "critic":
+            t.verdict = find_critique(answer)  # the message has its code blocks left out
         return t
 
 

@@ -20,15 +20,16 @@ from typing import Any, Protocol
 from ..usage import Usage as Usage
 
 # The turn cap a preset gives an agent when the plan sets none (claude, gemini and
-# opencode have one): a fixer reviews, so it needs fewer turns than a coder.
-DEFAULT_MAX_TURNS = {"coder": 60, "fixer": 30}
+# opencode have one): a fixer or a critic reviews, so it needs fewer turns than a coder
+# (or a synthesizer, which makes the final change).
+DEFAULT_MAX_TURNS = {"coder": 60, "fixer": 30, "critic": 30, "synthesizer": 60}
 
 @dataclass(frozen=True)
 class Lane:
     """One preset lane attempt, read from the lane environment wtmesh sets (SPEC 3.3)."""
 
     preset: str
-    role: str  # coder | fixer
+    role: str  # coder | fixer | critic | synthesizer
     unit: Mapping[str, Any]  # WTMESH_UNIT_JSON
     worktree: Path
     result_path: Path
@@ -38,10 +39,24 @@ class Lane:
     max_turns: int | None = None
     max_budget_usd: float | None = None
     args: tuple[str, ...] = ()
+    # Consensus lanes (SPEC 12): the candidates file (WTMESH_CANDIDATES_JSON), and the
+    # critic's name (WTMESH_CRITIC).
+    candidates: Mapping[str, Any] | None = None
+    critic: str | None = None
 
     @property
     def unit_id(self) -> str:
         return str(self.unit.get("id", ""))
+
+    @property
+    def edits(self) -> bool:
+        """The agent may change files: every role but a critic's, which reads only."""
+        return self.role != "critic"
+
+    @property
+    def candidate_names(self) -> list[str]:
+        listed = (self.candidates or {}).get("candidates") or []
+        return [str(c["name"]) for c in listed if isinstance(c, dict) and "name" in c]
 
     @property
     def prompt_path(self) -> Path:

@@ -10,11 +10,14 @@
   every save fails, so the preset points ``CLAUDE_CONFIG_DIR`` at ``~/.claude``, where
   claude then keeps that file, and carries the user's ``~/.claude.json`` there (a key
   saved by ``claude /login`` lives in it). A ``CLAUDE_CONFIG_DIR`` the user set is theirs.
-- Bounds: ``--max-turns`` (default 60 for a coder, 30 for a fixer) and, when the plan sets
-  it, ``--max-budget-usd``; issues report the turn cap being overshot, so the lane's
-  timeout stays the hard bound.
-- Output: ``--output-format json``, one result object with a ``subtype``; the fixer's
-  verdict uses ``--json-schema`` and comes back in ``structured_output``. What the lane
+- Bounds: ``--max-turns`` (default 60 for a coder or a synthesizer, 30 for a fixer or a
+  critic) and, when the plan sets it, ``--max-budget-usd``; issues report the turn cap
+  being overshot, so the lane's timeout stays the hard bound.
+- A critic reads only: ``--permission-mode dontAsk`` (what is not allowed is denied, never
+  asked), the file-reading tools and read-only git allowed, the editing tools disallowed.
+- Output: ``--output-format json``, one result object with a ``subtype``; a fixer's
+  verdict and a critic's critique use ``--json-schema`` and come back in
+  ``structured_output``. What the lane
   spent: ``total_cost_usd`` and the tokens of ``modelUsage`` (every model call: subagents
   and internal calls too, as the cost; ``usage`` covers the main loop only).
 """
@@ -37,13 +40,16 @@ from .base import (
     first_line,
     unavailable_reason,
 )
-from .prompt import VERDICT_SCHEMA
+from .critique import verdict_schema
 
-ALLOWED = ("Read", "Edit", "Write", "Glob", "Grep", "Bash(git diff:*)", "Bash(git status:*)",
-           "Bash(git log:*)", "Bash(git show:*)")
+READ_GIT = ("Bash(git diff:*)", "Bash(git status:*)", "Bash(git log:*)", "Bash(git show:*)")
+ALLOWED = ("Read", "Edit", "Write", "Glob", "Grep", *READ_GIT)
 DISALLOWED = tuple(f"Bash(git {verb}:*)" for verb in (
     "commit", "push", "add", "reset", "stash", "checkout", "switch", "branch", "rebase",
     "merge", "tag"))
+# A critic's: reading and read-only git; no editing tool at all.
+READ_ONLY = ("Read", "Glob", "Grep", *READ_GIT)
+EDITING = ("Edit", "Write", "NotebookEdit")
 CAPS = {"error_max_turns": "hit its turn cap (--max-turns {turns})",
         "error_max_budget_usd": "hit its budget cap (--max-budget-usd {budget})"}
 
@@ -145,6 +151,8 @@ class Claude:
     native_schema = True
 
     def allowed_tools(self, lane: Lane) -> list[str]:
+        if not lane.edits:
+            return list(READ_ONLY)  # the proof would run on none of the candidates
         tools = list(ALLOWED)
         proof = lane.proof
         # A proof holding the list's own syntax would break the list; it is left out then
@@ -157,18 +165,20 @@ class Claude:
         return lane.max_turns or DEFAULT_MAX_TURNS[lane.role]
 
     def invocation(self, lane: Lane) -> Invocation:
+        disallowed = DISALLOWED if lane.edits else (*EDITING, *DISALLOWED)
         argv = ["claude", "-p", "--output-format", "json",
-                "--permission-mode", "acceptEdits",
+                "--permission-mode", "acceptEdits" if lane.edits else "dontAsk",
                 "--allowedTools", ",".join(self.allowed_tools(lane)),
-                "--disallowedTools", ",".join(DISALLOWED),
+                "--disallowedTools", ",".join(disallowed),
                 "--max-turns", str(self.max_turns(lane)),
                 "--no-session-persistence"]
         if lane.max_budget_usd is not None:
             argv += ["--max-budget-usd", f"{lane.max_budget_usd:g}"]
         if lane.model:
             argv += ["--model", lane.model]
-        if lane.role == "fixer":
-            argv += ["--json-schema", json.dumps(VERDICT_SCHEMA)]
+        schema = verdict_schema(lane)
+        if schema is not None:
+            argv += ["--json-schema", json.dumps(schema)]
         argv += lane.args
         env = {"DISABLE_AUTOUPDATER": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
                **config_env(os.environ)}
@@ -199,7 +209,7 @@ class Claude:
         elif subtype != "success" or result.get("is_error") or done.returncode != 0:
             t.unavailable = unavailable_reason(errors)
             t.error = f"{subtype or 'error'}: {first_line(errors, 'no detail')}"
-        if lane.role == "fixer" and result.get("structured_output") is not None:
+        if lane.role in ("fixer", "critic") and result.get("structured_output") is not None:
             t.verdict = result["structured_output"]
         return t
 

@@ -1,6 +1,7 @@
 """OpenAI Codex: ``codex exec`` (AGENT-CLIS.md, "OpenAI Codex").
 
-- Edits: ``-s workspace-write`` makes the worktree (``-C``) the only writable root besides
+- Edits: ``-s workspace-write`` (a critic's: ``-s read-only``, nothing writable) makes the
+  worktree (``-C``) the only writable root besides
   the lane's own temporary directory (``TMPDIR``, beside the result file); ``/tmp`` is
   excluded (codex leaves it writable by default). The linked worktree's git directory lies
   outside, so ``git commit`` fails inside the sandbox: commits are forbidden by
@@ -13,8 +14,8 @@
   sandbox alone confines its commands; outside it, the lane ends ``tooling_unavailable``.
 - Non-interactive: ``exec`` never asks for approval; the prompt comes on stdin (``-``).
 - Bounds: codex has no turn or cost flag; the lane's timeout bounds it.
-- Output: ``--json`` JSONL events; ``-o`` keeps the final message; the fixer's verdict uses
-  ``--output-schema``; ``turn.completed`` carries the tokens (no cost).
+- Output: ``--json`` JSONL events; ``-o`` keeps the final message; a fixer's verdict and a
+  critic's critique use ``--output-schema``; ``turn.completed`` carries the tokens (no cost).
 - Failures: ``turn.failed`` and ``error`` events (codex may exit 0 after a capacity error,
   so the events decide, not only the exit code); a ``command_execution`` item with status
   ``declined`` is a denial. So is a command codex's rules (``$CODEX_HOME/rules/*.rules``)
@@ -48,15 +49,19 @@ from .base import (
     json_lines,
     unavailable_reason,
 )
+from .critique import verdict_schema
 from .prompt import parse_verdict_text
 
 OPENAI_API = "https://api.openai.com/v1"
 # codex's built-in local providers (``--oss``) and where they listen by default.
 LOCAL_APIS = {"ollama": "http://localhost:11434/v1", "lmstudio": "http://localhost:1234/v1"}
 SANDBOX_CHECK_TIMEOUT_S = 60.0
-# The built-in permission profile of ``-s workspace-write``, for ``codex sandbox``.
+# The built-in permission profiles of ``-s workspace-write`` and ``-s read-only``, for
+# ``codex sandbox``.
 WORKSPACE_PROFILE = ":workspace"
 WORKSPACE_WRITE = ("-s", "workspace-write", "-c", "sandbox_workspace_write.exclude_slash_tmp=true")
+READ_ONLY_PROFILE = ":read-only"
+READ_ONLY = ("-s", "read-only")
 # Codex's word for a model provider whose key variable is unset: a missing key.
 _MISSING_KEY = re.compile(r"missing environment variable", re.IGNORECASE)
 _RECONNECTING = re.compile(r"^\s*reconnecting\b", re.IGNORECASE)
@@ -185,8 +190,8 @@ def sandbox_problem(binary: str, lane: Lane, env: Mapping[str, str]) -> str | No
     be asked (then the agent runs as usual)."""
     config = [arg for name in ("-c", "--config", "--enable", "--disable")
               for value in _option_values(lane.args, name) for arg in (name, value)]
-    argv = [binary, "sandbox", *config, "-P", WORKSPACE_PROFILE, "-C", str(lane.worktree),
-            "--", "true"]
+    profile = WORKSPACE_PROFILE if lane.edits else READ_ONLY_PROFILE
+    argv = [binary, "sandbox", *config, "-P", profile, "-C", str(lane.worktree), "--", "true"]
     try:
         done = subprocess.run(argv, env=dict(env), stdin=subprocess.DEVNULL,
                               capture_output=True, timeout=SANDBOX_CHECK_TIMEOUT_S,
@@ -233,14 +238,15 @@ class SandboxChoice:
 
 
 def choose_sandbox(binary: str, lane: Lane, env: Mapping[str, str]) -> SandboxChoice:
-    """workspace-write where codex's sandbox can run a command; else, inside wtmesh's
-    sandbox, none of codex's own (wtmesh's confines the commands); else nothing works."""
+    """workspace-write (a critic: read-only) where codex's sandbox can run a command; else,
+    inside wtmesh's sandbox, none of codex's own (wtmesh's confines the commands); else
+    nothing works."""
     if _chooses_sandbox(lane.args):
         return SandboxChoice(())
     found = shutil.which(binary, path=env.get("PATH"))
     problem = sandbox_problem(found, lane, env) if found else None
     if problem is None:
-        return SandboxChoice(WORKSPACE_WRITE)
+        return SandboxChoice(WORKSPACE_WRITE if lane.edits else READ_ONLY)
     if confined_by_wtmesh(env):
         return SandboxChoice(("-s", "danger-full-access"), note=(
             f"codex's own sandbox cannot run a command here ({problem}): its commands run "
@@ -268,7 +274,7 @@ class Codex:
             return Invocation((), refused=sandbox.refused)
         argv = ["codex", "exec", "-C", str(lane.worktree), *sandbox.args,
                 "--ephemeral", "--json", "-o", str(lane.work_dir / "last-message.txt")]
-        if lane.role == "fixer":
+        if verdict_schema(lane) is not None:
             argv += ["--output-schema", str(lane.schema_path)]
         if lane.model:
             argv += ["-m", lane.model]

@@ -2,6 +2,8 @@
 
 - Edits: ``--approval-mode yolo``. Headless runs deny every tool that needs approval and
   ``auto_edit`` still denies the shell, so without yolo the agent could not run the proof.
+  A critic runs in ``default`` mode: headless, gemini then offers the model none of the
+  tools that need approval (no ``write_file``, ``replace`` or shell), only reading ones.
 - Trust: ``GEMINI_CLI_TRUST_WORKSPACE=true`` (what ``--skip-trust`` sets). Untrusted,
   gemini drops yolo ("Approval mode overridden to \"default\"") and exits 55.
 - Configuration: a gemini home of the lane's own (``GEMINI_CLI_HOME``, in the lane's work
@@ -13,8 +15,8 @@
   settings still apply over both. A project's ``.gemini/settings.json`` (a trusted
   workspace) would override user settings, the turn cap included: gemini offers no tier
   between the two that a user can write.
-- Bounds: ``model.maxSessionTurns`` (a setting only, no flag); default 60 for a coder, 30
-  for a fixer; reaching it: exit 53.
+- Bounds: ``model.maxSessionTurns`` (a setting only, no flag); default 60 for a coder or
+  a synthesizer, 30 for a fixer or a critic; reaching it: exit 53.
 - Git: commits, pushes and branch moves are denied by a policy rule (``policies/*.toml``
   in the lane's gemini home, the user tier, over the built-in yolo "allow all"). The
   older ``tools.exclude`` setting is not enforced in yolo mode. A denied call comes back
@@ -25,8 +27,8 @@
 - Output: ``-o stream-json`` (JSONL: ``init``, ``message``, ``tool_use``, ``tool_result``,
   ``error``, ``result`` with ``stats``), all on stdout, API errors included; ``-o json``
   writes its error object to stderr instead. Errors before the session starts (no key,
-  untrusted folder) are plain lines on stderr. No schema feature: the fixer's verdict is a
-  marked line in the final message.
+  untrusted folder) are plain lines on stderr. No schema feature: a fixer's verdict and a
+  critic's critique are a marked line (or a JSON block) in the final message.
 - Exit codes: 0 ok, 1 error, 41 auth, 42 input error, 52 config, 53 turn limit, 55
   untrusted workspace; an HTTP error from the API exits with its status modulo 256
   (401 -> 145).
@@ -208,8 +210,8 @@ class Gemini:
         (config / "settings.json").write_text(
             json.dumps(settings(lane, os.environ), indent=2) + "\n", "utf-8")
         (config / "policies" / "wtmesh.toml").write_text(policy(), "utf-8")
-        argv = ["gemini", "-p", "Follow the task given on stdin.", "--approval-mode", "yolo",
-                "-o", "stream-json"]
+        argv = ["gemini", "-p", "Follow the task given on stdin.",
+                "--approval-mode", "yolo" if lane.edits else "default", "-o", "stream-json"]
         if lane.model:
             argv += ["-m", lane.model]
         argv += lane.args

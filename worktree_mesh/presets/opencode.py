@@ -1,7 +1,9 @@
 """opencode: ``opencode run`` (AGENT-CLIS.md, "opencode"; checked on 1.18.33).
 
 - Edits: ``OPENCODE_PERMISSION`` allows every tool but denies commits, pushes and branch
-  moves in bash, and any path outside the working directory (``external_directory``).
+  moves in bash, and any path outside the working directory (``external_directory``). A
+  critic's denies the editing tools (``edit``: edit, write, patch) and every command but
+  a few that read (``git diff``, ``ls``, ``cat``, ...).
   Explicit deny rules hold even under ``--auto``; a denied call ends as a ``tool_use``
   event in state ``error`` ("The user has specified a rule which prevents you from using
   this specific tool call"). 1.18.33 prints no ``done`` event (older versions listed
@@ -12,14 +14,16 @@
   ``OPENCODE_CONFIG`` names, the project's ``opencode.json``, ``.opencode/`` and
   ``OPENCODE_CONFIG_DIR``, then ``OPENCODE_CONFIG_CONTENT``. The preset sets the last one,
   merged over the user's own, so a provider configured anywhere is kept.
-- Bounds: the build agent's ``steps`` (default 60 for a coder, 30 for a fixer). Reaching
-  it is not an error and no event says so: opencode adds a "MAXIMUM STEPS REACHED" message
-  to its last allowed request, telling the model to answer in text (tools stay offered,
-  so a model that ignores it goes on). A run of that many steps or more hit the cap.
-- Output: ``--format json`` events; the verdict (no schema feature) is a marked line in
-  the last text; ``step_finish`` carries each step's tokens and cost. A flag opencode does
-  not know makes it print its usage to stderr and exit 1, with no event; so does a
-  configuration it cannot use, with an ``Error: ...`` line instead.
+- Bounds: the build agent's ``steps`` (default 60 for a coder or a synthesizer, 30 for a
+  fixer or a critic). Reaching it is not an error and no event says so: opencode adds a
+  "MAXIMUM STEPS REACHED" message to its last allowed request, telling the model to
+  answer in text (tools stay offered, so a model that ignores it goes on). A run of that
+  many steps or more hit the cap.
+- Output: ``--format json`` events; a verdict or a critique (no schema feature) is a
+  marked line (or a JSON block) in the last text; ``step_finish`` carries each step's
+  tokens and cost. A flag opencode does not know makes it print its usage to stderr and
+  exit 1, with no event; so does a configuration it cannot use, with an ``Error: ...``
+  line instead.
 """
 
 from __future__ import annotations
@@ -51,6 +55,15 @@ PERMISSION: dict[str, Any] = {
     "external_directory": "deny",
     # "*" first: the last matching rule wins.
     "bash": {"*": "allow", **{pattern: "deny" for pattern in FORBIDDEN_BASH}},
+}
+# A critic's: no editing tool, and only commands that read.
+READING_BASH = ("git diff*", "git status*", "git log*", "git show*", "ls*", "cat *",
+                "head *", "tail *", "grep *", "rg *", "find *", "wc *")
+CRITIC_PERMISSION: dict[str, Any] = {
+    "*": "allow",
+    "edit": "deny",
+    "external_directory": "deny",
+    "bash": {"*": "deny", **dict.fromkeys(READING_BASH, "allow")},
 }
 # A deny rule ("specified a rule which prevents"), an ask auto-rejected ("rejected
 # permission"), and older wordings.
@@ -251,8 +264,9 @@ class Opencode:
         if lane.model:
             argv += ["-m", lane.model]
         argv += lane.args
+        permission = PERMISSION if lane.edits else CRITIC_PERMISSION
         env = {"OPENCODE_DISABLE_AUTOUPDATE": "1", "OPENCODE_CONFIG_CONTENT": config(lane),
-               "OPENCODE_PERMISSION": json.dumps(PERMISSION)}
+               "OPENCODE_PERMISSION": json.dumps(permission)}
         return Invocation(tuple(argv), env=env, stdin=lane.prompt_path)
 
     def api_url(self, lane: Lane, env: Mapping[str, str]) -> str | None:

@@ -5,7 +5,7 @@ Precedence, first match wins:
 | signal                                              | result                                  |
 |-----------------------------------------------------|-----------------------------------------|
 | CLI missing, version probe fails, auth/config error | reject, ``tooling_unavailable``         |
-| a tool or command was denied                        | reject, ``requires_clarification``      |
+| a tool or command was denied (not a critic)         | reject, ``requires_clarification``      |
 | turn or budget cap hit                              | reject, ``timeout_retry_exhausted``     |
 | the CLI could not produce the verdict's shape       | reject, ``invalid_output_schema``       |
 | any other error the CLI reported                    | reject, ``lane_failed`` (retried)       |
@@ -16,6 +16,12 @@ Precedence, first match wins:
 |                                                     | ``safety_regression_risk``)             |
 | fixer: no verdict, final message is a question      | reject, ``requires_clarification``      |
 | fixer: no verdict or a malformed one                | reject, ``invalid_output_schema``       |
+| critic: a critique of the right shape               | the critique (its decision, votes, ...) |
+| critic: no critique, and a tool was denied          | reject, ``requires_clarification``      |
+| critic: no critique, or one of the wrong shape      | reject, ``invalid_output_schema``       |
+
+A synthesizer's result is a coder's. A critic denied a tool (it may only read) that still
+gave its critique did its work: the denial was the read-only rule holding.
 
 A denial outranks a cap because an agent refused a tool often spends its turns working
 around it: the fix is a permission, not a bigger cap.
@@ -28,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .base import Lane, Transcript, Usage
+from .critique import find_critique, read_critique
 from .prompt import DEFAULT_REJECT_CODE, VERDICT_CODES, is_question, parse_verdict_text
 
 MAX_NOTES = 2000
@@ -39,12 +46,16 @@ class Outcome:
     failure_code: str | None
     notes: str
     usage: Usage | None = None
+    critique: dict[str, Any] | None = None  # a critic's, in the result's shape (SPEC 12)
 
     def record(self, unit_id: str) -> dict[str, Any]:
-        # The preset does not run the proof: the integrator does, on the integrated tree.
-        record: dict[str, Any] = {"id": unit_id, "decision": self.decision,
-                                  "proof_status": "skipped", "failure_code": self.failure_code,
-                                  "notes": self.notes[:MAX_NOTES]}
+        record: dict[str, Any]
+        if self.critique is not None:
+            record = {"id": unit_id, **self.critique, "notes": self.notes[:MAX_NOTES]}
+        else:
+            # The preset does not run the proof: the integrator does, on the integrated tree.
+            record = {"id": unit_id, "decision": self.decision, "proof_status": "skipped",
+                      "failure_code": self.failure_code, "notes": self.notes[:MAX_NOTES]}
         if self.usage is not None:
             record["usage"] = self.usage.record()
         return record
@@ -64,7 +75,7 @@ def _decide(lane: Lane, transcript: Transcript, *, changed: bool) -> Outcome:
     t = transcript
     if t.unavailable:
         return reject("tooling_unavailable", f"{lane.preset}: {t.unavailable}")
-    if t.denials:
+    if t.denials and lane.edits:  # a critic's denials matter only without a critique
         shown = ", ".join(dict.fromkeys(t.denials))
         return reject("requires_clarification",
                       f"{lane.preset} was denied: {shown} (allow it with the lane's args, or "
@@ -77,6 +88,8 @@ def _decide(lane: Lane, transcript: Transcript, *, changed: bool) -> Outcome:
         return reject("lane_failed", f"{lane.preset}: {t.error}")
     if lane.role == "fixer":
         return _verdict(lane, t)
+    if lane.role == "critic":
+        return _critique(lane, t)
     message = t.message.strip()
     if not changed:
         if is_question(message):
@@ -109,3 +122,25 @@ def _verdict(lane: Lane, t: Transcript) -> Outcome:
         return reject("invalid_output_schema",
                       f"{lane.preset} rejected with unknown failure_code {code!r}: {notes}")
     return reject(str(code), notes or f"the {lane.preset} fixer rejected the change")
+
+
+def _critique(lane: Lane, t: Transcript) -> Outcome:
+    """A critique that cannot be read is a reject the core counts as no critique."""
+    found = t.verdict if t.verdict is not None else find_critique(t.message)
+    if found is None and t.denials:
+        shown = ", ".join(dict.fromkeys(t.denials))
+        return reject("requires_clarification",
+                      f"{lane.preset} was denied: {shown}, and gave no critique (a critic "
+                      "reads only)")
+    if found is None:
+        asked = (f" (it asked instead: {t.message.strip()[:300]})"
+                 if is_question(t.message) else "")
+        return reject("invalid_output_schema",
+                      f"{lane.preset} gave no critique: no JSON object in its final "
+                      f"message{asked}")
+    critique = read_critique(found, lane)
+    if isinstance(critique, str):
+        return reject("invalid_output_schema",
+                      f"{lane.preset} gave a critique of the wrong shape: {critique}")
+    return Outcome(critique["decision"], None, str(critique.get("notes") or ""),
+                   critique=critique)

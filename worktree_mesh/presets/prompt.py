@@ -53,13 +53,14 @@ def unit_sections(lane: Lane) -> list[str]:
     scope = unit.get("unit_scope") or ["**"]
     scope_list = [scope] if isinstance(scope, str) else [str(s) for s in scope]
     sections = [_section("Objective", str(unit.get("objective", "")))]
+    who = "Create, edit or delete" if lane.edits else "A change may create, edit or delete"
     if scope_list == ["**"]:
         sections.append(_section("Scope", "The whole repository."))
     else:
         sections.append(_section(
             "Scope",
-            "Create, edit or delete only paths matching these patterns (gitignore-style, "
-            "relative to the repository root); a change to any other path fails the unit:\n\n"
+            f"{who} only paths matching these patterns (gitignore-style, relative to the "
+            "repository root); a change to any other path fails the unit:\n\n"
             + _listing(scope_list)))
     if unit.get("constraints"):
         sections.append(_section("Constraints", str(unit["constraints"])))
@@ -67,6 +68,14 @@ def unit_sections(lane: Lane) -> list[str]:
         sections.append(_section("Invariants (must still hold afterwards)",
                                  str(unit["invariants"])))
     proof = lane.proof
+    if not lane.edits:
+        sections.append(_section(
+            "Proof",
+            (f"The unit's proof command, run from the repository root:\n\n    {proof}\n\n"
+             if proof else "No proof command is configured. ")
+            + "wtmesh ran the proof with each candidate applied; its status is given with "
+            "the candidate. Do not run it here: this worktree holds none of the candidates."))
+        return sections
     sections.append(_section(
         "Proof",
         f"After your work this command must pass, run from the repository root:\n\n"
@@ -96,11 +105,20 @@ def coder_prompt(lane: Lane) -> str:
 def _diff_block(diff: str | None) -> str:
     if not diff or not diff.strip():
         return "(the diff was not given; run `git status` and `git diff` to see the change)"
+    return diff_block(diff, MAX_INLINE_DIFF,
+                      "run `git diff` and `git status` in this worktree for the rest")
+
+
+def diff_block(diff: str, limit: int, rest: str) -> str:
+    """``diff`` fenced, cut at the last whole line within ``limit`` characters; ``rest``
+    says where the part cut off can be seen."""
     note = ""
-    if len(diff) > MAX_INLINE_DIFF:
-        diff = diff[:MAX_INLINE_DIFF]
-        note = ("\n(the diff is cut here; run `git diff` and `git status` in this worktree "
-                "for the rest)")
+    if len(diff) > limit:
+        shown = diff[:limit]
+        shown = shown[:shown.rfind("\n") + 1] or shown
+        note = (f"\n(the diff is cut here: {shown.count(chr(10))} of {diff.count(chr(10))} "
+                f"lines shown; {rest})")
+        diff = shown
     fence = "````" if "```" in diff else "```"
     return f"{fence}diff\n{diff.rstrip()}\n{fence}{note}"
 

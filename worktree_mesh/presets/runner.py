@@ -23,13 +23,13 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from .. import proc
 from . import PRESETS, ROLES
 from .base import Completed, Lane, Preset, Transcript, first_line
+from .critique import candidates_problem, prompt, verdict_schema
 from .outcome import Outcome, decide, reject
-from .prompt import VERDICT_SCHEMA, render
 
 VERSION_TIMEOUT_S = 60.0
 API_CONNECT_TIMEOUT_S = 10.0
@@ -57,7 +57,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                                      description="Run an agent CLI as a wtmesh lane.")
     parser.add_argument("preset", choices=PRESETS)
     parser.add_argument("--role", choices=ROLES,
-                        help="coder or fixer (default: $WTMESH_LANE)")
+                        help="coder, fixer, critic or synthesizer (default: $WTMESH_LANE)")
     parser.add_argument("--model")
     parser.add_argument("--max-turns", type=int)
     parser.add_argument("--max-budget-usd", type=float)
@@ -75,19 +75,44 @@ def lane_from_env(ns: argparse.Namespace) -> Lane:
                      "run this as a wtmesh lane")
     role = ns.role or env.get("WTMESH_LANE", "")
     if role not in ROLES:
-        raise Misuse("no --role given and $WTMESH_LANE is not coder or fixer")
+        raise Misuse(f"no --role given and $WTMESH_LANE is not one of {', '.join(ROLES)}")
     result_path = Path(result)
     stem = result_path.name.removesuffix(".json").removesuffix(".result")
     diff_file = env.get("WTMESH_DIFF")
     diff = (Path(diff_file).read_bytes().decode("utf-8", "replace")
             if role == "fixer" and diff_file and Path(diff_file).is_file() else None)
+    unit = json.loads(Path(unit_json).read_text("utf-8"))
+    if env.get("WTMESH_UNIT_ID"):
+        unit = {**unit, "id": env["WTMESH_UNIT_ID"]}
     return Lane(
-        preset=ns.preset, role=role,
-        unit=json.loads(Path(unit_json).read_text("utf-8")),
+        preset=ns.preset, role=role, unit=unit,
         worktree=Path(env.get("WTMESH_WORKTREE") or os.getcwd()),
         result_path=result_path, work_dir=result_path.parent / f"{stem}.preset",
         diff=diff, model=ns.model, max_turns=ns.max_turns, max_budget_usd=ns.max_budget_usd,
-        args=tuple(ns.arg))
+        args=tuple(ns.arg), candidates=candidates_from_env(role),
+        critic=env.get("WTMESH_CRITIC") or None)
+
+
+def candidates_from_env(role: str) -> dict[str, Any] | None:
+    """The candidates file a critic or a synthesizer works from (SPEC 12)."""
+    if role not in ("critic", "synthesizer"):
+        return None
+    path = os.environ.get("WTMESH_CANDIDATES_JSON")
+    if not path:
+        raise Misuse(f"a {role} needs $WTMESH_CANDIDATES_JSON (the candidates file): run it "
+                     "as a lane of a consensus unit")
+    try:
+        data = json.loads(Path(path).read_text("utf-8"))
+    except OSError as exc:
+        raise Misuse(f"cannot read $WTMESH_CANDIDATES_JSON {path}: "
+                     f"{exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise Misuse(f"$WTMESH_CANDIDATES_JSON {path} is not JSON: {exc}") from None
+    problem = candidates_problem(data)
+    if problem:
+        raise Misuse(f"$WTMESH_CANDIDATES_JSON {path}: {problem}")
+    found: dict[str, Any] = data
+    return found
 
 
 def write_result(lane: Lane, outcome: Outcome) -> None:
@@ -248,10 +273,11 @@ def attempt(lane: Lane, preset: Preset) -> Outcome:
     except OSError as exc:
         return reject("tooling_unavailable", str(exc))
     lane.work_dir.mkdir(parents=True, exist_ok=True)
-    native = lane.role == "fixer" and getattr(preset, "native_schema", False)
-    lane.prompt_path.write_text(render(lane, native_schema=native), "utf-8")
-    if lane.role == "fixer":
-        lane.schema_path.write_text(json.dumps(VERDICT_SCHEMA, indent=2) + "\n", "utf-8")
+    schema = verdict_schema(lane)
+    native = schema is not None and getattr(preset, "native_schema", False)
+    lane.prompt_path.write_text(prompt(lane, native_schema=native), "utf-8")
+    if schema is not None:
+        lane.schema_path.write_text(json.dumps(schema, indent=2) + "\n", "utf-8")
     call = preset.invocation(lane)
     if call.refused:
         return reject("tooling_unavailable", f"{preset.name}: {call.refused}")
@@ -285,7 +311,10 @@ def attempt(lane: Lane, preset: Preset) -> Outcome:
         return reject("invalid_output_schema",
                       f"{preset.name}: its output could not be read ({type(exc).__name__}: "
                       f"{first_line(str(exc), 'no detail')})")
-    outcome = decide(lane, transcript, changed=has_changes(lane.worktree))
+    changed = has_changes(lane.worktree)
+    if changed and not lane.edits:
+        log("the critic changed the worktree: wtmesh discards its critique")
+    outcome = decide(lane, transcript, changed=changed)
     if undone:
         outcome = dataclasses.replace(outcome, notes=f"{outcome.notes} ({undone})")
     return outcome
@@ -300,4 +329,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     outcome = attempt(lane, load(ns.preset))
     write_result(lane, outcome)
-    return 0 if outcome.decision != "reject" else 1
+    # A critique that rejects every candidate is a lane that did its work.
+    return 0 if outcome.decision != "reject" or outcome.critique is not None else 1
