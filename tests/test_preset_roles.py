@@ -203,6 +203,14 @@ def test_each_critic_runs_read_only(lane: PresetLane) -> None:
     assert aider["files"] == []
 
 
+def test_an_aider_critic_stays_in_ask_mode_whatever_edit_format_its_args_choose(
+        lane: PresetLane) -> None:
+    ran = lane.run("aider", "--arg=--edit-format", "--arg=whole", role="critic",
+                   verdict=CRITIQUE)
+    assert "FAKE-" not in ran.stderr, ran.stderr
+    assert critique(ran) == {"id": "u-001", **CRITIQUE}
+
+
 def test_a_critic_that_changed_the_worktree_is_said_in_its_log(lane: PresetLane) -> None:
     ran = lane.run("opencode", role="critic", verdict=CRITIQUE, edit="calc/extra.py=X = 1\\n")
     assert "wtmesh-preset: the critic changed the worktree" in ran.stdout

@@ -16,8 +16,8 @@
   need not guess the same and can never refuse a setup aider would have run.
 - Edits: the unit's scope, as files: literal paths as given, globs expanded over tracked
   files (at most 30; beyond that, or for the whole repository, aider picks files itself
-  from its repository map). A critic gets no files and ``--chat-mode ask``: aider answers
-  and edits nothing.
+  from its repository map). A critic gets no files and ``--chat-mode ask``, after the lane's
+  args (an ``--edit-format`` there would let it edit): aider answers and edits nothing.
 - Bounds: aider has no turn or cost cap (``--timeout`` bounds each API call only); the
   lane's timeout bounds it. Its "hit a token limit" message reads as a cap.
 - Offline: analytics off for this run only (``--no-analytics``; ``--analytics-disable``
@@ -305,9 +305,9 @@ class Aider:
                 "--input-history-file", str(lane.work_dir / "input.history")]
         if lane.model:
             argv += ["--model", lane.model]
-        if not lane.edits:
-            argv += ["--chat-mode", "ask"]
-        argv += [*lane.args, *(scope_files(lane) if lane.edits else [])]
+        argv += lane.args
+        # After the lane's args, so that no --edit-format of theirs lets a critic edit.
+        argv += scope_files(lane) if lane.edits else ["--chat-mode", "ask"]
         return Invocation(tuple(argv), env=ENV)
 
     def api_url(self, lane: Lane, env: Mapping[str, str]) -> str | None:
