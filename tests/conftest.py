@@ -83,6 +83,21 @@ def hermetic_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         yield
 
 
+@pytest.fixture
+def home_outside_tmp(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A HOME outside /tmp (beside the CLI cache), as a user's is, removed afterwards:
+    codex treats /tmp specially (it makes no sandbox helper under it)."""
+    import uuid
+
+    import real_cli
+
+    path = real_cli.cache_root().parent / "homes" / uuid.uuid4().hex[:12]
+    path.mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(path))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def git(repo: Path, *args: str, input: bytes | None = None) -> str:
     res = subprocess.run(["git", *args], cwd=repo, input=input, capture_output=True, check=False)
     if res.returncode != 0:

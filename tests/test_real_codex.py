@@ -13,9 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +37,8 @@ def codex_bin() -> Path:
 
 
 @pytest.fixture
-def home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A HOME outside /tmp (beside the CLI cache), removed afterwards."""
-    path = real_cli.cache_root().parent / "homes" / uuid.uuid4().hex[:12]
-    path.mkdir(parents=True)
-    monkeypatch.setenv("HOME", str(path))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+def home(home_outside_tmp: Path) -> Path:
+    return home_outside_tmp
 
 
 def provider_config(how: str, home: Path, url: str) -> list[str]:

@@ -2,8 +2,9 @@
 
 ``install(bin_dir, "codex")`` writes an executable ``bin_dir/codex`` that runs the fake of
 the same name with this interpreter. ``PresetLane`` prepares what wtmesh gives a lane (a
-worktree, the unit JSON, the result path, the coder's diff for a fixer) and runs the
-preset runner in it, as ``_lane_run`` would.
+worktree, the unit JSON, the result path, the coder's diff for a fixer, the candidates file
+for a critic or a synthesizer) and runs the preset runner in it, as ``_lane_run`` would.
+With ``bin_dir`` given (a real CLI's), no fake is installed.
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ class PresetLane:
     def run(self, preset: str, *options: str, role: str = "coder", scenario: str = "success",
             edit: str = "", verdict: dict[str, Any] | None = None, diff: str | None = None,
             path: str | None = None, extra_env: dict[str, str] | None = None,
-            candidates: Path | None = None) -> Ran:
+            candidates: Path | None = None, timeout: float = 120) -> Ran:
         unit_json = self.unit_dir / "unit.json"
         unit_json.write_text(json.dumps(self.unit))
         result = self.unit_dir / f"{role}-1.result.json"
@@ -149,7 +150,7 @@ class PresetLane:
             [sys.executable, "-P", "-m", "worktree_mesh.presets", preset, "--role", role,
              *options],
             cwd=self.worktree, env=env, stdin=subprocess.DEVNULL, capture_output=True,
-            timeout=120, check=False)
+            timeout=timeout, check=False)
         records = ([json.loads(line) for line in record.read_text().splitlines()]
                    if record.exists() else [])
         return Ran(done.returncode, done.stdout.decode(), done.stderr.decode(),

@@ -14,7 +14,8 @@
   critic) and, when the plan sets it, ``--max-budget-usd``; issues report the turn cap
   being overshot, so the lane's timeout stays the hard bound.
 - A critic reads only: ``--permission-mode dontAsk`` (what is not allowed is denied, never
-  asked), the file-reading tools and read-only git allowed, the editing tools disallowed.
+  asked), the file-reading tools and read-only git allowed, the editing tools disallowed
+  (claude then offers the model none: "Write is disabled for this session").
 - Output: ``--output-format json``, one result object with a ``subtype``; a fixer's
   verdict and a critic's critique use ``--json-schema`` and come back in
   ``structured_output``. What the lane

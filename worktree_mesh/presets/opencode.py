@@ -2,8 +2,9 @@
 
 - Edits: ``OPENCODE_PERMISSION`` allows every tool but denies commits, pushes and branch
   moves in bash, and any path outside the working directory (``external_directory``). A
-  critic's denies the editing tools (``edit``: edit, write, patch) and every command but
-  a few that read (``git diff``, ``ls``, ``cat``, ...).
+  critic's denies the editing tools (``edit``: edit, write, patch; opencode then offers
+  the model none of them) and every command but a few that read (``git diff``, ``ls``,
+  ``cat``, ...).
   Explicit deny rules hold even under ``--auto``; a denied call ends as a ``tool_use``
   event in state ``error`` ("The user has specified a rule which prevents you from using
   this specific tool call"). 1.18.33 prints no ``done`` event (older versions listed
