@@ -146,7 +146,7 @@ def test_a_critique_of_the_wrong_shape_is_invalid_output_schema(lane: PresetLane
     assert decision(ran) == ("reject", "invalid_output_schema")
     assert ran.result is not None
     assert ran.result["notes"] == (f"{name} gave a critique of the wrong shape: votes names "
-                                   "'c', which is not a candidate (the candidates: a, b)")
+                                   "'c', not one of the candidates (a, b)")
     assert "votes" not in ran.result  # no critique: the core counts none
     assert ran.returncode == 1
 
@@ -274,18 +274,18 @@ def critic_lane(tmp_path: Path) -> Lane:
 
 
 @pytest.mark.parametrize(("given", "problem"), [
-    ({**CRITIQUE, "id": "u9"}, "it is for unit 'u9', not 'u1'"),
-    ({**CRITIQUE, "decision": "maybe"}, "decision 'maybe' is not accept or reject"),
-    ({**CRITIQUE, "votes": ["a"]}, "votes is not an object"),
-    ({**CRITIQUE, "votes": {"a": "yes"}}, "the vote on 'a' is 'yes', not agree or disagree"),
-    ({**CRITIQUE, "ranking": ["a", "a"]}, "ranking names a candidate twice"),
-    ({**CRITIQUE, "ranking": ["z"]}, "ranking names 'z', which is not a candidate"),
-    ({**CRITIQUE, "scores": {"a": {"contract_clarity": 4}}}, "are not the five rubric"),
+    ({**CRITIQUE, "id": "u9"}, "critic result is for unit 'u9', not 'u1'"),
+    ({**CRITIQUE, "decision": "maybe"}, "decision 'maybe' is not one of accept, reject"),
+    ({**CRITIQUE, "votes": ["a"]}, "votes must be an object"),
+    ({**CRITIQUE, "votes": {"a": "yes"}}, "votes['a'] is 'yes', not one of agree, disagree"),
+    ({**CRITIQUE, "ranking": ["a", "a"]}, "ranking names candidate 'a' more than once"),
+    ({**CRITIQUE, "ranking": ["z"]}, "ranking names 'z', not one of the candidates (a, b)"),
+    ({**CRITIQUE, "scores": {"a": {"contract_clarity": 4}}}, "scores['a'] lacks rubric key"),
     ({**CRITIQUE, "scores": {"a": {**SCORES["a"], "legibility_trace": 6}}},
-     "the legibility_trace score for 'a' is 6, not 1 to 5"),
+     "scores['a'].legibility_trace must be a whole number 1-5, got 6"),
     ({**CRITIQUE, "scores": {"a": {**SCORES["a"], "legibility_trace": True}}},
-     "the legibility_trace score for 'a' is True"),
-    ({**CRITIQUE, "notes": 7}, "notes is not a string"),
+     "scores['a'].legibility_trace must be a whole number 1-5, got True"),
+    ({**CRITIQUE, "notes": 7}, "notes must be a string"),
     ("WTMESH_VERDICT {oops", "not a JSON object"),
 ])
 def test_a_wrong_critique_says_what_is_wrong(tmp_path: Path, given: Any,

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..consensus import vote
 from .base import Lane
 from .prompt import (
     MAX_INLINE_DIFF,
@@ -30,14 +31,17 @@ from .prompt import (
     unit_sections,
 )
 
-RUBRIC = {
+# What each of the vote's rubric dimensions asks, for the prompt; the dimensions and the
+# pass line are the vote's own.
+_ASKS = {
     "contract_clarity": "what the change promises (inputs, outputs, errors) is stated and kept",
     "invariant_strength": "the unit's invariants still hold, and the change enforces them",
     "minimal_incision": "the smallest change that meets the objective, nothing unrelated",
     "proof_credibility": "the proof (its tests) really shows that the change works",
     "legibility_trace": "easy to read and review; names and notes say why",
 }
-RUBRIC_MEAN, RUBRIC_FLOOR = 4.0, 3
+RUBRIC = {dimension: _ASKS[dimension] for dimension in vote.RUBRIC}
+RUBRIC_MEAN, RUBRIC_FLOOR = vote.PASS_MEAN, vote.PASS_MIN
 SCORES = (1, 2, 3, 4, 5)
 VOTES = ("agree", "disagree")
 # Each candidate's diff gets an equal share of this many characters of the prompt, but
@@ -334,70 +338,45 @@ def _word(value: Any) -> Any:
     return value.strip().lower() if isinstance(value, str) else value
 
 
-def _score(value: Any) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
-        return None
-    return int(value) if int(value) in SCORES else None
+def _mark(value: Any) -> Any:
+    """A score as a CLI may write it (``4.0``) as the whole number it means."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
-def _named(names: Sequence[str], given: Any, what: str) -> str | None:
-    if given not in names:
-        return (f"{what} names {given!r}, which is not a candidate "
-                f"(the candidates: {', '.join(names)})")
-    return None
+def _leniently(value: dict[str, Any]) -> dict[str, Any]:
+    """What a model wrote, with the slack the vote does not give: words in any case,
+    whole-number scores written as floats, an empty id."""
+    out = dict(value)
+    if out.get("id") in (None, ""):
+        out.pop("id", None)
+    out["decision"] = _word(out.get("decision"))
+    if isinstance(out.get("votes"), dict):
+        out["votes"] = {name: _word(said) for name, said in out["votes"].items()}
+    if isinstance(out.get("scores"), dict):
+        out["scores"] = {name: ({dim: _mark(mark) for dim, mark in given.items()}
+                                if isinstance(given, dict) else given)
+                         for name, given in out["scores"].items()}
+    return out
 
 
 def read_critique(value: Any, lane: Lane) -> dict[str, Any] | str:
-    """The critique in the result's shape (SPEC 12), or what is wrong with ``value``."""
+    """The critique in the result's shape (SPEC 12), or what is wrong with ``value``:
+    checked by the vote's own rules, so that what the preset writes is what counts."""
     if not isinstance(value, dict):
         return f"not a JSON object: {str(value)[:200]}"
-    names = lane.candidate_names
-    if value.get("id") not in (None, "", lane.unit_id):
-        return f"it is for unit {value['id']!r}, not {lane.unit_id!r}"
-    decision = _word(value.get("decision"))
-    if decision not in ("accept", "reject"):
-        return f"decision {value.get('decision')!r} is not accept or reject"
-    votes = value.get("votes")
-    if not isinstance(votes, dict):
-        return f"votes is not an object of candidate names: {str(votes)[:200]}"
-    critique: dict[str, Any] = {"decision": decision, "votes": {}}
-    for name, vote in votes.items():
-        problem = _named(names, name, "votes")
-        if problem:
-            return problem
-        if _word(vote) not in VOTES:
-            return f"the vote on {name!r} is {vote!r}, not agree or disagree"
-        critique["votes"][name] = _word(vote)
-    ranking = value.get("ranking")
-    if ranking is not None:
-        if not isinstance(ranking, list):
-            return f"ranking is not a list: {str(ranking)[:200]}"
-        for name in ranking:
-            problem = _named(names, name, "ranking")
-            if problem:
-                return problem
-        if len(set(ranking)) != len(ranking):
-            return "ranking names a candidate twice"
-        critique["ranking"] = list(ranking)
-    scores = value.get("scores")
-    if scores is not None:
-        if not isinstance(scores, dict):
-            return f"scores is not an object of candidate names: {str(scores)[:200]}"
-        critique["scores"] = {}
-        for name, given in scores.items():
-            problem = _named(names, name, "scores")
-            if problem:
-                return problem
-            if not isinstance(given, dict) or set(given) != set(RUBRIC):
-                return (f"the scores for {name!r} are not the five rubric dimensions "
-                        f"({', '.join(RUBRIC)})")
-            bad = [dim for dim in RUBRIC if _score(given[dim]) is None]
-            if bad:
-                return f"the {bad[0]} score for {name!r} is {given[bad[0]]!r}, not 1 to 5"
-            critique["scores"][name] = {dim: _score(given[dim]) for dim in RUBRIC}
+    try:
+        parsed = vote.parse_critique(_leniently(value), critic="critic", round=1,
+                                     unit_id=lane.unit_id, candidates=lane.candidate_names)
+    except vote.InvalidCritique as exc:
+        return str(exc)
+    critique: dict[str, Any] = {"decision": parsed.decision, "votes": dict(parsed.votes)}
+    if value.get("ranking") is not None:
+        critique["ranking"] = list(parsed.ranking)
+    if value.get("scores") is not None:
+        critique["scores"] = {name: dict(marks) for name, marks in parsed.scores.items()}
     for key in ("flip", "notes"):
         if value.get(key) is not None:
-            if not isinstance(value[key], str):
-                return f"{key} is not a string"
-            critique[key] = value[key]
+            critique[key] = getattr(parsed, key)
     return critique
