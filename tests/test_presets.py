@@ -269,6 +269,7 @@ def test_gemini_keeps_the_auth_the_user_chose(lane: PresetLane, tmp_path: Path) 
 def test_opencode_argv_and_configuration(lane: PresetLane) -> None:
     call = lane.run("opencode", "--model=anthropic/claude-sonnet-4", edit=EDIT).call
     assert call["argv"] == ["run", "--dir", str(lane.worktree), "--format", "json", "--auto",
+                            "--print-logs", "--log-level", "ERROR",
                             "-m", "anthropic/claude-sonnet-4"]
     assert call["config"]["agent"]["build"]["steps"] == 60
     permission = json.loads(call["env"]["OPENCODE_PERMISSION"])

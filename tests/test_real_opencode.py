@@ -269,6 +269,24 @@ def test_an_unknown_flag_is_tooling_unavailable_in_one_line(run: Any) -> None:
     assert not ran.server.requests
 
 
+@pytest.mark.parametrize(("model", "hint"), [
+    ("loop/nosuch", ""), ("nosuch/loop", ""), ("loop/loo", " (did you mean loop?)")],
+    ids=["unknown-model", "unknown-provider", "a-near-miss"])
+def test_a_model_opencode_does_not_know_is_tooling_unavailable(
+        run: Any, model: str, hint: str) -> None:
+    """opencode's only event says "Unexpected server error" (for an unknown model and an
+    unknown provider alike); the model it could not find is in its error log. A
+    configuration error: said in one line naming the model, not retried."""
+    ran = run([], coder={"preset": "opencode", "model": model})
+    assert (ran.unit["status"], ran.unit["failure_code"]) == (
+        "rejected", "tooling_unavailable"), ran.unit
+    assert ran.unit["attempts"] == 1
+    assert ran.result("coder-1")["notes"] == (
+        f"opencode: opencode knows no model {model}{hint}: check it against "
+        "`opencode models`")
+    assert not ran.server.requests
+
+
 # -- which API the CLI will call (no CLI run) ---------------------------------------------
 
 

@@ -24,7 +24,9 @@
   marked line (or a JSON block) in the last text; ``step_finish`` carries each step's
   tokens and cost. A flag opencode does not know makes it print its usage to stderr and
   exit 1, with no event; so does a configuration it cannot use, with an ``Error: ...``
-  line instead.
+  line instead. A model or provider it does not know is one ``error`` event,
+  "Unexpected server error", and exit 1: which model is only in its log, printed to
+  stderr (``--print-logs``, errors only).
 """
 
 from __future__ import annotations
@@ -75,8 +77,13 @@ _USAGE = re.compile(r"^opencode run \[message\.\.\]|^Options:\s*$", re.MULTILINE
 _UNREACHABLE = "Cannot connect to API"
 # Fatal errors opencode prints on stderr (no event) when its configuration is unusable.
 _CONFIG_ERROR = re.compile(r"^Error: *(Config file at .* is not valid|Configuration is invalid"
-                           r"|Directory .* is not valid|Failed to initialize provider"
-                           r"|Model not found).*", re.MULTILINE)
+                           r"|Directory .* is not valid|Failed to initialize provider).*",
+                           re.MULTILINE)
+# A model (or provider) opencode does not know. 1.18.33 says so only in its log (the one
+# event is "Unexpected server error"), hence ``--print-logs --log-level ERROR``; suggestions
+# follow when it has any: "Model not found: loop/loo. Did you mean: loop?".
+_NO_MODEL = re.compile(r"Model not found: (?P<model>[^\s\")]*?)\.?(?=[\s\")]|$)"
+                       r"(?: Did you mean: (?P<hint>[^\"\n]*?)\?)?")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # The free hosted models (provider "opencode") opencode uses when nothing else is set up.
 ZEN_URL = "https://opencode.ai/zen/v1"
@@ -261,7 +268,8 @@ class Opencode:
     native_schema = False
 
     def invocation(self, lane: Lane) -> Invocation:
-        argv = ["opencode", "run", "--dir", str(lane.worktree), "--format", "json", "--auto"]
+        argv = ["opencode", "run", "--dir", str(lane.worktree), "--format", "json", "--auto",
+                "--print-logs", "--log-level", "ERROR"]
         if lane.model:
             argv += ["-m", lane.model]
         argv += lane.args
@@ -288,6 +296,12 @@ class Opencode:
         t = Transcript()
         events = json_lines(done.stdout)
         stderr = _ANSI.sub("", done.stderr_tail)  # its errors are coloured
+        missing = _NO_MODEL.search(stderr) if done.returncode != 0 else None
+        if missing:
+            hint = f" (did you mean {missing['hint']}?)" if missing["hint"] else ""
+            why = (f"opencode knows no model {missing['model']}{hint}: check it against "
+                   "`opencode models`")
+            return Transcript(unavailable=why, error=why)
         if done.returncode != 0 and not events:
             if _USAGE.search(stderr):
                 return self._refused_command_line(lane, done)
