@@ -11,97 +11,86 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import preset_run
 import pytest
-from conftest import PROOF, git, state_dir, wtmesh
+from conftest import git, wtmesh
 from fake_clis.harness import FAKES, FLAG_ERROR, NAMES, git_only, install
 from model_server import closed_port
+from preset_run import Ran, on_path
 
 from worktree_mesh.presets.versions import TESTED
 
 EDIT = "calc/extra.py=VALUE = 1\\n"
 
 
+LANE = {"timeout_s": 60}
+
+
 def plan_for(coder: dict[str, Any], fixer: dict[str, Any] | None = None) -> dict[str, Any]:
-    lanes: dict[str, Any] = {"coder": {"timeout_s": 60, **coder}}
-    if fixer is not None:
-        lanes["fixer"] = {"timeout_s": 60, **fixer}
-    return {"proof_command": PROOF, "lanes": lanes,
-            "units": [{"id": "u1", "objective": "Add a constant", "unit_scope": ["calc/"]}]}
+    return preset_run.plan(coder, fixer, lane=LANE)
 
 
-def run(repo: Path, plan: Path, tmp_path: Path, *, path: str | None = None,
-        env: dict[str, str] | None = None, **fake: str) -> dict[str, Any]:
-    env = {"PATH": path or f"{install(tmp_path / 'fakebin')}{os.pathsep}{os.environ['PATH']}",
-           "FAKE_EDIT": EDIT, "FAKE_SCENARIO": "success", "FAKE_RECORD": "",
-           **{f"FAKE_{k.upper()}": v for k, v in fake.items()}, **(env or {})}
-    res = wtmesh("run", plan, "--json", cwd=repo, env=env)
-    assert "Traceback" not in res.stderr, res.stderr
-    assert res.returncode in (0, 1), res.stderr
-    summary: dict[str, Any] = res.json()
-    return summary
+def fake_env(tmp_path: Path, path: str | None = None, **fake: str) -> dict[str, str]:
+    """The fake CLIs first on PATH (or ``path``), each making EDIT unless ``fake`` says
+    otherwise (``FAKE_<NAME>`` variables)."""
+    return {"PATH": path or on_path(install(tmp_path / "fakebin")),
+            "FAKE_EDIT": EDIT, "FAKE_SCENARIO": "success", "FAKE_RECORD": "",
+            **{f"FAKE_{k.upper()}": v for k, v in fake.items()}}
 
 
-def only_unit(summary: dict[str, Any]) -> dict[str, Any]:
-    (unit,) = summary["units"]
-    return unit
-
-
-def lane_log(repo: Path, summary: dict[str, Any], name: str) -> str:
-    unit_dir = state_dir(repo) / "runs" / summary["run_id"] / "units" / "u1"
-    return (unit_dir / f"{name}.stdout.log").read_text()
+def run(repo: Path, plan: dict[str, Any], tmp_path: Path, *, path: str | None = None,
+        env: dict[str, str] | None = None, **fake: str) -> Ran:
+    return preset_run.run(repo, plan, env={**fake_env(tmp_path, path, **fake), **(env or {})},
+                          timeout=300)
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_preset_coder_edit_integrates(repo: Path, write_plan: Any, tmp_path: Path,
-                                      name: str) -> None:
-    summary = run(repo, write_plan(plan_for({"preset": name})), tmp_path)
-    unit = only_unit(summary)
+def test_preset_coder_edit_integrates(repo: Path, tmp_path: Path, name: str) -> None:
+    ran = run(repo, plan_for({"preset": name}), tmp_path)
+    unit = ran.unit
     assert (unit["status"], unit["failure_code"]) == ("integrated", None), unit
-    assert summary["exit_code"] == 0
+    assert ran.summary["exit_code"] == 0
     assert git(repo, "show", "main:calc/extra.py") == "VALUE = 1"
     # Only the agent's edit lands: no .aider* file, no prompt, no transcript.
     assert git(repo, "show", "--name-only", "--format=", "main") == "calc/extra.py"
     assert unit["files"] == ["calc/extra.py"]
-    assert f"wtmesh-preset: {name} --version: " in lane_log(repo, summary, "coder-1")
+    assert f"wtmesh-preset: {name} --version: " in ran.log("coder-1")
 
 
 def test_aider_leaves_no_file_behind_even_with_a_whole_repo_scope(
-        repo: Path, write_plan: Any, tmp_path: Path) -> None:
+        repo: Path, tmp_path: Path) -> None:
     plan = plan_for({"preset": "aider"})
     plan["units"][0]["unit_scope"] = "**"
-    summary = run(repo, write_plan(plan), tmp_path)
-    assert only_unit(summary)["status"] == "integrated"
+    ran = run(repo, plan, tmp_path)
+    assert ran.unit["status"] == "integrated"
     assert git(repo, "show", "--name-only", "--format=", "main") == "calc/extra.py"
 
 
 @pytest.mark.parametrize(("coder", "fixer"), [("codex", "claude"), ("claude", "gemini"),
                                               ("opencode", "aider"), ("gemini", "codex")])
-def test_preset_fixer_accepts(repo: Path, write_plan: Any, tmp_path: Path, coder: str,
-                              fixer: str) -> None:
-    summary = run(repo, write_plan(plan_for({"preset": coder}, {"preset": fixer})), tmp_path)
-    assert only_unit(summary)["status"] == "integrated"
-    assert "wtmesh-preset: result: accept" in lane_log(repo, summary, "fixer-1")
+def test_preset_fixer_accepts(repo: Path, tmp_path: Path, coder: str, fixer: str) -> None:
+    ran = run(repo, plan_for({"preset": coder}, {"preset": fixer}), tmp_path)
+    assert ran.unit["status"] == "integrated"
+    assert "wtmesh-preset: result: accept" in ran.log("fixer-1")
 
 
 @pytest.mark.parametrize("fixer", ["claude", "opencode"])
-def test_preset_fixer_reject_is_final(repo: Path, write_plan: Any, tmp_path: Path,
-                                      fixer: str) -> None:
+def test_preset_fixer_reject_is_final(repo: Path, tmp_path: Path, fixer: str) -> None:
     head = git(repo, "rev-parse", "main")
     verdict = json.dumps({"decision": "reject", "failure_code": "proof_missing",
                           "notes": "nothing tests VALUE"})
-    summary = run(repo, write_plan(plan_for({"preset": "codex"}, {"preset": fixer})),
-                  tmp_path, verdict=verdict)
-    unit = only_unit(summary)
+    ran = run(repo, plan_for({"preset": "codex"}, {"preset": fixer}), tmp_path, verdict=verdict)
+    unit = ran.unit
     assert (unit["status"], unit["failure_code"]) == ("rejected", "proof_missing")
-    assert summary["exit_code"] == 1
+    assert ran.summary["exit_code"] == 1
     assert git(repo, "rev-parse", "main") == head
 
 
 def test_missing_cli_fails_the_unit_as_tooling_unavailable(
-        repo: Path, write_plan: Any, tmp_path: Path) -> None:
-    summary = run(repo, write_plan(plan_for({"preset": "claude"})), tmp_path,
-                  path=str(git_only(tmp_path / "gitonly")))
-    unit = only_unit(summary)
+        repo: Path, tmp_path: Path) -> None:
+    ran = run(repo, plan_for({"preset": "claude"}), tmp_path,
+              path=str(git_only(tmp_path / "gitonly")))
+    unit = ran.unit
     assert (unit["status"], unit["failure_code"]) == ("rejected", "tooling_unavailable")
     assert unit["attempts"] == 1  # not worth a retry
 
@@ -109,45 +98,41 @@ def test_missing_cli_fails_the_unit_as_tooling_unavailable(
 @pytest.mark.parametrize(("preset", "variable"), [("claude", "ANTHROPIC_BASE_URL"),
                                                  ("gemini", "GOOGLE_GEMINI_BASE_URL")])
 def test_an_unreachable_model_api_fails_at_once_and_is_not_retried(
-        repo: Path, write_plan: Any, tmp_path: Path, preset: str, variable: str) -> None:
+        repo: Path, tmp_path: Path, preset: str, variable: str) -> None:
     """Nothing listens where the API should be: the CLI is never started (it would retry
     until the lane's timeout), the unit fails tooling_unavailable in one line, once."""
     record = tmp_path / "calls.jsonl"
-    summary = run(repo, write_plan(plan_for({"preset": preset, "retries": 2})), tmp_path,
-                  record=str(record), env={variable: f"http://127.0.0.1:{closed_port()}"})
-    unit = only_unit(summary)
+    ran = run(repo, plan_for({"preset": preset, "retries": 2}), tmp_path,
+              record=str(record), env={variable: f"http://127.0.0.1:{closed_port()}"})
+    unit = ran.unit
     assert (unit["status"], unit["failure_code"]) == ("rejected", "tooling_unavailable")
     assert unit["attempts"] == 1
     assert "result: reject (tooling_unavailable): cannot reach the model API: 127.0.0.1:" \
-        in lane_log(repo, summary, "coder-1")
+        in ran.log("coder-1")
     calls = [json.loads(line)["argv"] for line in record.read_text().splitlines()] \
         if record.exists() else []
     assert all("--version" in argv for argv in calls), calls  # only its version was asked
 
 
-def test_turn_cap_is_not_retried(repo: Path, write_plan: Any, tmp_path: Path) -> None:
-    summary = run(repo, write_plan(plan_for({"preset": "claude", "max_turns": 3,
-                                             "retries": 2})),
-                  tmp_path, scenario="cap_turns")
-    unit = only_unit(summary)
+def test_turn_cap_is_not_retried(repo: Path, tmp_path: Path) -> None:
+    ran = run(repo, plan_for({"preset": "claude", "max_turns": 3, "retries": 2}), tmp_path,
+              scenario="cap_turns")
+    unit = ran.unit
     assert (unit["status"], unit["failure_code"]) == ("rejected", "timeout_retry_exhausted")
     assert unit["attempts"] == 1
 
 
-def test_cli_error_is_retried_then_lane_failed(repo: Path, write_plan: Any,
-                                               tmp_path: Path) -> None:
-    summary = run(repo, write_plan(plan_for({"preset": "gemini", "retries": 1})), tmp_path,
-                  scenario="error")
-    unit = only_unit(summary)
+def test_cli_error_is_retried_then_lane_failed(repo: Path, tmp_path: Path) -> None:
+    ran = run(repo, plan_for({"preset": "gemini", "retries": 1}), tmp_path, scenario="error")
+    unit = ran.unit
     assert (unit["status"], unit["failure_code"]) == ("rejected", "lane_failed")
     assert unit["attempts"] == 2
 
 
-def test_lane_timeout_stops_the_cli(repo: Path, write_plan: Any, tmp_path: Path) -> None:
-    summary = run(repo, write_plan(plan_for({"preset": "codex", "timeout_s": 2,
-                                             "retries": 0})),
-                  tmp_path, scenario="sleep")
-    unit = only_unit(summary)
+def test_lane_timeout_stops_the_cli(repo: Path, tmp_path: Path) -> None:
+    ran = run(repo, plan_for({"preset": "codex", "timeout_s": 2, "retries": 0}), tmp_path,
+              scenario="sleep")
+    unit = ran.unit
     assert (unit["status"], unit["failure_code"]) == ("failed", "timeout_retry_exhausted")
 
 
@@ -161,8 +146,7 @@ def test_validate_rejects_a_cap_the_cli_lacks(repo: Path, write_plan: Any) -> No
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_each_fake_refuses_a_call_without_the_flags_that_matter(tmp_path: Path,
-                                                                name: str) -> None:
+def test_each_fake_refuses_a_call_without_the_flags_that_matter(tmp_path: Path, name: str) -> None:
     """The safety net itself: a preset that dropped its flags would hit this."""
     done = subprocess.run([sys.executable, str(FAKES / name), "exec" if name == "codex"
                            else "run" if name == "opencode" else "-p", "hello"],
@@ -172,16 +156,16 @@ def test_each_fake_refuses_a_call_without_the_flags_that_matter(tmp_path: Path,
     assert done.stderr.decode().startswith(f"FAKE-{name.upper()}: ")
 
 
-def test_preset_args_take_placeholders(repo: Path, write_plan: Any, tmp_path: Path) -> None:
+def test_preset_args_take_placeholders(repo: Path, tmp_path: Path) -> None:
     record = tmp_path / "record.jsonl"
-    plan = write_plan({**plan_for({"preset": "codex", "model": "gpt-5-codex",
-                                   "args": ["-c", "note={id} in {run_id}"]}),
-                       "sandbox_writable": [str(tmp_path)]})
-    summary = run(repo, plan, tmp_path, record=str(record))
-    assert only_unit(summary)["status"] == "integrated"
+    plan = {**plan_for({"preset": "codex", "model": "gpt-5-codex",
+                        "args": ["-c", "note={id} in {run_id}"]}),
+            "sandbox_writable": [str(tmp_path)]}
+    ran = run(repo, plan, tmp_path, record=str(record))
+    assert ran.unit["status"] == "integrated"
     (call,) = [json.loads(line) for line in record.read_text().splitlines()]
-    assert call["argv"][-5:] == ["-m", "gpt-5-codex", "-c", f"note=u1 in {summary['run_id']}",
-                                 "-"]
+    assert call["argv"][-5:] == ["-m", "gpt-5-codex", "-c",
+                                 f"note=u1 in {ran.summary['run_id']}", "-"]
     assert call["env"]["WTMESH_LANE"] == "coder" and call["env"]["WTMESH_UNIT_ID"] == "u1"
     assert "Add a constant" in call["prompt"] and "- `calc/`" in call["prompt"]
 
@@ -192,10 +176,7 @@ def test_the_first_line_names_each_cli_version_and_warns_of_an_untested_one(
     """The run's first line names the version of each preset's CLI and whether the presets
     were tested with it; an untested one gets a warning, and the run goes on."""
     plan = write_plan(plan_for({"preset": "claude"}, {"preset": "claude"}))
-    env = {"PATH": f"{install(tmp_path / 'fakebin')}{os.pathsep}{os.environ['PATH']}",
-           "FAKE_EDIT": EDIT, "FAKE_SCENARIO": "success", "FAKE_RECORD": "",
-           "FAKE_VERSION": version}
-    res = wtmesh("run", plan, cwd=repo, env=env)
+    res = wtmesh("run", plan, cwd=repo, env=fake_env(tmp_path, version=version))
     assert res.returncode == 0, res.stderr
     first = res.stdout.splitlines()[0]
     tested = version == TESTED["claude"].version

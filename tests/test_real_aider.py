@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import preset_run
 import pytest
 import real_cli
-from conftest import FIXTURE_REPOS, PROOF, git, lane, make_repo, state_dir, wtmesh
+from conftest import FIXTURE_REPOS, git, lane, make_repo
 from model_server import Fail, ModelServer, Text, closed_port
+from preset_run import Ran
 from wire_aider import chat_completions, whole_file
 
 from worktree_mesh.presets.aider import PRESET, usage_of
@@ -46,8 +48,7 @@ def aider_lane(**extra: Any) -> dict[str, Any]:
 
 
 def plan(coder: dict[str, Any], fixer: dict[str, Any] | None = None) -> dict[str, Any]:
-    lanes = {"coder": coder, **({"fixer": fixer} if fixer else {})}
-    return {"proof_command": PROOF, "lanes": lanes, "units": [UNIT]}
+    return preset_run.plan(coder, fixer, unit=UNIT)
 
 
 def api_env(base: str, key: str | None = "sk-test") -> dict[str, str]:
@@ -72,32 +73,8 @@ def no_keys(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(variable, raising=False)
 
 
-def run(repo: Path, data: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
-    (repo.parent / "plan.json").write_text(json.dumps(data))
-    res = wtmesh("run", repo.parent / "plan.json", "--json", cwd=repo, env=env, timeout=1800)
-    assert "Traceback" not in res.stderr, res.stderr
-    assert res.returncode in (0, 1), res.stderr
-    summary: dict[str, Any] = res.json()
-    return summary
-
-
-def only_unit(summary: dict[str, Any]) -> dict[str, Any]:
-    (unit,) = summary["units"]
-    return unit
-
-
-def unit_file(repo: Path, summary: dict[str, Any], name: str) -> Path:
-    return state_dir(repo) / "runs" / summary["run_id"] / "units" / "u1" / name
-
-
-def result_of(repo: Path, summary: dict[str, Any], lane_name: str) -> dict[str, Any]:
-    record: dict[str, Any] = json.loads(
-        unit_file(repo, summary, f"{lane_name}.result.json").read_text())
-    return record
-
-
-def log_of(repo: Path, summary: dict[str, Any], lane_name: str) -> str:
-    return unit_file(repo, summary, f"{lane_name}.stdout.log").read_text()
+def run(repo: Path, data: dict[str, Any], env: dict[str, str]) -> Ran:
+    return preset_run.run(repo, data, env=env, timeout=1800)
 
 
 class ProxyRecorder:
@@ -124,10 +101,8 @@ class ProxyRecorder:
 
 @dataclass
 class Landed:
-    repo: Path
+    ran: Ran
     home: Path
-    summary: dict[str, Any]
-    result: dict[str, Any]
     requests: list[Any]
     proxied: list[str]
 
@@ -143,20 +118,18 @@ def landed(hermetic_module: None, aider_path: str,
         for variable in KEY_VARIABLES:
             monkeypatch.delenv(variable, raising=False)
         with ModelServer(chat_completions, [EDIT]) as server:
-            summary = run(repo, plan(aider_lane()), {
+            ran = run(repo, plan(aider_lane()), {
                 "PATH": aider_path, **api_env(server.url + "/v1"),
                 "HTTPS_PROXY": proxy.url, "https_proxy": proxy.url,
                 "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"})
-        yield Landed(repo, Path(os.environ["HOME"]), summary,
-                     result_of(repo, summary, "coder-1"), list(server.requests),
-                     list(proxy.asked))
+        yield Landed(ran, Path(os.environ["HOME"]), list(server.requests), list(proxy.asked))
 
 
 def test_coder_edit_lands(landed: Landed) -> None:
-    unit = only_unit(landed.summary)
+    unit = landed.ran.unit
     assert (unit["status"], unit["failure_code"]) == ("integrated", None), unit
-    assert git(landed.repo, "show", "main:calc/ops.py") + "\n" == NEW_OPS
-    assert git(landed.repo, "show", "--name-only", "--format=", "main") == "calc/ops.py"
+    assert git(landed.ran.repo, "show", "main:calc/ops.py") + "\n" == NEW_OPS
+    assert git(landed.ran.repo, "show", "--name-only", "--format=", "main") == "calc/ops.py"
     (request,) = landed.requests
     assert request.path == "/v1/chat/completions"
     assert request.json["model"] == "gpt-4o-mini"
@@ -164,7 +137,7 @@ def test_coder_edit_lands(landed: Landed) -> None:
 
 
 def test_notes_are_the_models_answer_not_aiders_banners(landed: Landed) -> None:
-    notes = landed.result["notes"]
+    notes = landed.ran.result()["notes"]
     assert notes.startswith(BEFORE), notes
     assert notes.endswith(AFTER), notes
     for banner in ("Analytics", "Aider v", "Model:", "Git repo:", "Tokens:",
@@ -175,14 +148,14 @@ def test_notes_are_the_models_answer_not_aiders_banners(landed: Landed) -> None:
 def test_usage_is_read_from_aiders_tokens_and_cost_lines(landed: Landed) -> None:
     # The server said 2345 tokens in, 67 out; aider prints "2.3k sent, 67 received" and
     # the price of gpt-4o-mini for them, "$0.00039".
-    assert landed.result["usage"] == {"tokens_in": 2300, "tokens_out": 67,
-                                      "cost_usd": 0.00039}
+    assert landed.ran.result()["usage"] == {"tokens_in": 2300, "tokens_out": 67,
+                                            "cost_usd": 0.00039}
 
 
 def test_aider_asks_the_internet_for_nothing(landed: Landed) -> None:
     """Not litellm's price list, not aider's copy of it, nothing else: a lane's cost is
     priced from the list installed with aider, and an offline lane waits for nothing."""
-    assert only_unit(landed.summary)["status"] == "integrated"
+    assert landed.ran.unit["status"] == "integrated"
     assert landed.proxied == []
 
 
@@ -190,8 +163,7 @@ def test_sandboxed_aider_writes_only_its_own_home_directory(landed: Landed) -> N
     """The lane ran sandboxed, where only the worktree, the unit's files and the preset's
     writable directories can be written: ~/.aider is all aider needs (it keeps its
     analytics id and caches there), and nothing else is made for it in HOME."""
-    ledger = state_dir(landed.repo) / "runs" / landed.summary["run_id"] / "ledger.jsonl"
-    started = json.loads(ledger.read_text().splitlines()[0])
+    started = landed.ran.events()[0]
     assert started["event"] == "run_started" and started["sandbox"]["active"] is True
     wtmesh_own = landed.home / ".local" / "share" / "wtmesh"  # where the worktrees were
     every_tests = landed.home / ".codex"  # conftest: codex's stand-in config, in every home
@@ -208,11 +180,11 @@ def test_fixer_accepts(repo: Path, aider_path: str) -> None:
     reply = Text(f"The change does what the unit asks.\n\nWTMESH_VERDICT {json.dumps(verdict)}")
     coder = {"command": lane("act.py", "write:calc/ops.py=" + NEW_OPS.replace("\n", "\\n"))}
     with ModelServer(chat_completions, [reply]) as server:
-        summary = run(repo, plan(coder, aider_lane()),
-                      {"PATH": aider_path, **api_env(server.url + "/v1")})
-    unit = only_unit(summary)
+        ran = run(repo, plan(coder, aider_lane()),
+                  {"PATH": aider_path, **api_env(server.url + "/v1")})
+    unit = ran.unit
     assert (unit["status"], unit["failure_code"]) == ("integrated", None), unit
-    assert result_of(repo, summary, "fixer-1")["notes"] == verdict["notes"]
+    assert ran.result("fixer-1")["notes"] == verdict["notes"]
     (request,) = server.requests
     assert "+def negate(a: float) -> float:" in json.dumps(request.json["messages"])
 
@@ -224,47 +196,45 @@ def test_fixer_rejects(repo: Path, aider_path: str) -> None:
     reply = Text(f"Not yet.\n\nWTMESH_VERDICT {json.dumps(verdict)}")
     coder = {"command": lane("act.py", "write:calc/ops.py=" + NEW_OPS.replace("\n", "\\n"))}
     with ModelServer(chat_completions, [reply]) as server:
-        summary = run(repo, plan(coder, aider_lane()),
-                      {"PATH": aider_path, **api_env(server.url + "/v1")})
-    unit = only_unit(summary)
+        ran = run(repo, plan(coder, aider_lane()),
+                  {"PATH": aider_path, **api_env(server.url + "/v1")})
+    unit = ran.unit
     assert (unit["status"], unit["failure_code"]) == ("rejected", "proof_missing"), unit
-    assert result_of(repo, summary, "fixer-1")["notes"] == verdict["notes"]
+    assert ran.result("fixer-1")["notes"] == verdict["notes"]
     assert git(repo, "rev-parse", "main") == head
 
 
 def test_no_key_is_tooling_unavailable_and_not_retried(repo: Path, aider_path: str) -> None:
     with ModelServer(chat_completions, [EDIT]) as server:
-        summary = run(repo, plan(aider_lane(retries=2)),
-                      {"PATH": aider_path, **api_env(server.url + "/v1", key=None)})
-    unit = only_unit(summary)
+        ran = run(repo, plan(aider_lane(retries=2)),
+                  {"PATH": aider_path, **api_env(server.url + "/v1", key=None)})
+    unit = ran.unit
     assert (unit["status"], unit["failure_code"]) == ("rejected", "tooling_unavailable"), unit
     assert unit["attempts"] == 1
-    assert "api_key" in result_of(repo, summary, "coder-1")["notes"].lower()
+    assert "api_key" in ran.result("coder-1")["notes"].lower()
 
 
-def test_auth_error_is_tooling_unavailable_and_not_retried(repo: Path,
-                                                           aider_path: str) -> None:
+def test_auth_error_is_tooling_unavailable_and_not_retried(repo: Path, aider_path: str) -> None:
     with ModelServer(chat_completions, [Fail(401, "Incorrect API key provided")]) as server:
-        summary = run(repo, plan(aider_lane(retries=2)),
-                      {"PATH": aider_path, **api_env(server.url + "/v1")})
-    unit = only_unit(summary)
+        ran = run(repo, plan(aider_lane(retries=2)),
+                  {"PATH": aider_path, **api_env(server.url + "/v1")})
+    unit = ran.unit
     assert (unit["status"], unit["failure_code"]) == ("rejected", "tooling_unavailable"), unit
     assert unit["attempts"] == 1
     assert len(server.requests) == 1  # aider did not retry it either
-    assert "Incorrect API key provided" in result_of(repo, summary, "coder-1")["notes"]
+    assert "Incorrect API key provided" in ran.result("coder-1")["notes"]
 
 
-def test_unreachable_api_fails_at_once_and_is_not_retried(repo: Path,
-                                                          aider_path: str) -> None:
+def test_unreachable_api_fails_at_once_and_is_not_retried(repo: Path, aider_path: str) -> None:
     """Nothing listens at the OpenAI base URL: aider would retry with backoff for a
     minute; the preset sees it first and never starts aider."""
     port = closed_port()
-    summary = run(repo, plan(aider_lane(retries=2)),
-                  {"PATH": aider_path, **api_env(f"http://127.0.0.1:{port}/v1")})
-    unit = only_unit(summary)
+    ran = run(repo, plan(aider_lane(retries=2)),
+              {"PATH": aider_path, **api_env(f"http://127.0.0.1:{port}/v1")})
+    unit = ran.unit
     assert (unit["status"], unit["failure_code"]) == ("rejected", "tooling_unavailable"), unit
     assert unit["attempts"] == 1
-    log = log_of(repo, summary, "coder-1")
+    log = ran.log("coder-1")
     assert f"cannot reach the model API: 127.0.0.1:{port}" in log
     assert "wtmesh-preset: running: aider" not in log
 
@@ -274,14 +244,14 @@ def test_no_model_and_no_key_stops_aiders_browser_login(repo: Path, aider_path: 
     for a browser: the preset stops it there, and says what is missing."""
     lane_spec = {k: v for k, v in aider_lane(retries=2).items() if k != "model"}
     with ModelServer(chat_completions, [EDIT]) as server:
-        summary = run(repo, plan(lane_spec),
-                      {"PATH": aider_path, **api_env(server.url + "/v1", key=None)})
-    unit = only_unit(summary)
+        ran = run(repo, plan(lane_spec),
+                  {"PATH": aider_path, **api_env(server.url + "/v1", key=None)})
+    unit = ran.unit
     assert (unit["status"], unit["failure_code"]) == ("rejected", "tooling_unavailable"), unit
     assert unit["attempts"] == 1
-    notes = result_of(repo, summary, "coder-1")["notes"]
+    notes = ran.result("coder-1")["notes"]
     assert "OpenRouter" in notes and "model" in notes, notes
-    assert "wtmesh-preset: running: aider" in log_of(repo, summary, "coder-1")
+    assert "wtmesh-preset: running: aider" in ran.log("coder-1")
     assert server.requests == []
 
 

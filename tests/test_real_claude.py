@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import preset_run
 import pytest
 import real_cli
-from conftest import PROOF, git, make_repo, state_dir, wtmesh
+from conftest import PROOF, git, make_repo
 from model_server import Fail, ModelServer, Text, ToolCall, Turn, closed_port
 from wire_claude import Anthropic, tool_names, tool_result
 
@@ -38,50 +39,24 @@ def claude_bin() -> Path:
 
 def plan_for(coder: dict[str, Any] | None = None,
              fixer: dict[str, Any] | None = None) -> dict[str, Any]:
-    lanes: dict[str, Any] = {"coder": {"preset": "claude", "timeout_s": TIMEOUT_S,
-                                       **(coder or {})}}
-    if fixer is not None:
-        lanes["fixer"] = {"preset": "claude", "timeout_s": TIMEOUT_S, **fixer}
-    return {"proof_command": PROOF, "lanes": lanes,
-            "units": [{"id": "u1", "objective": "Add a constant VALUE = 1 in calc/extra.py",
-                       "unit_scope": ["calc/"]}]}
+    return preset_run.plan(coder or {}, fixer, lane={"preset": "claude", "timeout_s": TIMEOUT_S})
 
 
 @dataclass
-class Ran:
-    summary: dict[str, Any]
+class Ran(preset_run.Ran):
     server: ModelServer
     model: Anthropic
-    run_dir: Path
-
-    @property
-    def unit(self) -> dict[str, Any]:
-        (unit,) = self.summary["units"]
-        return unit
-
-    def lane_log(self, lane: str = "coder-1") -> str:
-        return (self.run_dir / "units" / "u1" / f"{lane}.stdout.log").read_text()
-
-    def result(self, lane: str = "coder-1") -> dict[str, Any]:
-        record: dict[str, Any] = json.loads(
-            (self.run_dir / "units" / "u1" / f"{lane}.result.json").read_text())
-        return record
-
-    def events(self) -> list[dict[str, Any]]:
-        lines = (self.run_dir / "ledger.jsonl").read_text().splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
 
 
 Run = Callable[..., Ran]
 
 
-def run_wtmesh(monkeypatch: pytest.MonkeyPatch, repo: Path, plan: Path, claude_bin: Path,
-               turns: Iterable[Turn], env: dict[str, str | None]) -> Ran:
+def run_wtmesh(monkeypatch: pytest.MonkeyPatch, repo: Path, plan: dict[str, Any],
+               claude_bin: Path, turns: Iterable[Turn], env: dict[str, str | None]) -> Ran:
     """``wtmesh run`` with the real claude first on PATH and the scripted server as its
     API, a fake key; ``env`` overrides (None removes)."""
     model = Anthropic()
     with ModelServer(model, turns) as server:
-        monkeypatch.setenv("PATH", f"{claude_bin}{os.pathsep}{os.environ['PATH']}")
         monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
         monkeypatch.setenv("ANTHROPIC_API_KEY", FAKE_KEY)
         for name, value in env.items():
@@ -89,19 +64,15 @@ def run_wtmesh(monkeypatch: pytest.MonkeyPatch, repo: Path, plan: Path, claude_b
                 monkeypatch.delenv(name, raising=False)
             else:
                 monkeypatch.setenv(name, value)
-        res = wtmesh("run", plan, "--json", cwd=repo, timeout=TIMEOUT_S * 3)
-    assert "Traceback" not in res.stderr, res.stderr
-    assert res.returncode in (0, 1), (res.returncode, res.stderr)
-    summary: dict[str, Any] = res.json()
-    return Ran(summary, server, model, state_dir(repo) / "runs" / summary["run_id"])
+        ran = preset_run.run(repo, plan, bin_dir=claude_bin, timeout=TIMEOUT_S * 3)
+    return Ran(**vars(ran), server=server, model=model)
 
 
 @pytest.fixture
-def run(repo: Path, write_plan: Any, claude_bin: Path,
-        monkeypatch: pytest.MonkeyPatch) -> Run:
+def run(repo: Path, claude_bin: Path, monkeypatch: pytest.MonkeyPatch) -> Run:
     """``run(plan, turns, **env)``: one ``run_wtmesh`` in the test's repository."""
     def run_plan(plan: dict[str, Any], turns: Iterable[Turn], **env: str | None) -> Ran:
-        return run_wtmesh(monkeypatch, repo, write_plan(plan), claude_bin, turns, env)
+        return run_wtmesh(monkeypatch, repo, plan, claude_bin, turns, env)
     return run_plan
 
 
@@ -123,8 +94,7 @@ def landed(tmp_path_factory: pytest.TempPathFactory, claude_bin: Path,
     repo = make_repo(base / "repo")
     home = Path(os.environ["HOME"])
     debug_log = home / ".claude" / "debug.log"
-    plan = base / "plan.json"
-    plan.write_text(json.dumps(plan_for({"args": [f"--debug-file={debug_log}"]})))
+    plan = plan_for({"args": [f"--debug-file={debug_log}"]})
     with pytest.MonkeyPatch.context() as monkeypatch:
         ran = run_wtmesh(monkeypatch, repo, plan, claude_bin,
                          [write_extra(), Text("Added VALUE.")],
@@ -149,7 +119,7 @@ def test_coder_edit_lands_on_main(landed: Landed) -> None:
     assert ran.events()[0]["sandbox"]["active"]
     assert git(repo, "show", "main:calc/extra.py") == EXTRA.strip()
     assert git(repo, "show", "--name-only", "--format=", "main") == "calc/extra.py"
-    assert "sensitive" not in ran.lane_log()
+    assert "sensitive" not in ran.log()
     print(f"\ntime to first edit: {time_to_first_edit(ran):.1f} s")
 
 
@@ -233,7 +203,7 @@ def test_an_unreachable_api_fails_before_claude_runs(run: Run) -> None:
         "rejected", "tooling_unavailable"), ran.unit
     assert ran.unit["attempts"] == 1
     assert ran.result()["notes"].startswith("cannot reach the model API: 127.0.0.1:")
-    log = ran.lane_log()
+    log = ran.log()
     assert "claude --version: 2." in log and "running: claude" not in log
 
 
@@ -250,7 +220,7 @@ def test_usage_and_cost_come_from_claudes_result(landed: Landed) -> None:
 
 def claude_result(ran: Ran, lane: str = "coder-1") -> dict[str, Any]:
     """The result object claude printed (kept by the preset beside the lane's result)."""
-    kept = ran.run_dir / "units" / "u1" / f"{lane}.preset" / "cli.stdout"
+    kept = ran.file(f"{lane}.preset") / "cli.stdout"
     said: dict[str, Any] = json.loads(kept.read_text())
     return said
 

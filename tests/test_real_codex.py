@@ -17,11 +17,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import preset_run
 import pytest
 import real_cli
 import wire_codex
-from conftest import PROOF, git, lane, state_dir, wtmesh
+from conftest import PROOF, git, lane
 from model_server import Fail, ModelServer, Text, ToolCall, closed_port
+from preset_run import Ran, plan
 
 EDIT = ToolCall("exec_command", {"cmd": "printf 'VALUE = 1\\n' > calc/extra.py"})
 PROVE = ToolCall("exec_command", {"cmd": shlex.join(PROOF)})
@@ -63,34 +65,9 @@ def codex_lane(server_url: str, **extra: Any) -> dict[str, Any]:
             "timeout_s": 300, **extra}
 
 
-def plan_for(coder: dict[str, Any], fixer: dict[str, Any] | None = None) -> dict[str, Any]:
-    lanes = {"coder": coder, **({"fixer": fixer} if fixer else {})}
-    return {"proof_command": PROOF, "lanes": lanes,
-            "units": [{"id": "u1", "objective": "Add a constant VALUE = 1 in calc/extra.py",
-                       "unit_scope": ["calc/"]}]}
-
-
-def run(repo: Path, plan: Path, codex_bin: Path, *args: str,
-        env: dict[str, str] | None = None) -> dict[str, Any]:
-    full_env = {"PATH": f"{codex_bin}{os.pathsep}{os.environ['PATH']}", **(env or {})}
-    res = wtmesh("run", plan, "--json", *args, cwd=repo, env=full_env, timeout=900)
-    assert "Traceback" not in res.stderr, res.stderr
-    assert res.returncode in (0, 1), (res.returncode, res.stdout, res.stderr)
-    summary: dict[str, Any] = res.json()
-    return summary
-
-
-def only_unit(summary: dict[str, Any]) -> dict[str, Any]:
-    (unit,) = summary["units"]
-    return unit
-
-
-def unit_file(repo: Path, summary: dict[str, Any], name: str) -> Path:
-    return state_dir(repo) / "runs" / summary["run_id"] / "units" / "u1" / name
-
-
-def lane_log(repo: Path, summary: dict[str, Any], name: str = "coder-1") -> str:
-    return unit_file(repo, summary, f"{name}.stdout.log").read_text()
+def run(repo: Path, data: dict[str, Any], codex_bin: Path, *args: str,
+        env: dict[str, str] | None = None) -> Ran:
+    return preset_run.run(repo, data, *args, bin_dir=codex_bin, env=env)
 
 
 def tool_outputs(server: ModelServer) -> list[str]:
@@ -107,31 +84,29 @@ def tool_outputs(server: ModelServer) -> list[str]:
 # -- a coder ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("how", ["args", "config.toml", "profile"])
-def test_coder_edit_lands(repo: Path, write_plan: Any, codex_bin: Path, home: Path,
-                          how: str) -> None:
+def test_coder_edit_lands(repo: Path, codex_bin: Path, home: Path, how: str) -> None:
     """The edit lands, the model API found where codex itself reads it."""
     with ModelServer(wire_codex.responses, [EDIT, Text("Added calc/extra.py.")]) as server:
         coder = codex_lane(server.url, args=provider_config(how, home, server.url))
-        summary = run(repo, write_plan(plan_for(coder)), codex_bin, env=KEY)
-    unit = only_unit(summary)
+        ran = run(repo, plan(coder), codex_bin, env=KEY)
+    unit = ran.unit
     assert (unit["status"], unit["failure_code"]) == ("integrated", None), \
-        (unit, lane_log(repo, summary))
+        (unit, ran.log())
     assert git(repo, "show", "main:calc/extra.py") == "VALUE = 1"
     assert git(repo, "show", "--name-only", "--format=", "main") == "calc/extra.py"
     first = server.requests_to("/responses")[0]
     assert "Add a constant VALUE = 1 in calc/extra.py" in wire_codex.prompt_text(first)
     assert "exec_command" in wire_codex.tool_names(first)
     assert wire_codex.schema_of(first) is None  # a coder is not asked for a verdict
-    assert f"codex --version: codex-cli {wire_codex.VERSION}" in lane_log(repo, summary)
+    assert f"codex --version: codex-cli {wire_codex.VERSION}" in ran.log()
 
 
-def test_usage_reaches_the_lane_result(repo: Path, write_plan: Any, codex_bin: Path,
-                                       home: Path) -> None:
+def test_usage_reaches_the_lane_result(repo: Path, codex_bin: Path, home: Path) -> None:
     """Two model responses: codex's turn.completed sums them, the result file says so."""
     with ModelServer(wire_codex.responses, [EDIT, Text("Added calc/extra.py.")]) as server:
-        summary = run(repo, write_plan(plan_for(codex_lane(server.url))), codex_bin, env=KEY)
-    assert only_unit(summary)["status"] == "integrated"
-    result = json.loads(unit_file(repo, summary, "coder-1.result.json").read_text())
+        ran = run(repo, plan(codex_lane(server.url)), codex_bin, env=KEY)
+    assert ran.unit["status"] == "integrated"
+    result = ran.result("coder-1")
     assert result["usage"] == {"tokens_in": 2 * wire_codex.TOKENS_IN,
                                "tokens_out": 2 * wire_codex.TOKENS_OUT, "cost_usd": None}
 
@@ -140,29 +115,29 @@ def test_usage_reaches_the_lane_result(repo: Path, write_plan: Any, codex_bin: P
 
 def fixer_plan(server_url: str) -> dict[str, Any]:
     coder = {"command": lane("act.py", "write:calc/extra.py=VALUE = 1\\n"), "timeout_s": 60}
-    return plan_for(coder, codex_lane(server_url))
+    return plan(coder, codex_lane(server_url))
 
 
 @pytest.mark.parametrize(("verdict", "status", "code"), [
     (ACCEPT, "integrated", None), (REJECT, "rejected", "proof_missing")])
 def test_fixer_verdict_through_the_output_schema(
-        repo: Path, write_plan: Any, codex_bin: Path, home: Path, verdict: dict[str, Any],
+        repo: Path, codex_bin: Path, home: Path, verdict: dict[str, Any],
         status: str, code: str | None) -> None:
     """The fixer runs the proof, then answers in the shape --output-schema asked for."""
     head = git(repo, "rev-parse", "main")
     turns = [PROVE, Text(json.dumps(verdict))]
     with ModelServer(wire_codex.responses, turns) as server:
-        summary = run(repo, write_plan(fixer_plan(server.url)), codex_bin, env=KEY)
-    unit = only_unit(summary)
+        ran = run(repo, fixer_plan(server.url), codex_bin, env=KEY)
+    unit = ran.unit
     assert (unit["status"], unit["failure_code"]) == (status, code), \
-        (unit, lane_log(repo, summary, "fixer-1"))
+        (unit, ran.log("fixer-1"))
     assert "\nOK\n" in tool_outputs(server)[0], tool_outputs(server)
     request = server.requests_to("/responses")[0]
     schema = wire_codex.schema_of(request)
     assert schema is not None and schema["type"] == "json_schema" and schema["strict"] is True
     assert schema["schema"]["properties"]["decision"]["enum"] == ["accept", "reject"]
     assert "+VALUE = 1" in wire_codex.prompt_text(request)  # the coder's diff, inline
-    result = json.loads(unit_file(repo, summary, "fixer-1.result.json").read_text())
+    result = ran.result("fixer-1")
     assert (result["decision"], result["notes"]) == (verdict["decision"], verdict["notes"])
     if status == "rejected":
         assert git(repo, "rev-parse", "main") == head
@@ -178,7 +153,7 @@ PUSH = ToolCall("exec_command", {"cmd": "git push origin main"})
      "`/bin/bash -lc 'git push origin main'` rejected: pushing is for people"),
     ('decision="prompt"', "approval required by policy, but AskForApproval is set to Never")])
 def test_a_command_codex_rules_refuse_is_a_denial(
-        repo: Path, write_plan: Any, codex_bin: Path, home: Path, rule: str,
+        repo: Path, codex_bin: Path, home: Path, rule: str,
         refusal: str) -> None:
     """The user's rules forbid ``git push`` (or want it approved, which ``exec`` never
     can): codex refuses the call and says so only on stderr; the lane is
@@ -187,60 +162,56 @@ def test_a_command_codex_rules_refuse_is_a_denial(
     (home / ".codex" / "rules" / "default.rules").write_text(
         f'prefix_rule(pattern=["git", "push"], {rule})\n')
     with ModelServer(wire_codex.responses, [PUSH, Text("I could not push.")]) as server:
-        summary = run(repo, write_plan(plan_for(codex_lane(server.url, retries=2))),
-                      codex_bin, env=KEY)
-    unit = only_unit(summary)
+        ran = run(repo, plan(codex_lane(server.url, retries=2)), codex_bin, env=KEY)
+    unit = ran.unit
     assert (unit["status"], unit["failure_code"], unit["attempts"]) == \
-        ("rejected", "requires_clarification", 1), (unit, lane_log(repo, summary))
+        ("rejected", "requires_clarification", 1), (unit, ran.log())
     assert any(refusal in output for output in tool_outputs(server)), tool_outputs(server)
-    result = json.loads(unit_file(repo, summary, "coder-1.result.json").read_text())
+    result = ran.result("coder-1")
     assert result["notes"].startswith(f"codex was denied: {refusal}"), result["notes"]
 
 
 # -- what makes codex unusable ---------------------------------------------------------------
 
 def test_missing_key_is_tooling_unavailable_and_not_retried(
-        repo: Path, write_plan: Any, codex_bin: Path, home: Path) -> None:
+        repo: Path, codex_bin: Path, home: Path) -> None:
     with ModelServer(wire_codex.responses, [EDIT]) as server:
-        summary = run(repo, write_plan(plan_for(codex_lane(server.url, retries=2))),
-                      codex_bin)
-    unit = only_unit(summary)
+        ran = run(repo, plan(codex_lane(server.url, retries=2)), codex_bin)
+    unit = ran.unit
     assert (unit["status"], unit["failure_code"], unit["attempts"]) == \
         ("rejected", "tooling_unavailable", 1), unit
-    assert "codex: Missing environment variable: `LOOP_KEY`." in lane_log(repo, summary)
+    assert "codex: Missing environment variable: `LOOP_KEY`." in ran.log()
     assert not server.requests
 
 
 def test_auth_error_is_tooling_unavailable_in_one_clear_line(
-        repo: Path, write_plan: Any, codex_bin: Path, home: Path) -> None:
+        repo: Path, codex_bin: Path, home: Path) -> None:
     """A 401 on every request: codex retries it five times, then gives up; the note is
     its last word, not its reconnecting chatter."""
     refused = [Fail(401, "Incorrect API key provided")] * 6
     with ModelServer(wire_codex.responses, refused) as server:
-        summary = run(repo, write_plan(plan_for(codex_lane(server.url, retries=2))),
-                      codex_bin, env=KEY)
-    unit = only_unit(summary)
+        ran = run(repo, plan(codex_lane(server.url, retries=2)), codex_bin, env=KEY)
+    unit = ran.unit
     assert (unit["status"], unit["failure_code"], unit["attempts"]) == \
         ("rejected", "tooling_unavailable", 1), unit
-    result = json.loads(unit_file(repo, summary, "coder-1.result.json").read_text())
+    result = ran.result("coder-1")
     assert result["notes"] == ("codex: unexpected status 401 Unauthorized: Incorrect API key "
                                f"provided, url: {server.url}/v1/responses")
 
 
 @pytest.mark.parametrize("how", ["args", "openai_base_url", "config.toml", "profile", "oss"])
-def test_unreachable_api_fails_at_once(repo: Path, write_plan: Any, codex_bin: Path,
-                                       home: Path, how: str) -> None:
+def test_unreachable_api_fails_at_once(repo: Path, codex_bin: Path, home: Path, how: str) -> None:
     """Nothing listens where codex's model API is: codex would retry until the lane's
     timeout; the lane ends tooling_unavailable before codex starts, not retried."""
     port = closed_port()
     args = provider_config(how, home, f"http://127.0.0.1:{port}")
     coder = {"preset": "codex", "model": "loop", "args": args, "timeout_s": 60, "retries": 2}
     env = {**KEY, "CODEX_OSS_BASE_URL": f"http://127.0.0.1:{port}/v1"}
-    summary = run(repo, write_plan(plan_for(coder)), codex_bin, env=env)
-    unit = only_unit(summary)
+    ran = run(repo, plan(coder), codex_bin, env=env)
+    unit = ran.unit
     assert (unit["status"], unit["failure_code"], unit["attempts"]) == \
-        ("rejected", "tooling_unavailable", 1), (unit, lane_log(repo, summary))
-    log = lane_log(repo, summary)
+        ("rejected", "tooling_unavailable", 1), (unit, ran.log())
+    log = ran.log()
     assert ("result: reject (tooling_unavailable): cannot reach the model API: "
             f"127.0.0.1:{port} (") in log
     assert "wtmesh-preset: running: " not in log  # codex exec never started
@@ -249,8 +220,8 @@ def test_unreachable_api_fails_at_once(repo: Path, write_plan: Any, codex_bin: P
 # -- codex's own sandbox ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("sandbox", ["none", "auto"])
-def test_codex_home_under_tmp_still_runs_commands(repo: Path, write_plan: Any,
-                                                  codex_bin: Path, sandbox: str) -> None:
+def test_codex_home_under_tmp_still_runs_commands(repo: Path, codex_bin: Path,
+                                                  sandbox: str) -> None:
     """HOME (so CODEX_HOME, ~/.codex) under /tmp, as the hermetic HOME is: codex makes
     no sandbox helper in the temporary directory, and then every command it runs fails
     (`bwrap: execvp codex-linux-sandbox`) and the unit ends no_diff. The lane's
@@ -258,11 +229,10 @@ def test_codex_home_under_tmp_still_runs_commands(repo: Path, write_plan: Any,
     own sandbox (--sandbox none), and in wtmesh's."""
     assert Path(os.environ["HOME"]).resolve().is_relative_to("/tmp")
     with ModelServer(wire_codex.responses, [EDIT, Text("Added calc/extra.py.")]) as server:
-        summary = run(repo, write_plan(plan_for(codex_lane(server.url))), codex_bin,
-                      "--sandbox", sandbox, env=KEY)
-    unit = only_unit(summary)
+        ran = run(repo, plan(codex_lane(server.url)), codex_bin, "--sandbox", sandbox, env=KEY)
+    unit = ran.unit
     assert (unit["status"], unit["failure_code"]) == ("integrated", None), \
-        (unit, lane_log(repo, summary), tool_outputs(server))
+        (unit, ran.log(), tool_outputs(server))
     assert git(repo, "show", "main:calc/extra.py") == "VALUE = 1"
 
 
@@ -280,14 +250,13 @@ def landlock_lane(server_url: str) -> dict[str, Any]:
 
 
 def test_outside_wtmesh_sandbox_a_codex_sandbox_that_cannot_run_is_said_at_once(
-        repo: Path, write_plan: Any, codex_bin: Path, home: Path) -> None:
+        repo: Path, codex_bin: Path, home: Path) -> None:
     with ModelServer(wire_codex.responses, [EDIT, Text("Added calc/extra.py.")]) as server:
-        summary = run(repo, write_plan(plan_for(landlock_lane(server.url))), codex_bin,
-                      "--sandbox", "none", env=KEY)
-    unit = only_unit(summary)
+        ran = run(repo, plan(landlock_lane(server.url)), codex_bin, "--sandbox", "none", env=KEY)
+    unit = ran.unit
     assert (unit["status"], unit["failure_code"], unit["attempts"]) == \
-        ("rejected", "tooling_unavailable", 1), (unit, lane_log(repo, summary))
-    result = json.loads(unit_file(repo, summary, "coder-1.result.json").read_text())
+        ("rejected", "tooling_unavailable", 1), (unit, ran.log())
+    result = ran.result("coder-1")
     assert result["notes"] == (
         f"codex: its sandbox cannot run a command here ({LANDLOCK}); run the lane in "
         "wtmesh's sandbox, or choose codex's in the lane's args (such as -s "
@@ -296,20 +265,18 @@ def test_outside_wtmesh_sandbox_a_codex_sandbox_that_cannot_run_is_said_at_once(
 
 
 def test_inside_wtmesh_sandbox_it_alone_confines_codex_when_codex_sandbox_cannot_run(
-        repo: Path, write_plan: Any, codex_bin: Path, home: Path) -> None:
+        repo: Path, codex_bin: Path, home: Path) -> None:
     probe = ToolCall("exec_command", {"cmd": "touch ../outside; echo $?"})
     with ModelServer(wire_codex.responses, [probe, EDIT, Text("Added.")]) as server:
-        summary = run(repo, write_plan(plan_for(landlock_lane(server.url))), codex_bin,
-                      env=KEY)
-    assert only_unit(summary)["status"] == "integrated", lane_log(repo, summary)
-    log = lane_log(repo, summary)
+        ran = run(repo, plan(landlock_lane(server.url)), codex_bin, env=KEY)
+    assert ran.unit["status"] == "integrated", ran.log()
+    log = ran.log()
     assert (f"wtmesh-preset: codex's own sandbox cannot run a command here ({LANDLOCK}): "
             "its commands run in wtmesh's sandbox alone (-s danger-full-access)") in log
     assert "Read-only file system" in tool_outputs(server)[0]  # still confined
 
 
-def test_tmp_is_not_writable_to_codex_commands(repo: Path, write_plan: Any,
-                                               codex_bin: Path, home: Path) -> None:
+def test_tmp_is_not_writable_to_codex_commands(repo: Path, codex_bin: Path, home: Path) -> None:
     """Unsandboxed by wtmesh, codex's own workspace-write sandbox confines the commands:
     the host's /tmp is read-only to them; $TMPDIR is the lane's own directory."""
     marker = Path("/tmp") / f"wtmesh-codex-escape-{uuid.uuid4().hex[:8]}"
@@ -317,26 +284,24 @@ def test_tmp_is_not_writable_to_codex_commands(repo: Path, write_plan: Any,
                                              "echo TMPDIR=$TMPDIR writable"})
     try:
         with ModelServer(wire_codex.responses, [probe, EDIT, Text("Done.")]) as server:
-            summary = run(repo, write_plan(plan_for(codex_lane(server.url))), codex_bin,
-                          "--sandbox", "none", env=KEY)
+            ran = run(repo, plan(codex_lane(server.url)), codex_bin, "--sandbox", "none", env=KEY)
         assert not marker.exists()
     finally:
         marker.unlink(missing_ok=True)
-    assert only_unit(summary)["status"] == "integrated", lane_log(repo, summary)
+    assert ran.unit["status"] == "integrated", ran.log()
     said = tool_outputs(server)[0]
     assert f"touch: cannot touch '{marker}': Read-only file system" in said
-    work = unit_file(repo, summary, "coder-1.preset")
+    work = ran.file("coder-1.preset")
     assert f"TMPDIR={work / 'tmp'} writable" in said
 
 
 def test_a_sandbox_mode_in_the_lanes_args_is_the_one_codex_gets(
-        repo: Path, write_plan: Any, codex_bin: Path, home: Path) -> None:
+        repo: Path, codex_bin: Path, home: Path) -> None:
     """Codex takes one -s: the preset adds none of its own when the args choose."""
     with ModelServer(wire_codex.responses, [EDIT, Text("Added calc/extra.py.")]) as server:
         args = [*wire_codex.provider_args(server.url), "-s", "danger-full-access"]
-        summary = run(repo, write_plan(plan_for(codex_lane(server.url, args=args))),
-                      codex_bin, env=KEY)
-    assert only_unit(summary)["status"] == "integrated", lane_log(repo, summary)
-    (running,) = [line for line in lane_log(repo, summary).splitlines()
+        ran = run(repo, plan(codex_lane(server.url, args=args)), codex_bin, env=KEY)
+    assert ran.unit["status"] == "integrated", ran.log()
+    (running,) = [line for line in ran.log().splitlines()
                   if line.startswith("wtmesh-preset: running: ")]
     assert running.split().count("-s") == 1

@@ -8,13 +8,15 @@ import json
 import os
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import preset_run
 import pytest
 import real_cli
 import wire_gemini
-from conftest import PROOF, git, state_dir, wtmesh
+from conftest import git
 from model_server import Fail, ModelServer, Request, Text, ToolCall, Turn, closed_port
 
 from worktree_mesh import sandbox
@@ -35,22 +37,12 @@ def gemini_bin() -> Path:
     return real_cli.bin_dir("gemini")
 
 
-class Run:
+@dataclass
+class Run(preset_run.Ran):
     """One ``wtmesh run`` of a one-unit plan with gemini lanes, and what it left."""
 
-    def __init__(self, repo: Path, summary: dict[str, Any], server: ModelServer,
-                 started: float, stderr: str) -> None:
-        self.repo, self.summary, self.server = repo, summary, server
-        self.started, self.stderr = started, stderr
-        (self.unit,) = summary["units"]
-        self.unit_dir = state_dir(repo) / "runs" / summary["run_id"] / "units" / "u1"
-
-    def log(self, lane: str, stream: str = "stdout") -> str:
-        return (self.unit_dir / f"{lane}.{stream}.log").read_text()
-
-    def result(self, lane: str) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads((self.unit_dir / f"{lane}.result.json").read_text())
-        return data
+    server: Timed
+    started: float
 
     def turns(self) -> list[Request]:
         return self.server.requests_to(":streamGenerateContent")
@@ -72,17 +64,7 @@ class Timed(ModelServer):
         super().__init__(dialect, turns)
 
 
-def plan_for(tmp_path: Path, coder: dict[str, Any] | None = None,
-             fixer: dict[str, Any] | None = None) -> Path:
-    lanes = {"coder": {"preset": "gemini", "timeout_s": TIMEOUT_S, **(coder or {})}}
-    if fixer is not None:
-        lanes["fixer"] = {"preset": "gemini", "timeout_s": TIMEOUT_S, **fixer}
-    plan = {"proof_command": PROOF, "lanes": lanes,
-            "units": [{"id": "u1", "objective": "Add a constant VALUE = 1 in calc/extra.py",
-                       "unit_scope": ["calc/"]}]}
-    path = tmp_path / "plan.json"
-    path.write_text(json.dumps(plan))
-    return path
+LANE = {"preset": "gemini", "timeout_s": TIMEOUT_S}
 
 
 @pytest.fixture
@@ -97,19 +79,17 @@ def run_gemini(repo: Path, tmp_path: Path, gemini_bin: Path,
     def run(turns: Iterable[Turn], *, coder: dict[str, Any] | None = None,
             fixer: dict[str, Any] | None = None, key: str | None = "fake-key",
             base_url: str | None = None, sandbox_mode: str = "auto") -> Run:
-        server = Timed(turns).__enter__()
-        servers.append(server)
-        env = {"PATH": f"{gemini_bin}{os.pathsep}{os.environ['PATH']}",
-               "GOOGLE_GEMINI_BASE_URL": base_url or server.url,
+        server = Timed(turns)
+        servers.append(server.__enter__())
+        env = {"GOOGLE_GEMINI_BASE_URL": base_url or server.url,
                **({"GEMINI_API_KEY": key} if key else {})}
         started = time.monotonic()
-        res = wtmesh("run", plan_for(tmp_path, coder, fixer), "--json",
-                     "--sandbox", sandbox_mode, cwd=repo, env=env, timeout=3 * TIMEOUT_S)
-        assert "Traceback" not in res.stderr, res.stderr
-        assert res.returncode in (0, 1), res.stderr
-        sandboxed = "lanes sandboxed (bwrap)" in res.stderr.splitlines()[0]
-        assert sandboxed == (sandbox_mode != "none"), res.stderr
-        return Run(repo, res.json(), server, started, res.stderr)
+        ran = preset_run.run(repo, preset_run.plan(coder or {}, fixer, lane=LANE),
+                             "--sandbox", sandbox_mode, bin_dir=gemini_bin, env=env,
+                             timeout=3 * TIMEOUT_S)
+        sandboxed = "lanes sandboxed (bwrap)" in ran.stderr.splitlines()[0]
+        assert sandboxed == (sandbox_mode != "none"), ran.stderr
+        return Run(**vars(ran), server=server, started=started)
 
     yield run
     for server in servers:
@@ -141,7 +121,7 @@ def test_coder_edits_and_the_edit_lands(run_gemini: Any, repo: Path) -> None:
     # Nothing written in HOME (PRESET_WRITABLE["gemini"] is empty); the session went to
     # the lane's own gemini home, whose settings kept the user's underneath ours.
     assert home_files() == before
-    lane_home = ran.unit_dir / "coder-1.preset" / "gemini-home" / ".gemini"
+    lane_home = ran.file("coder-1.preset") / "gemini-home" / ".gemini"
     assert list(lane_home.glob("tmp/*/chats/session-*.jsonl"))
     lane_settings = json.loads((lane_home / "settings.json").read_text())
     assert lane_settings["ui"] == {"hideTips": True}

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import preset_run
 import pytest
 import real_cli
-from conftest import PROOF, PY, git, state_dir, wtmesh
+from conftest import PY, git
 from model_server import Fail, ModelServer, Text, ToolCall, Turn, closed_port
 from wire_chat import ChatCompletions
 
@@ -36,6 +37,8 @@ NEGATE = ToolCall("edit", {"filePath": "calc/ops.py", "oldString": "def add(",
                            "newString": "def negate(a: float) -> float:\n    return -a\n\n\n"
                                         "def add("})
 VERDICT = "WTMESH_VERDICT "
+UNIT = {"id": "u1", "objective": "Add negate(a) to calc/ops.py", "unit_scope": ["calc/"]}
+LOOP = {"preset": "opencode", "model": "loop/loop"}  # the scripted server, as configured
 
 
 def verdict(decision: str, code: str | None, notes: str) -> Text:
@@ -50,26 +53,10 @@ def provider(url: str) -> dict[str, Any]:
 
 
 @dataclass
-class Ran:
-    summary: dict[str, Any]
+class Ran(preset_run.Ran):
     server: ModelServer
-    repo: Path
     seconds: float
     first_edit_s: float | None
-
-    @property
-    def unit(self) -> dict[str, Any]:
-        (unit,) = self.summary["units"]
-        return dict(unit)
-
-    def unit_dir(self) -> Path:
-        return state_dir(self.repo) / "runs" / self.summary["run_id"] / "units" / "u1"
-
-    def log(self, lane: str) -> str:
-        return (self.unit_dir() / f"{lane}.stdout.log").read_text()
-
-    def result(self, lane: str) -> dict[str, Any]:
-        return dict(json.loads((self.unit_dir() / f"{lane}.result.json").read_text()))
 
     def model_requests(self) -> list[dict[str, Any]]:
         """The build agent's requests (those offering tools), not the title requests."""
@@ -87,8 +74,7 @@ def home() -> Path:
 
 
 @pytest.fixture
-def run(repo: Path, write_plan: Any, opencode_bin: Path, tmp_path: Path
-        ) -> Iterator[Any]:
+def run(repo: Path, opencode_bin: Path, tmp_path: Path) -> Iterator[Any]:
     servers: list[ModelServer] = []
 
     def go(turns: list[Turn], *, coder: dict[str, Any] | None = None,
@@ -98,8 +84,7 @@ def run(repo: Path, write_plan: Any, opencode_bin: Path, tmp_path: Path
         server = ModelServer(dialect, turns).__enter__()
         servers.append(server)
         cfg = json.dumps(provider(url or server.url))
-        env = {"PATH": f"{opencode_bin}{os.pathsep}{os.environ['PATH']}",
-               "OPENCODE_DISABLE_MODELS_FETCH": "1", "OPENCODE_CONFIG_CONTENT": ""}
+        env = {"OPENCODE_DISABLE_MODELS_FETCH": "1", "OPENCODE_CONFIG_CONTENT": ""}
         if configure == "content":
             env["OPENCODE_CONFIG_CONTENT"] = cfg
         elif configure == "broken":
@@ -111,23 +96,15 @@ def run(repo: Path, write_plan: Any, opencode_bin: Path, tmp_path: Path
             global_file = Path(os.environ["HOME"]) / ".config/opencode/opencode.json"
             global_file.parent.mkdir(parents=True, exist_ok=True)
             global_file.write_text(cfg)
-        lanes: dict[str, Any] = {"coder": {"timeout_s": 600, "retries": 1, **(coder or {
-            "preset": "opencode", "model": "loop/loop"})}}
-        if fixer is not None:
-            lanes["fixer"] = {"timeout_s": 600, "retries": 1, "preset": "opencode",
-                              "model": "loop/loop", **fixer}
-        plan = write_plan({"proof_command": PROOF, "lanes": lanes, "units": [
-            {"id": "u1", "objective": "Add negate(a) to calc/ops.py",
-             "unit_scope": ["calc/"]}]})
+        plan = preset_run.plan(coder or LOOP, None if fixer is None else {**LOOP, **fixer},
+                               unit=UNIT, lane={"timeout_s": 600, "retries": 1})
         start = time.monotonic()
-        res = wtmesh("run", plan, "--json", cwd=repo, env=env, timeout=900)
+        ran = preset_run.run(repo, plan, bin_dir=opencode_bin, env=env)
         seconds = time.monotonic() - start
-        assert "Traceback" not in res.stderr + res.stdout, res.stderr
-        assert res.returncode in (0, 1), res.stderr
         edits = [at for at, turn in dialect.served
                  if isinstance(turn, ToolCall) and turn.name in ("edit", "write")]
         first = edits[0] - start if edits else None
-        return Ran(res.json(), server, repo, seconds, first)
+        return Ran(**vars(ran), server=server, seconds=seconds, first_edit_s=first)
 
     yield go
     for server in servers:
@@ -151,7 +128,7 @@ def told_to_stop(ran: Ran) -> list[bool]:
 def test_coder_edit_lands_and_its_usage_is_recorded(run: Any, repo: Path, home: Path) -> None:
     # Two steps, one under the cap: not read as the cap.
     ran = run([NEGATE, Text("Added negate to calc/ops.py.")],
-              coder={"preset": "opencode", "model": "loop/loop", "max_turns": 3})
+              coder={**LOOP, "max_turns": 3})
     say(ran, "coder edit")
     assert (ran.unit["status"], ran.unit["failure_code"]) == ("integrated", None), ran.unit
     assert "def negate(a: float) -> float:" in git(repo, "show", "main:calc/ops.py")
@@ -210,7 +187,7 @@ def test_the_steps_cap_is_timeout_retry_exhausted(run: Any) -> None:
     """On its last allowed step opencode tells the model to stop and answer in text; no
     event says so. (A run that ends before the cap lands: the coder test above.)"""
     ran = run([NEGATE, Text("Maximum steps reached: negate is added, tests are not.")],
-              coder={"preset": "opencode", "model": "loop/loop", "max_turns": 2})
+              coder={**LOOP, "max_turns": 2})
     assert (ran.unit["status"], ran.unit["failure_code"]) == (
         "rejected", "timeout_retry_exhausted"), ran.unit
     assert ran.unit["attempts"] == 1  # a cap is not worth a retry
@@ -257,8 +234,7 @@ def test_a_users_config_that_does_not_parse_is_refused_not_replaced(run: Any) ->
 def test_an_unknown_flag_is_tooling_unavailable_in_one_line(run: Any) -> None:
     """opencode prints its usage and exits 1 on a flag it does not know (no event, no
     "unknown option" text): the lane says which flag, once, not retried."""
-    ran = run([], coder={"preset": "opencode", "model": "loop/loop",
-                         "args": ["--agent", "build", "--no-such-flag"]})
+    ran = run([], coder={**LOOP, "args": ["--agent", "build", "--no-such-flag"]})
     assert (ran.unit["status"], ran.unit["failure_code"]) == (
         "rejected", "tooling_unavailable"), ran.unit
     assert ran.unit["attempts"] == 1
