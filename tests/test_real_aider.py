@@ -31,6 +31,7 @@ from worktree_mesh.presets.aider import PRESET, usage_of
 from worktree_mesh.presets.base import Lane
 
 MODEL = "openai/gpt-4o-mini"
+SERVED = MODEL.removeprefix("openai/")  # the model aider asks the server for
 AIDER_ARGS = ["--edit-format", "whole", "--no-show-model-warnings"]
 # Where aider looks for a key when no model is named (aider/onboarding.py), and its model.
 KEY_VARIABLES = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENROUTER_API_KEY",
@@ -117,7 +118,7 @@ def landed(hermetic_module: None, aider_path: str,
     with pytest.MonkeyPatch.context() as monkeypatch:
         for variable in KEY_VARIABLES:
             monkeypatch.delenv(variable, raising=False)
-        with ModelServer(chat_completions, [EDIT]) as server:
+        with ModelServer(chat_completions(SERVED), [EDIT]) as server:
             ran = run(repo, plan(aider_lane()), {
                 "PATH": aider_path, **api_env(server.url + "/v1"),
                 "HTTPS_PROXY": proxy.url, "https_proxy": proxy.url,
@@ -132,7 +133,7 @@ def test_coder_edit_lands(landed: Landed) -> None:
     assert git(landed.ran.repo, "show", "--name-only", "--format=", "main") == "calc/ops.py"
     (request,) = landed.requests
     assert request.path == "/v1/chat/completions"
-    assert request.json["model"] == "gpt-4o-mini"
+    assert request.json["model"] == SERVED
     assert UNIT["objective"] in json.dumps(request.json["messages"])
 
 
@@ -179,7 +180,7 @@ def test_fixer_accepts(repo: Path, aider_path: str) -> None:
                "notes": "negate(a) returns -a as the objective asks and nothing else changed"}
     reply = Text(f"The change does what the unit asks.\n\nWTMESH_VERDICT {json.dumps(verdict)}")
     coder = {"command": lane("act.py", "write:calc/ops.py=" + NEW_OPS.replace("\n", "\\n"))}
-    with ModelServer(chat_completions, [reply]) as server:
+    with ModelServer(chat_completions(SERVED), [reply]) as server:
         ran = run(repo, plan(coder, aider_lane()),
                   {"PATH": aider_path, **api_env(server.url + "/v1")})
     unit = ran.unit
@@ -195,7 +196,7 @@ def test_fixer_rejects(repo: Path, aider_path: str) -> None:
                "notes": "negate is added but no test calls it; add one to tests/test_ops.py"}
     reply = Text(f"Not yet.\n\nWTMESH_VERDICT {json.dumps(verdict)}")
     coder = {"command": lane("act.py", "write:calc/ops.py=" + NEW_OPS.replace("\n", "\\n"))}
-    with ModelServer(chat_completions, [reply]) as server:
+    with ModelServer(chat_completions(SERVED), [reply]) as server:
         ran = run(repo, plan(coder, aider_lane()),
                   {"PATH": aider_path, **api_env(server.url + "/v1")})
     unit = ran.unit
@@ -205,7 +206,7 @@ def test_fixer_rejects(repo: Path, aider_path: str) -> None:
 
 
 def test_no_key_is_tooling_unavailable_and_not_retried(repo: Path, aider_path: str) -> None:
-    with ModelServer(chat_completions, [EDIT]) as server:
+    with ModelServer(chat_completions(SERVED), [EDIT]) as server:
         ran = run(repo, plan(aider_lane(retries=2)),
                   {"PATH": aider_path, **api_env(server.url + "/v1", key=None)})
     unit = ran.unit
@@ -215,7 +216,7 @@ def test_no_key_is_tooling_unavailable_and_not_retried(repo: Path, aider_path: s
 
 
 def test_auth_error_is_tooling_unavailable_and_not_retried(repo: Path, aider_path: str) -> None:
-    with ModelServer(chat_completions, [Fail(401, "Incorrect API key provided")]) as server:
+    with ModelServer(chat_completions(SERVED), [Fail(401, "Incorrect API key provided")]) as server:
         ran = run(repo, plan(aider_lane(retries=2)),
                   {"PATH": aider_path, **api_env(server.url + "/v1")})
     unit = ran.unit
@@ -243,7 +244,7 @@ def test_no_model_and_no_key_stops_aiders_browser_login(repo: Path, aider_path: 
     """With no model and no key aider offers an OpenRouter login and waits five minutes
     for a browser: the preset stops it there, and says what is missing."""
     lane_spec = {k: v for k, v in aider_lane(retries=2).items() if k != "model"}
-    with ModelServer(chat_completions, [EDIT]) as server:
+    with ModelServer(chat_completions(SERVED), [EDIT]) as server:
         ran = run(repo, plan(lane_spec),
                   {"PATH": aider_path, **api_env(server.url + "/v1", key=None)})
     unit = ran.unit

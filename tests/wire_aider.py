@@ -1,5 +1,5 @@
-"""The wire format aider speaks with ``--no-stream``: one OpenAI chat completion per model
-request (``POST /v1/chat/completions``), answered with one JSON object.
+"""What aider says to the scripted model server with ``--no-stream``: OpenAI chat
+completions, answered by ``wire_chat``'s non-streamed form, one JSON object per request.
 
 Aider has no tools: with ``--edit-format whole`` an edit is the reply's text itself, the
 file's path on a line of its own and then a fenced block holding the whole new file
@@ -9,14 +9,10 @@ file's path on a line of its own and then a fenced block holding the whole new f
 
 from __future__ import annotations
 
-import itertools
-from typing import Any
-
-from model_server import Fail, ModelServer, Reply, Request, Text, ToolCall
+from wire_chat import ChatCompletions
 
 PROMPT_TOKENS = 2345
 COMPLETION_TOKENS = 67
-_ids = itertools.count(1)
 
 
 def whole_file(path: str, content: str, *, before: str = "", after: str = "") -> str:
@@ -26,25 +22,9 @@ def whole_file(path: str, content: str, *, before: str = "", after: str = "") ->
     return "\n\n".join(p for p in parts if p)
 
 
-def chat_completions(server: ModelServer, request: Request) -> Reply:
-    if request.method != "POST" or not request.path.endswith("/chat/completions"):
-        return Reply(404, {"error": {"message": f"no such endpoint: {request.path}"}})
-    turn = server.next_turn()
-    if isinstance(turn, Fail):
-        return Reply(turn.status, {"error": {"message": turn.message, "type": "scripted",
-                                             "code": str(turn.status)}})
-    if isinstance(turn, ToolCall):
-        raise TypeError("aider calls no tools: script its edits as Text(whole_file(...))")
-    assert isinstance(turn, Text)
-    return Reply(body=completion(request.json or {}, turn.text))
-
-
-def completion(body: dict[str, Any], text: str) -> dict[str, Any]:
-    return {
-        "id": f"chatcmpl-{next(_ids)}", "object": "chat.completion", "created": 1767225600,
-        "model": body.get("model", "loop"),
-        "choices": [{"index": 0, "finish_reason": "stop",
-                     "message": {"role": "assistant", "content": text}}],
-        "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": COMPLETION_TOKENS,
-                  "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS},
-    }
+def chat_completions(model: str) -> ChatCompletions:
+    """The dialect for aider: every request takes the next turn (aider offers no tools,
+    so none is to be taken for a title request) and each reply names ``model``, the
+    model aider asks for."""
+    return ChatCompletions(tokens_in=PROMPT_TOKENS, tokens_out=COMPLETION_TOKENS,
+                           side=lambda body: False, model=model)
