@@ -188,59 +188,52 @@ def test_a_lane_repointing_its_git_at_the_users_repository_reaches_nothing(
     assert user_work(repo) == before
 
 
-def test_a_lane_linking_its_git_to_the_users_repository_reaches_nothing(
-        tmp_path: Path) -> None:
+# A lane puts a link to the user's repository where wtmesh will run git next, in its
+# worktree: u1 leaves it for its retry (wtmesh cleans and reseeds the worktree), u2 for
+# the next unit reusing the worktree, u3 (when it links too) for the worktree's removal
+# at the end of the run.
+GIT_LINK = 'rm -rf .git && ln -s "$WTMESH_REPO/.git" .git'
+TREE_LINK = 'mv "$PWD" "$PWD.moved" && ln -s "$WTMESH_REPO" "$PWD"'
+
+
+@pytest.mark.parametrize(("link", "u3", "failed"), [
+    # The worktree's .git a symlink to the user's git dir: through it, wtmesh's clean,
+    # reseeding or removal would empty the user's repository.
+    pytest.param(GIT_LINK, f"{GIT_LINK} && echo three > u3.txt", (),
+                 id="its-git-to-the-users-git-dir"),
+    # The worktree moved aside and a link to the user's working tree in its place:
+    # wtmesh's next git call there (a snapshot of the lane's work, the clean before a
+    # retry or before the next unit) would check out and clean the user's tree with
+    # wtmesh's index, and reseed the user's .git as the lanes' own. Those units fail.
+    pytest.param(TREE_LINK, "echo three > u3.txt", ("u1", "u2"),
+                 id="its-worktree-to-the-users-tree"),
+])
+def test_a_lane_linking_to_the_users_repository_reaches_nothing(
+        tmp_path: Path, link: str, u3: str, failed: tuple[str, ...]) -> None:
     repo = make_repo(tmp_path / "repo")
     dirty_user_tree(repo)
     before = user_work(repo)
-    # The worktree's .git a symlink to the user's git dir: u1 leaves it for its retry
-    # (wtmesh cleans and reseeds the worktree), u2 for the next unit reusing the worktree,
-    # u3 for the worktree's removal at the end of the run. Through the link, wtmesh's
-    # clean, reseeding or removal would empty the user's repository.
-    link = 'rm -rf .git && ln -s "$WTMESH_REPO/.git" .git'
     units = [{"id": "u1", "objective": "link, retry", "unit_scope": "u1.txt",
               "lanes": {"coder": shell(f'if [ "$WTMESH_ATTEMPT" = 1 ]; then {link}; exit 1; '
                                        "fi; echo one > u1.txt", retries=1)}},
              {"id": "u2", "objective": "link", "unit_scope": "u2.txt",
               "lanes": {"coder": shell(f"{link} && echo two > u2.txt")}},
-             {"id": "u3", "objective": "link", "unit_scope": "u3.txt",
-              "lanes": {"coder": shell(f"{link} && echo three > u3.txt")}}]
+             {"id": "u3", "objective": "last", "unit_scope": "u3.txt",
+              "lanes": {"coder": shell(u3)}}]
     summary = run_plan(repo, tmp_path, {"delivery_mode": "patch_first", "max_active": 1,
-                                        "units": units})
-    assert states(summary) == {u: ("integrated", None) for u in ("u1", "u2", "u3")}
-    assert user_work(repo) == before
-    assert git(repo, "fsck", "--no-dangling") == ""
-
-
-def test_a_lane_replacing_its_worktree_with_a_link_to_the_users_tree_reaches_nothing(
-        tmp_path: Path) -> None:
-    repo = make_repo(tmp_path / "repo")
-    dirty_user_tree(repo)
-    before = user_work(repo)
-    # A lane moves its worktree aside and puts a link to the user's working tree in its
-    # place. wtmesh's next git call there (a snapshot of the lane's work, the clean before
-    # a retry or before the next unit) would go through the link: check out and clean
-    # the user's tree with wtmesh's index, and reseed the user's .git as the lanes' own.
-    swap = 'mv "$PWD" "$PWD.moved" && ln -s "$WTMESH_REPO" "$PWD"'
-    units = [{"id": "u1", "objective": "swap, retry", "unit_scope": "u1.txt",
-              "lanes": {"coder": shell(f'if [ "$WTMESH_ATTEMPT" = 1 ]; then {swap}; exit 1; '
-                                       "fi; echo one > u1.txt", retries=1)}},
-             {"id": "u2", "objective": "swap", "unit_scope": "u2.txt",
-              "lanes": {"coder": shell(f"{swap} && echo two > u2.txt")}},
-             {"id": "u3", "objective": "honest", "unit_scope": "u3.txt",
-              "lanes": {"coder": shell("echo three > u3.txt")}}]
-    summary = run_plan(repo, tmp_path, {"delivery_mode": "patch_first", "max_active": 1,
-                                        "units": units}, expect=1)
+                                        "units": units}, expect=1 if failed else 0)
     assert user_work(repo) == before
     assert git(repo, "fsck", "--no-dangling") == ""
     found = states(summary)
-    assert found["u3"] == ("integrated", None)
     ledger = state_dir(repo) / "runs" / summary["run_id"] / "ledger.jsonl"
     notes = {record["unit"]: record["notes"] for line in ledger.read_text().splitlines()
              if (record := json.loads(line))["event"] == "unit_finished"}
-    for uid in ("u1", "u2"):
-        assert found[uid][0] == "failed"
-        assert "is no longer the directory wtmesh made" in notes[uid], notes[uid]
+    for uid in ("u1", "u2", "u3"):
+        if uid in failed:
+            assert found[uid][0] == "failed"
+            assert "is no longer the directory wtmesh made" in notes[uid], notes[uid]
+        else:
+            assert found[uid] == ("integrated", None)
 
 
 def test_a_proof_replacing_the_integration_worktree_with_a_link_reaches_nothing(

@@ -678,49 +678,36 @@ echo mine > lane.txt
 
 
 @needs_bwrap
+@pytest.mark.parametrize(("around", "probes"), [
+    # Every repository's worktrees share one home: another repository's run in progress,
+    # and an earlier run of this one that was kept, are in it.
+    pytest.param(False, [("other-repo", 'cat "{other}/secret.txt"', "refused"),
+                         ("earlier-run", 'cat "{earlier}/secret.txt"', "refused"),
+                         ("list-home", 'ls "{home}" | grep -q other', "refused")],
+                 id="the-shared-home"),
+    # ``WTMESH_WORKTREES`` set to a directory that holds the repository and the plan:
+    # hiding that home would hide them from the lane; this repository's folder in it
+    # (here with an earlier run's worktree) is hidden all the same.
+    pytest.param(True, [("read-repo", 'grep -q . "$WTMESH_REPO/calc/ops.py"', "done"),
+                        ("lane-git", "git status --porcelain && git log -1", "done"),
+                        ("earlier-run", 'cat "{earlier}/secret.txt"', "refused")],
+                 id="a-home-around-the-repository"),
+])
 def test_a_lane_cannot_see_the_worktrees_of_other_repositories_or_runs(
-        repo: Path, tmp_path: Path) -> None:
-    """Every repository's worktrees share one home: another repository's run in progress,
-    and an earlier run of this one that was kept, are in it."""
+        repo: Path, tmp_path: Path, around: bool, probes: list[tuple[str, str, str]]) -> None:
     from worktree_mesh.state import repo_key, worktrees_home
 
-    other = worktrees_home() / "other-0123abcd" / "run-1" / "w001"
-    earlier = worktrees_home() / repo_key(repo / ".git") / "run-0" / "w001"
+    home = tmp_path if around else worktrees_home()
+    other = home / "other-0123abcd" / "run-1" / "w001"
+    earlier = home / repo_key(repo / ".git") / "run-0" / "w001"
     for kept in (other, earlier):
         kept.mkdir(parents=True)
         (kept / "secret.txt").write_text("not the lane's\n")
-    coder = script(tmp_path, "coder", f"""
-try other-repo 'cat "{other}/secret.txt"'
-try earlier-run 'cat "{earlier}/secret.txt"'
-try list-home 'ls "{worktrees_home()}" | grep -q other'
-echo mine > lane.txt
-""")
-    summary = run(repo, {"lanes": {"coder": {"command": coder}},
-                         "units": [{"id": "u1", "objective": "o"}]}, tmp_path)
-    assert said(repo, summary) == expected("bwrap", "other-repo", "earlier-run", "list-home")
-    assert unit(summary)["status"] == "integrated"
-
-
-@needs_bwrap
-def test_a_worktrees_home_around_the_repository_is_not_hidden_whole(
-        repo: Path, tmp_path: Path) -> None:
-    """``WTMESH_WORKTREES`` set to a directory that holds the repository and the plan:
-    hiding that home would hide them from the lane; this repository's folder in it (here
-    with an earlier run's worktree) is hidden all the same."""
-    from worktree_mesh.state import repo_key
-
-    earlier = tmp_path / repo_key(repo / ".git") / "run-0" / "w001"
-    earlier.mkdir(parents=True)
-    (earlier / "secret.txt").write_text("not the lane's\n")
-    coder = script(tmp_path, "coder", f"""
-try read-repo 'grep -q . "$WTMESH_REPO/calc/ops.py"'
-try lane-git 'git status --porcelain && git log -1'
-try earlier-run 'cat "{earlier}/secret.txt"'
-echo mine > lane.txt
-""")
+    tries = "".join(f"try {name} '{command.format(other=other, earlier=earlier, home=home)}'\n"
+                    for name, command, _ in probes)
+    coder = script(tmp_path, "coder", f"{tries}echo mine > lane.txt\n")
     summary = run(repo, {"lanes": {"coder": {"command": coder}},
                          "units": [{"id": "u1", "objective": "o"}]}, tmp_path,
-                  env={"WTMESH_WORKTREES": str(tmp_path)})
-    assert said(repo, summary) == {"read-repo": "done", "lane-git": "done",
-                                   "earlier-run": "refused"}
+                  env={"WTMESH_WORKTREES": str(tmp_path)} if around else None)
+    assert said(repo, summary) == {name: outcome for name, _, outcome in probes}
     assert unit(summary)["status"] == "integrated"
