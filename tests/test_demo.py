@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ROOT
+from conftest import ROOT, git
 
 DEMO = ROOT / "scripts" / "demo"
 
@@ -20,8 +21,10 @@ EXPECTED = {
     "tidy-tests": ("rejected", "safety_regression_risk"),
     "round-division": ("failed", "proof_failed"),
     "add-version": ("failed", "scope_violation"),
+    "add-mean": ("integrated", ""),  # the consensus unit
 }
-PATCHES = ["0001-add-power.patch", "0002-caret-operator.patch", "0003-add-modulo.patch"]
+PATCHES = ["0001-add-power.patch", "0002-caret-operator.patch", "0003-add-modulo.patch",
+           "0004-add-mean.patch"]
 
 
 def shown(out: str, label: str) -> Path:
@@ -59,3 +62,28 @@ def test_demo_runs_as_designed(tmp_path: Path) -> None:
     assert (patch_dir / "series").read_text().splitlines() == PATCHES
     assert all(name in out for name in PATCHES)
     assert f"rm -rf {demo_dir}" in out
+
+    # The consensus unit: of three variants one failed its proof, two were proven, and the
+    # critics chose the smaller; its commit says which variant it is.
+    run_dirs = re.findall(r"^(?:run state and logs:)?\s+(/\S+/runs/\S+)/$", out, re.M)
+    summaries = [json.loads((Path(run_dir) / "summary.json").read_text())
+                 for run_dir in run_dirs]
+    assert len(summaries) == 2
+    for summary in summaries:
+        (unit,) = [u for u in summary["units"] if u["id"] == "add-mean"]
+        candidates = {c["name"]: c for c in unit["candidates"]}
+        assert list(candidates) == ["explicit", "off-by-one", "concise"]
+        assert (candidates["off-by-one"]["status"], candidates["off-by-one"]["failure_code"]) \
+            == ("failed", "proof_failed")
+        assert [c["status"] for c in candidates.values()].count("proven") == 2
+        assert [name for name, c in candidates.items() if c["chosen"]] == ["concise"]
+        concise, explicit = candidates["concise"]["stats"], candidates["explicit"]["stats"]
+        assert concise["added"] + concise["removed"] < explicit["added"] + explicit["removed"]
+        assert candidates["concise"]["votes"]["agree"] == 3
+    commit_repo = demo_dir / "commit_first"
+    message = git(commit_repo, "log", "-1", "--format=%B", "main^{/^add-mean:}")
+    assert "Wtmesh-Variant: concise" in message.splitlines()
+    assert "return sum(values) / len(values)" in git(commit_repo, "show", "main:calc/stats.py")
+    assert sorted(p.name for p in (patch_dir / "candidates" / "add-mean").iterdir()) == \
+        ["concise.patch", "explicit.patch"]
+    assert re.search(r"^\s+variant off-by-one\s+failed\s+proof_failed", out, re.M)
