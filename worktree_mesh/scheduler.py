@@ -442,10 +442,10 @@ class Run:
         try:
             if job.unit.consensus is not None:
                 return self._consensus_unit(job).run()
-            try:
-                return self.executor.run(job, self._report_from_lane, self.spending.refusal)
-            finally:
-                self.slots.give()
+            # The unit's slot is given back by the scheduler once it has seen how the
+            # unit's lanes ended (``_lanes_done``): a lane waiting for a slot (a consensus
+            # unit's) must not take it before a rejection has narrowed the limit.
+            return self.executor.run(job, self._report_from_lane, self.spending.refusal)
         except Exception as exc:  # noqa: BLE001 - recorded with its traceback
             log = job.unit_dir / "error.log"
             log.parent.mkdir(parents=True, exist_ok=True)
@@ -586,6 +586,8 @@ class Run:
                     elif future in running:
                         progress = running.pop(future)
                         self._lanes_done(progress, future.result())
+                        if progress.unit.consensus is None:
+                            self.slots.give()  # its lanes' slot (a consensus unit has none)
         except BaseException:
             # Stop lanes and proofs before waiting for their threads: an interrupt must
             # not sit through a 30-minute lane.
