@@ -253,6 +253,19 @@ def test_n_variants_are_told_apart_by_wtmesh_variant(repo: Path, write_plan: Any
     assert by_name(summary["units"][0])["v1"]["chosen"]
 
 
+def test_a_unit_needs_no_coder_of_its_own_when_every_variant_names_one(
+        repo: Path, write_plan: Any) -> None:
+    plan = plan_for({"variants": [variant("big", BIG), variant("small", SMALL)],
+                     "select": "smallest"})
+    del plan["units"][0]["lanes"]
+    assert wtmesh("validate", write_plan(plan), cwd=repo).returncode == 0
+    summary = run(repo, write_plan(plan))
+    assert by_name(summary["units"][0])["small"]["chosen"]
+    del plan["units"][0]["consensus"]["variants"][1]["coder"]
+    res = wtmesh("validate", write_plan(plan), cwd=repo)
+    assert res.returncode == 2 and "no coder lane" in res.stderr, res.stderr
+
+
 def test_all_variants_failing_fail_the_unit(repo: Path, write_plan: Any) -> None:
     head = git(repo, "rev-parse", "main")
     variants = [variant("b1", BROKEN), variant("b2", BROKEN)]

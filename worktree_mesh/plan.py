@@ -312,7 +312,8 @@ def problems(data: Any) -> list[str]:
         if (isinstance(mode, str) and mode in DELIVERY_MODES and plan_mode in DELIVERY_MODES
                 and mode != plan_mode):
             found.append(f"{where}.delivery_mode: {mode!r} differs from the run's {plan_mode!r}")
-        found.extend(_lane_problems(data.get("lanes"), unit.get("lanes"), where))
+        found.extend(_lane_problems(data.get("lanes"), unit.get("lanes"), where,
+                                    variants_code=_variants_name_coders(data, unit)))
         found.extend(_consensus_problems(data.get("consensus"), unit, where))
     found.extend(_sandbox_writable_problems(data.get("sandbox_writable")))
     for cycle in _dependency_cycles(depends):
@@ -406,7 +407,17 @@ def _sandbox_writable_problems(entries: Any) -> list[str]:
             and not entry.startswith(SANDBOX_PATH_STARTS)]
 
 
-def _lane_problems(plan_lanes: Any, unit_lanes: Any, where: str) -> list[str]:
+def _variants_name_coders(data: Mapping[str, Any], unit: Mapping[str, Any]) -> bool:
+    """Every variant of the unit's consensus names its own coder: the unit needs none."""
+    spec = unit["consensus"] if "consensus" in unit else data.get("consensus")
+    variants = spec.get("variants") if isinstance(spec, dict) else None
+    return isinstance(variants, list) and bool(variants) and all(
+        isinstance(v, dict) and isinstance(v.get("coder"), dict)
+        and ("command" in v["coder"] or "preset" in v["coder"]) for v in variants)
+
+
+def _lane_problems(plan_lanes: Any, unit_lanes: Any, where: str,
+                   variants_code: bool = False) -> list[str]:
     out: list[str] = []
     for name in LANE_NAMES:
         plan_lane = plan_lanes.get(name) if isinstance(plan_lanes, dict) else None
@@ -419,7 +430,7 @@ def _lane_problems(plan_lanes: Any, unit_lanes: Any, where: str) -> list[str]:
         if name == "coder":
             merged = {**(plan_lane if isinstance(plan_lane, dict) else {}),
                       **(unit_lane if isinstance(unit_lane, dict) else {})}
-            if "command" not in merged and "preset" not in merged:
+            if "command" not in merged and "preset" not in merged and not variants_code:
                 out.append(f"{where}: no coder lane: give lanes.coder.command (or preset) "
                            "in the plan or the unit")
     return out
@@ -511,7 +522,11 @@ def build(data: Mapping[str, Any], path: Path) -> Plan:
         unit_lanes = raw.get("lanes", {})
         unit_timeout = raw.get("timeout_s")
         coder = _lane("coder", plan_lanes.get("coder"), unit_lanes.get("coder"), unit_timeout)
-        assert coder is not None  # validated
+        spec = raw["consensus"] if "consensus" in raw else data.get("consensus")
+        if coder is None:  # validated: every variant of its consensus names its coder
+            assert spec is not None
+            coder = _lane("coder", None, spec["variants"][0]["coder"], unit_timeout)
+        assert coder is not None
         fixer = None
         if unit_lanes.get("fixer", {}) is not None:
             fixer = _lane("fixer", plan_lanes.get("fixer"), unit_lanes.get("fixer"), unit_timeout)
@@ -529,9 +544,7 @@ def build(data: Mapping[str, Any], path: Path) -> Plan:
             fixer=fixer,
             labels={k: raw[k] for k in MESH_LABELS if k in raw},
             raw=raw,
-            consensus=_consensus(raw["consensus"] if "consensus" in raw
-                                 else data.get("consensus"), plan_lanes, unit_lanes,
-                                 unit_timeout, coder, fixer),
+            consensus=_consensus(spec, plan_lanes, unit_lanes, unit_timeout, coder, fixer),
         ))
     setup = data.get("setup", {})
     copies = setup.get("copy_ignored", [])
