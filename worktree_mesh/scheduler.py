@@ -24,9 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import diffs, proc
+from . import integrating, proc
 from . import ledger as ledger_mod
-from . import sandbox as sandbox_mod
 from . import usage as usage_mod
 from .consensus import summary as consensus_summary
 from .consensus.flow import ConsensusUnit
@@ -38,12 +37,11 @@ from .errors import (
     EnvironmentRefused,
 )
 from .git import Git, Sha
-from .integrator import CandidateProof, Integrator, Landing, target_worktree
+from .integrator import CandidateProof, Landing
 from .ledger import Ledger
 from .plan import Unit, integration_order
 from .presets import versions
 from .readiness import FINAL_STATES, Readiness
-from .repo_guard import RepoGuard
 from .report import render_report
 from .resume import (
     Recovery,
@@ -55,7 +53,7 @@ from .resume import (
 )
 from .run_options import RunOptions
 from .slots import LaneSlots, Stopped
-from .state import RunDir, StateDir, new_run_id, unit_ref_prefix, worktrees_home, write_atomic
+from .state import RunDir, StateDir, new_run_id, unit_ref_prefix, write_atomic
 from .text import printable, printable_data, quote_path
 from .toolkit import learnings
 from .toolkit.backpressure import Backpressure
@@ -123,33 +121,19 @@ class Run:
         self.readiness = Readiness(self.order)
         self.units = {u.id: UnitProgress(u) for u in self.order}
         self.head: Sha = options.base  # where the next unit starts: the last landing
-        patch_dir = options.patch_dir
-        if options.delivery_mode == "patch_first" and patch_dir is None:
-            patch_dir = self.run_dir.default_patch_dir
-        self.patch_dir = patch_dir
         self.ledger: Ledger | None = None
         self.run_lock = RunLock(self.run_dir)
         self.interrupted = False
         self.backpressure = Backpressure(options.max_active) if options.budget else None
         self.spending = Budget(options.max_cost_usd)  # --max-cost-usd (SPEC 17)
         self.said_uncounted = False  # warned that a lane's cost is not known
-        repo = options.repo.toplevel or git.common_dir
-        sandbox = sandbox_mod.for_run(
-            options.sandbox, state_dir=self.state.root,
-            worktrees_root=self.run_dir.worktrees.parent, worktrees_home=worktrees_home(),
-            repo=repo, common_dir=git.common_dir, plan_dir=options.plan.plan_dir,
-            writable=options.plan.sandbox_writable)
-        self.guard = self._repo_guard(sandboxed=sandbox is not None)
-        self.integrator = Integrator(
-            git=git, plan=options.plan, run_id=self.run_id, state=self.state,
-            run_dir=self.run_dir, delivery_mode=options.delivery_mode, target=options.target,
-            base=options.base, repo=repo,
-            patch_dir=patch_dir, lock_timeout_s=options.lock_timeout_s, report=self.emit,
-            batched=options.batch != 1, guard=self.guard, sandbox=sandbox)
-        # Asked of the user's configuration now, before any lane could have changed it:
-        # who commits, and what wtmesh's private git dirs need to know.
-        git.identity_env()
-        git.private  # noqa: B018 - created once, shared with the lanes' runner below
+        self.integration = integrating.build(options, git, run_id=self.run_id,
+                                             state=self.state, run_dir=self.run_dir,
+                                             report=self.emit)
+        self.guard = self.integration.guard
+        self.integrator = self.integration.integrator
+        self.patch_dir = self.integrator.patch_dir
+        sandbox = self.integration.sandbox
         # The lanes' own git work (filling and resetting worktrees, taking snapshots and
         # diffs) runs nicer than the integrator's: landing is the one serial step, so
         # when the CPU is short it goes first. The lane commands keep normal priority.
@@ -166,44 +150,6 @@ class Run:
                                on_give=self._slot_freed)
         self._wake: Future[None] | None = None  # done when a slot comes free
         self.integration_pool: ThreadPoolExecutor | None = None
-
-    def _repo_guard(self, sandboxed: bool) -> RepoGuard | None:
-        """None when lanes are sandboxed: the repository is read-only to them. Else
-        they run unsandboxed, so what they change in the user's repository outside
-        their worktrees is found and undone after each (SPEC 10). Not watched: what
-        wtmesh moves itself (its refs of other runs, stranded branches, and the target
-        in commit_first, which the integrator moves; the registrations of worktrees of
-        earlier versions, which gc removes); this run's own refs are watched against
-        what it wrote."""
-        if sandboxed:
-            return None
-        ignored = ["refs/wtmesh/", "refs/heads/wtmesh/"]
-        if self.options.delivery_mode == "commit_first":
-            ignored.append(f"refs/heads/{self.options.target}")
-        return RepoGuard(self.git, own_refs=f"refs/wtmesh/{self.run_id}/", ignore_refs=ignored,
-                         own_worktrees=[self.state.root / "worktrees"])  # legacy_worktrees
-
-    def _watch_repo(self) -> None:
-        """The fingerprint lanes are checked against: taken with the run's lock held and
-        before any lane starts. The index watched is the one the integrator keeps at
-        the target (commit_first, the target checked out)."""
-        if self.guard is None:
-            return
-        watched = None
-        if self.options.delivery_mode == "commit_first" and self.integrator.left_behind is None:
-            watched = target_worktree(self.git, f"refs/heads/{self.options.target}")
-        self.guard.snapshot(index_of=watched)
-
-    def _undo_unattributed(self) -> None:
-        """At the end of the run, what changed while no lane's check looked (a proof, a
-        process a lane left behind) is undone too, and the ledger says what it was."""
-        if self.guard is None:
-            return
-        touched = self.guard.restore()
-        if touched:
-            self.emit("warning", message="the repository was changed outside wtmesh "
-                      "while no lane's check could tell which (a proof, or a process a lane "
-                      f"left running); undone: {'; '.join(touched)}", changed=touched)
 
     # -- events ------------------------------------------------------------------------
 
@@ -295,7 +241,7 @@ class Run:
                 self.emit("warning", message=f"{cli.describe()}; it may not behave as the "
                           f"{cli.preset} preset expects")
         self.integrator.start_patch_series()
-        self._watch_repo()
+        self.integration.watch_repo()
 
     def _preset_clis(self) -> list[versions.Installed]:
         """The CLI of each preset the plan uses, as found on PATH."""
@@ -344,7 +290,7 @@ class Run:
                 landing = self.units[unit_id].landing
                 if landing is not None:
                     self.units[unit_id].landing = Landing(**{**landing.__dict__, "patch": name})
-        self._watch_repo()
+        self.integration.watch_repo()
 
     def _restore(self, progress: UnitProgress, recovery: Recovery, step: ResumeStep,
                  landed: dict[str, Sha]) -> None:
@@ -374,22 +320,11 @@ class Run:
             self._finish(progress, lanes["status"], lanes["failure_code"], lanes["notes"])
         elif step.kind == "integrate":
             assert step.result is not None
-            work = self._work_from_ref(progress.unit, step.result, progress.attempts)
+            work = integrating.work_from_result(self.git, self.run_dir, progress.unit, step.result,
+                                                 progress.attempts,
+                                                 self._chosen_trailers(progress.unit))
             self._lanes_done(progress, work)
         # "rerun" and "start": pending; it runs (again) with the next attempt number.
-
-    def _work_from_ref(self, unit: Unit, result: Sha, attempts: int) -> UnitWork:
-        start = self.git.resolve_commit(f"{result}^")
-        assert start is not None
-        diff_path = self.run_dir.unit_dir(unit.id) / "unit.diff"
-        unit_diff = diffs.collect(self.git, start, result, unit.scope, diff_path)
-        status, code, notes = "accepted", None, "lanes finished before the interruption"
-        if unit_diff.empty:
-            status, code, notes = "no_diff", None, "the lanes changed nothing"
-        elif unit_diff.violations:
-            status, code, notes = "failed", "scope_violation", "; ".join(unit_diff.violations)
-        return UnitWork(unit.id, status, code, notes, start, result, unit_diff, diff_path,
-                        max(attempts, 1), (), 0.0, self._chosen_trailers(unit))
 
     def _chosen_trailers(self, unit: Unit) -> tuple[str, ...]:
         """A consensus unit's result is the candidate its ``chosen`` event names (written
@@ -413,7 +348,7 @@ class Run:
                                      self.run_dir.worktrees.parent)
             finally:
                 self.lane_git_runner.close()
-        self._undo_unattributed()
+        self.integration.undo_unattributed(self.emit)
         if self.interrupted:
             return self._interrupted_summary()
         return self._finish_run()
