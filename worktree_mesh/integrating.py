@@ -5,11 +5,13 @@ from its result ref, which both a resumed run and a pick integrate."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from . import diffs
 from . import sandbox as sandbox_mod
+from .errors import EXIT_ENVIRONMENT, EXIT_OK, EXIT_UNITS_FAILED
 from .git import Git, Sha
 from .integrator import Integrator, target_worktree
 from .plan import Unit
@@ -40,6 +42,29 @@ class Integration:
                 self.integrator.left_behind is None:
             watched = target_worktree(self.integrator.git, self.integrator.target_ref)
         self.guard.snapshot(index_of=watched)
+
+    @property
+    def not_followed(self) -> bool:
+        """The user's worktree did not follow the target: the run ends with exit 3."""
+        return self.integrator.stranded or self.integrator.left_behind is not None
+
+    def exit_code(self, states: Iterable[str]) -> int:
+        """The run's exit code (SPEC 6), from its units' states."""
+        if self.not_followed:
+            return EXIT_ENVIRONMENT
+        failed = any(state not in ("integrated", "no_diff") for state in states)
+        return EXIT_UNITS_FAILED if failed else EXIT_OK
+
+    def landing_fields(self, head: Sha | None) -> dict[str, Any]:
+        """The summary's word on where the landings are when the worktree did not
+        follow: the stranded branch, and what is in the worktree's way."""
+        fields: dict[str, Any] = {}
+        if self.integrator.stranded:
+            fields["stranded_ref"] = self.integrator.stranded_ref[len("refs/heads/"):]
+        not_brought_along = self.integrator.not_brought_along(head)
+        if not_brought_along is not None:
+            fields["not_brought_along"] = not_brought_along
+        return fields
 
     def undo_unattributed(self, report: Report) -> None:
         """What changed while no lane's check looked (a proof, a process a lane left

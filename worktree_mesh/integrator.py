@@ -134,7 +134,7 @@ class CandidateProof:
     onto: Sha
     commit: Sha | None
     duration_s: float
-    patch: str | None  # in the patch directory, patch_first
+    patch: str | None  # in the patch directory (patch_first), else an absolute path
 
 
 def commit_message(unit: Unit, run_id: str, *, batch: str | None = None,
@@ -537,8 +537,11 @@ class Integrator:
 
     def prove_candidate(self, unit: Unit, work: UnitWork, name: str) -> CandidateProof:
         """A consensus unit's candidate applied onto the head and proven there, as the
-        unit would be, without landing (SPEC 12); in patch_first its patch is written
-        for reviewers to compare (``candidates/<unit>/<name>.patch``)."""
+        unit would be, without landing (SPEC 12); its patch is written for reviewers to
+        compare: in patch_first ``candidates/<unit>/<name>.patch`` in the patch directory
+        (the name returned is relative to it), in commit_first beside the candidate's
+        logs, ``units/<unit>/candidates/<name>/candidate.patch`` in the run directory
+        (the path returned is absolute)."""
         with self.locked():
             head = self._landing_head()
             link = self._link(unit, work, head, self.git.tree_of(head))
@@ -551,12 +554,15 @@ class Integrator:
             if verdict.status == "fail":
                 return CandidateProof("failed", "proof_failed", verdict.notes, head, None,
                                       verdict.duration_s, None)
-            patch = None
             if self.patch_dir is not None:
                 patch = f"candidates/{safe_name(unit.id)}/{safe_name(name)}.patch"
-                (self.patch_dir / patch).parent.mkdir(parents=True, exist_ok=True)
-                with atomic_file(self.patch_dir / patch) as out:
-                    self.git.format_patch(link.commit, out)
+                written = self.patch_dir / patch
+            else:
+                written = (self.run_dir.unit_dir(unit.id) / "candidates" / safe_name(name)
+                           / "candidate.patch")
+                patch = str(written)
+            with atomic_file(written) as out:
+                self.git.format_patch(link.commit, out)
             return CandidateProof(verdict.status, None, verdict.notes, head, link.commit,
                                   verdict.duration_s, patch)
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from . import sandbox
 from .cleanup import GcReport
+from .consensus import comparison
 from .integrator import wait_message
 from .presets import versions
 from .series_check import REVIEWER_AM
@@ -161,6 +162,8 @@ def print_summary_table(summary: dict[str, Any], stream: TextIO | None = None) -
     if where:
         # Paths and the git am line must stay whole to be copied: never wrapped.
         console.print(where, markup=False, soft_wrap=True)
+    for line in comparison.awaiting(summary["units"]):
+        console.print(line, markup=False, soft_wrap=True)
 
 
 USAGE_COLUMNS = ("tokens", "cost")

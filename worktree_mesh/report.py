@@ -8,10 +8,14 @@ Built from the run's summary and ledger only, so it can be written again at any 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from . import ledger as ledger_mod
+from .consensus import comparison
 from .series_check import REVIEWER_AM
-from .state import RunDir
+from .state import RunDir, write_atomic
 from .status import evidence
 from .text import printable
 from .usage import spent_line, summed_cost_text, tokens_text
@@ -61,7 +65,26 @@ def render_report(summary: dict[str, Any], records: list[dict[str, Any]],
                    f"`{summary['base'][:12]}` with:"), "",
                   "```sh", f"{REVIEWER_AM} {summary['patch_dir']}/*.patch", "```", ""]
         lines += [f"{n}. `{u['patch']}` ({u['id']})" for n, u in enumerate(patches, 1)]
+    waiting = comparison.awaiting(summary["units"])
+    if waiting:
+        lines += ["", "## Awaiting a choice", "", *(f"- {line}" for line in waiting)]
     return printable("\n".join(lines) + "\n")
+
+
+def write_report(summary: dict[str, Any], run_dir: RunDir, also: Path | None,
+                 report: Callable[..., None]) -> None:
+    """``report.md`` in the run directory, and at ``also`` (``--report FILE``); a file
+    that cannot be written there is a warning (``report``), not a failure."""
+    text = render_report(summary, ledger_mod.read(run_dir.ledger), run_dir).encode()
+    write_atomic(run_dir.path / "report.md", text)
+    if also is None:
+        return
+    try:
+        write_atomic(also, text)
+    except OSError as exc:
+        report("warning", message=f"could not write --report {also}: "
+                                  f"{exc.strerror or exc}; the report is in "
+                                  f"{run_dir.path}/report.md")
 
 
 def _cell(text: str) -> str:

@@ -27,13 +27,10 @@ from typing import Any
 from . import integrating, proc
 from . import ledger as ledger_mod
 from . import usage as usage_mod
-from .consensus import summary as consensus_summary
+from .consensus import comparison
 from .consensus.flow import ConsensusUnit
 from .errors import (
-    EXIT_ENVIRONMENT,
     EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_UNITS_FAILED,
     EnvironmentRefused,
 )
 from .git import Git, Sha
@@ -42,7 +39,7 @@ from .ledger import Ledger
 from .plan import Unit, integration_order
 from .presets import versions
 from .readiness import FINAL_STATES, Readiness
-from .report import render_report
+from .report import write_report
 from .resume import (
     Recovery,
     ResumeStep,
@@ -88,11 +85,9 @@ class UnitProgress:
             return round(self.earlier_s, 3)
         return round(self.earlier_s + (self.finished or time.monotonic()) - self.started, 3)
 
-    def summary(self, spends: list[LaneSpend],
-                records: list[dict[str, Any]]) -> dict[str, Any]:
+    def summary(self, spends: list[LaneSpend], records: list[dict[str, Any]],
+                run_dir: RunDir) -> dict[str, Any]:
         landing = self.landing
-        shown = consensus_summary.candidates(records, self.unit.id) \
-            if self.unit.consensus is not None else None
         return {
             "id": self.unit.id,
             "status": self.state,
@@ -104,7 +99,8 @@ class UnitProgress:
             "duration_s": self.duration_s,
             "usage": usage_mod.unit_usage(spends, self.unit.id),
             **({"labels": dict(self.unit.labels)} if self.unit.labels else {}),
-            **({"candidates": shown} if shown is not None else {}),
+            **(comparison.summary_fields(records, run_dir, self.unit.id, self.state)
+               if self.unit.consensus is not None else {}),
         }
 
 
@@ -178,6 +174,9 @@ class Run:
             if landing.patch:
                 fields["patch"] = landing.patch
         self.emit("unit_finished", **fields)
+        if progress.unit.consensus is not None:
+            comparison.write(self.run_dir, progress.unit.id, progress.unit.objective,
+                             ledger_mod.read(self.run_dir.ledger), self.patch_dir)
         self._after_unit(progress.unit, state, code, notes)
 
     def _after_unit(self, unit: Unit, state: str, code: str | None, notes: str) -> None:
@@ -344,8 +343,8 @@ class Run:
             try:
                 if not self.options.keep_worktrees:
                     self.pool.remove_all(also=[self.integrator.worktree.path])
-                    _remove_if_empty(self.run_dir.worktrees, self.run_dir.tmp,
-                                     self.run_dir.worktrees.parent)
+                    remove_if_empty(self.run_dir.worktrees, self.run_dir.tmp,
+                                    self.run_dir.worktrees.parent)
             finally:
                 self.lane_git_runner.close()
         self.integration.undo_unattributed(self.emit)
@@ -360,7 +359,7 @@ class Run:
         for unit in summary["units"]:
             if unit["id"] in in_flight:
                 unit["status"], unit["failure_code"] = "failed", "interrupted"
-        summary["counts"] = _counts(u["status"] for u in summary["units"])
+        summary["counts"] = count_states(u["status"] for u in summary["units"])
         self._write_report(summary)
         return summary
 
@@ -644,10 +643,7 @@ class Run:
                      landing.notes or work_notes)
 
     def _finish_run(self) -> dict[str, Any]:
-        failed = any(p.state not in ("integrated", "no_diff") for p in self.units.values())
-        not_followed = self.integrator.stranded or self.integrator.left_behind is not None
-        exit_code = EXIT_ENVIRONMENT if not_followed else (
-            EXIT_UNITS_FAILED if failed else EXIT_OK)
+        exit_code = self.integration.exit_code(p.state for p in self.units.values())
         summary = self._summary(exit_code)
         # The summary file first: once run_finished is in the ledger, resume points here.
         write_atomic(self.run_dir.path / "summary.json",
@@ -658,19 +654,10 @@ class Run:
         return summary
 
     def _write_report(self, summary: dict[str, Any]) -> None:
-        text = render_report(summary, ledger_mod.read(self.run_dir.ledger),
-                             self.run_dir).encode()
-        write_atomic(self.run_dir.path / "report.md", text)
-        if self.options.report is not None:
-            try:
-                write_atomic(self.options.report, text)
-            except OSError as exc:
-                self.emit("warning", message=f"could not write --report "
-                                             f"{self.options.report}: {exc.strerror or exc}; "
-                                             f"the report is in {self.run_dir.path}/report.md")
+        write_report(summary, self.run_dir, self.options.report, self.emit)
 
     def _summary(self, exit_code: int) -> dict[str, Any]:
-        counts = _counts(p.state for p in self.units.values())
+        counts = count_states(p.state for p in self.units.values())
         head = self.git.read_ref(self.integrator.landing_ref)
         # From the ledger: it holds the lanes of an interrupted process too.
         records = ledger_mod.read(self.run_dir.ledger)
@@ -682,18 +669,14 @@ class Run:
             "base": self.options.base,
             "head": head,
             "patch_dir": str(self.patch_dir) if self.patch_dir else None,
-            "units": [self.units[u.id].summary(spends, records)
+            "units": [self.units[u.id].summary(spends, records, self.run_dir)
                       for u in self.options.plan.units],
             "counts": counts,
             "usage": usage_mod.run_usage(spends),
             "max_cost_usd": self.options.max_cost_usd,
             "exit_code": exit_code,
         }
-        if self.integrator.stranded:
-            summary["stranded_ref"] = self.integrator.stranded_ref[len("refs/heads/"):]
-        not_brought_along = self.integrator.not_brought_along(head)
-        if not_brought_along is not None:
-            summary["not_brought_along"] = not_brought_along
+        summary.update(self.integration.landing_fields(head))
         return summary
 
     def close(self) -> None:
@@ -702,14 +685,14 @@ class Run:
         self.run_lock.release()
 
 
-def _counts(states: Any) -> dict[str, int]:
+def count_states(states: Any) -> dict[str, int]:
     counts = {state: 0 for state in UNIT_STATES}
     for state in states:
         counts[state] += 1
     return counts
 
 
-def _remove_if_empty(*dirs: Path) -> None:
+def remove_if_empty(*dirs: Path) -> None:
     for directory in dirs:
         try:
             directory.rmdir()

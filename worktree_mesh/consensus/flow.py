@@ -35,7 +35,7 @@ from ..slots import LaneSlots, Stopped
 from ..state import candidate_ref_prefix, safe_name
 from ..unit_runner import Gate, LocalExecutor, UnitJob, UnitWork
 from . import candidates as candidates_file
-from . import vote
+from . import summary, vote
 from .candidates import Shown
 from .vote import Critique, InvalidCritique
 
@@ -323,8 +323,8 @@ class ConsensusUnit:
             waiting = [c.name for c in found if c.passed]
             return self._ended("awaiting_choice", "awaiting_choice",
                                f"{len(waiting)} candidate{'s' if len(waiting) != 1 else ''} "
-                               f"to choose from ({', '.join(waiting)}): wtmesh pick "
-                               f"{self.job.run_id} {self.unit.id} CANDIDATE")
+                               f"to choose from ({', '.join(waiting)}): "
+                               f"{summary.pick_command(self.job.run_id, self.unit.id)}")
         votes = [c.as_vote() for c in found]
         name = vote.smallest(votes) if select == "smallest" else vote.first_passing(votes)
         assert name is not None  # one passed

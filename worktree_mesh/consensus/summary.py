@@ -44,3 +44,8 @@ def candidates(records: Iterable[Mapping[str, Any]], unit_id: str) -> list[dict[
             "chosen": name == chosen,
         })
     return out
+
+
+def pick_command(run_id: str, unit_id: str, candidate: str = "CANDIDATE") -> str:
+    """The command that integrates a candidate of a unit awaiting a choice."""
+    return f"wtmesh pick {run_id} {unit_id} {candidate}"
