@@ -10,14 +10,16 @@ is never judged dead from a pid that might have been reused.
 
 An interrupted run (not finished, process gone) can still be resumed; its refs hold the
 lanes' finished work that resuming integrates without paying for the lanes again. Those
-refs are kept unless ``unfinished=True``: dropping them makes the run un-resumable.
+refs are kept unless ``unfinished=True``: dropping them makes the run un-resumable. So
+are those of a finished run with units awaiting a choice (``select: manual``): its
+candidates' work, which ``wtmesh pick`` integrates.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from .git import Git
 from .ledger import LedgerDamaged
@@ -98,10 +100,17 @@ def _collect_run(git: Git, run_dir: RunDir, legacy: Path, refs: dict[str, str],
                          for p in sorted(home.iterdir()) if str(p) not in listed]
     if run_dir.tmp.is_dir():
         removals += [Removal(run_id, "tmp", str(p)) for p in sorted(run_dir.tmp.iterdir())]
+    waiting = awaiting_choice(records) if finished else []
     if refs and resumable and not unfinished:
         report.kept.append(Kept(run_id, f"interrupted: its {len(refs)} refs under "
                                 f"refs/wtmesh/{run_id}/ are kept so it can be resumed "
                                 f"(wtmesh run PLAN --resume {run_id}); "
+                                "`wtmesh gc --unfinished` drops them"))
+    elif refs and waiting and not unfinished:
+        report.kept.append(Kept(run_id, f"{', '.join(waiting)} await"
+                                f"{'s' if len(waiting) == 1 else ''} a choice: its "
+                                f"{len(refs)} refs under refs/wtmesh/{run_id}/ hold the "
+                                f"candidates (wtmesh pick {run_id} UNIT CANDIDATE); "
                                 "`wtmesh gc --unfinished` drops them"))
     else:
         removals += [Removal(run_id, "ref", ref) for ref in sorted(refs)]
@@ -121,6 +130,13 @@ def _collect_run(git: Git, run_dir: RunDir, legacy: Path, refs: dict[str, str],
     for directory in (run_dir.worktrees, legacy, run_dir.tmp, run_dir.worktrees.parent):
         if directory.is_dir() and not directory.is_symlink() and not any(directory.iterdir()):
             directory.rmdir()
+
+
+def awaiting_choice(records: list[dict[str, Any]]) -> list[str]:
+    """The units of a run that ended awaiting a choice and were not picked since (a
+    pick's ``unit_finished`` comes after the run's)."""
+    last = {str(r["unit"]): r["status"] for r in records if r["event"] == "unit_finished"}
+    return [unit for unit, status in last.items() if status == "awaiting_choice"]
 
 
 def _known_run_ids(state: StateDir) -> set[str]:

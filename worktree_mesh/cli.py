@@ -19,6 +19,7 @@ from typing import Any, BinaryIO
 import click
 
 from . import __version__, starter
+from . import pick as pick_mod
 from . import plan as plan_mod
 from . import sandbox as sandbox_mod
 from .cleanup import collect_garbage
@@ -38,6 +39,7 @@ from .run_options import resolve_run, resumed_options
 from .scheduler import Observer, Run
 from .state import StateDir
 from .status import LOG_LANES, log_files, run_status
+from .text import printable
 from .toolkit import budget as budget_mod
 from .toolkit import commands as toolkit_commands
 from .toolkit.budget import BudgetDecision
@@ -342,11 +344,40 @@ def log(run_id: str, unit: str, repo: Path | None, lane: str | None) -> None:
         out.flush()
 
 
+@cli.command("pick")
+@click.argument("run_id")
+@click.argument("unit")
+@click.argument("candidate")
+@repo_option
+@click.option("--lock-timeout", type=click.FloatRange(min=0), default=600.0, show_default=True,
+              help="Seconds to wait for a run's integrator lock before exiting 3.")
+def pick_command(run_id: str, unit: str, candidate: str, repo: Path | None,
+                 lock_timeout: float) -> None:
+    """Integrate CANDIDATE as UNIT of the finished run RUN_ID, a consensus unit awaiting
+    a choice (select: manual): proven afresh on the head as it is now, delivered in the
+    run's mode. Exit 0 landed, 1 not (its proof failed, it conflicts: the unit still
+    awaits a choice), 2 nothing to pick, 3 the environment refused."""
+    info, git = open_repo(repo)
+    stop = _Stop()
+    previous = {signum: signal.signal(signum, stop) for signum in _Stop.SIGNALS}
+    try:
+        outcome = pick_mod.pick(git, info, run_id, unit, candidate,
+                                lock_timeout_s=lock_timeout,
+                                observer=LineRenderer(sys.stdout))
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    for line in outcome.said:
+        click.echo(printable(line))
+    sys.exit(outcome.exit_code)
+
+
 @cli.command()
 @repo_option
 @click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
 @click.option("--unfinished", is_flag=True,
-              help="Also drop the refs of interrupted runs (they can then not be resumed).")
+              help="Also drop the refs of interrupted runs (they can then not be resumed) "
+                   "and of units awaiting a choice (they can then not be picked).")
 def gc(repo: Path | None, dry_run: bool, unfinished: bool) -> None:
     """Remove worktrees, refs and stale locks of finished or dead runs."""
     _info, git = open_repo(repo)

@@ -51,6 +51,7 @@ import json
 import math
 import os
 import shlex
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -241,6 +242,9 @@ class Integrator:
         # go to stranded_ref) or left behind (the target moved, the worktree did not).
         self.strand_record: dict[str, Any] | None = None  # worktree, at, files
         self.left_behind: dict[str, Any] | None = None  # worktree, at, reason, files
+        self._lock_holder: int | None = None  # the thread in locked()
+        # What a lock timeout tells the user to do, when not to resume the run.
+        self.lock_timeout_hint: str | None = None
 
     @property
     def last_proof_s(self) -> float:
@@ -251,6 +255,12 @@ class Integrator:
 
     @contextmanager
     def locked(self) -> Iterator[None]:
+        """The repository's integrator lock, waited for up to ``lock_timeout_s``. Taken
+        again by the thread that holds it (``wtmesh pick`` checks under it, then
+        integrates), it is simply still held."""
+        if self._lock_holder == threading.get_ident():
+            yield
+            return
         lock = filelock.FileLock(str(self.state.integrator_lock), fallback_to_soft=False)
         owner_file = self.state.integrator_lock.with_suffix(".owner")
         try:
@@ -265,16 +275,20 @@ class Integrator:
                            f"integrator lock held by {_describe_owner(holder)}")
                 # Before its ledger is written (a start waiting for the lock) there is
                 # no run to resume: nothing of it was made.
-                if self.run_dir.ledger.is_file():
+                if self.lock_timeout_hint is not None:
+                    message += f"; {self.lock_timeout_hint}"
+                elif self.run_dir.ledger.is_file():
                     message += f"; this run can be resumed with --resume {self.run_id}"
                 else:
                     message += "; nothing was started"
                 raise EnvironmentRefused(message) from None
+        self._lock_holder = threading.get_ident()
         try:
             write_atomic(owner_file, json.dumps({"run_id": self.run_id,
                                                  "pid": os.getpid()}).encode())
             yield
         finally:
+            self._lock_holder = None
             lock.release()
 
     # -- start -------------------------------------------------------------------------

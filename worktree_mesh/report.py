@@ -24,6 +24,9 @@ from .usage import spent_line, summed_cost_text, tokens_text
 def render_report(summary: dict[str, Any], records: list[dict[str, Any]],
                   run_dir: RunDir) -> str:
     stats = {r["unit"]: r.get("stats") or {} for r in records if r["event"] == "lanes_done"}
+    # A unit landed by wtmesh pick: the diffstat of what was picked.
+    stats.update({r["unit"]: r["stats"] for r in records
+                  if r["event"] == "unit_finished" and r.get("stats")})
     proof_s: dict[str, float] = {}
     for rec in records:
         if rec["event"] == "proof_finished" and not rec.get("cached"):

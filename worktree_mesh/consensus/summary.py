@@ -10,11 +10,13 @@ from typing import Any
 
 def candidates(records: Iterable[Mapping[str, Any]], unit_id: str) -> list[dict[str, Any]]:
     """Each candidate of ``unit_id`` in order: state, failure code, diffstat, proof time,
-    votes (agree of critics, Borda count, rubric mean) after the last vote, chosen."""
+    votes (agree of critics, Borda count, rubric mean) after the last vote, chosen (by
+    the vote or select, or by ``wtmesh pick`` once what it picked has landed)."""
     found: dict[str, dict[str, Any]] = {}
     standings: dict[str, Mapping[str, Any]] = {}
     critics = 0
     chosen: str | None = None
+    picked: str | None = None  # a pick under way: chosen once the unit lands
     for record in records:
         if record.get("unit") != unit_id:
             continue
@@ -26,6 +28,13 @@ def candidates(records: Iterable[Mapping[str, Any]], unit_id: str) -> list[dict[
             critics = int(record.get("critics", 0))
         elif event == "chosen":
             chosen = str(record["candidate"])
+        elif event == "picked":
+            picked = str(record["candidate"])
+        elif event == "pick_failed":
+            picked = None
+        elif event == "unit_finished" and picked is not None \
+                and record.get("status") in ("integrated", "no_diff"):
+            chosen = picked
     out = []
     for name, record in sorted(found.items(), key=lambda item: item[1].get("order", 0)):
         standing = standings.get(name)
