@@ -153,7 +153,7 @@ def test_aider_critic_answers_in_ask_mode_whatever_its_args_say(tmp_path: Path) 
     lane = critic(tmp_path, bin_dir)
     reply = (whole_file(PROBE, "X = 1\n", before="Here is a better version.")
              + "\n\nMy critique:\n\n```json\n" + json.dumps(CRITIQUE, indent=2) + "\n```\n")
-    with ModelServer(chat_completions, [Text(reply)]) as server:
+    with ModelServer(chat_completions("gpt-4o-mini"), [Text(reply)]) as server:
         base = f"{server.url}/v1"
         ran = lane.run("aider", "--model=openai/gpt-4o-mini", "--arg=--edit-format",
                        "--arg=whole", "--arg=--no-show-model-warnings", role="critic",
