@@ -77,9 +77,16 @@ def _describe(record: dict[str, Any]) -> str | None:
         phase = record.get("phase")
         if record["state"] == "running" and phase in ("starting", None):
             return None
-        return f"{record['unit']:<20} {record['state']:<10} {phase or ''}".rstrip()
+        if record.get("critic"):
+            return f"{record['unit']:<20} {'critic':<10} {critic_round(record['critic'])}"
+        return f"{of_unit(record):<20} {record['state']:<10} {phase or ''}".rstrip()
     if event == "lane_started" and record["attempt"] > 1:
-        return f"{record['unit']:<20} retry      {record['lane']} attempt {record['attempt']}"
+        lane = record["lane"]
+        if record.get("critic"):
+            lane += " " + critic_round(record["critic"])
+        return f"{of_unit(record):<20} retry      {lane} attempt {record['attempt']}"
+    if event in CONSENSUS_EVENTS:
+        return _describe_consensus(record)
     if event == "unit_finished":
         detail = record.get("commit", "")[:12] if record.get("commit") else ""
         if record.get("patch"):
@@ -102,6 +109,64 @@ def _describe(record: dict[str, Any]) -> str | None:
         return (f"wtmesh: waiting for another git command in {record['worktree']} to "
                 f"release {record['lock']} (up to {record['timeout_s']:g}s)")
     return None
+
+
+CONSENSUS_EVENTS = ("candidate_finished", "critique", "vote", "chosen")
+
+
+def of_unit(record: dict[str, Any]) -> str:
+    """The unit a line is about, and which of its candidates: ``u1 [small]``."""
+    candidate = record.get("candidate")
+    return f"{record['unit']} [{candidate}]" if candidate else str(record["unit"])
+
+
+def critic_round(who: str) -> str:
+    """A critic's lane, ``<name>-r<round>`` in the ledger, as ``c1 round 1``."""
+    name, _, round_ = who.rpartition("-r")
+    return f"{name} round {round_}" if name and round_.isdigit() else who
+
+
+def _describe_consensus(record: dict[str, Any]) -> str | None:
+    event, unit = record["event"], record["unit"]
+    if event == "candidate_finished":
+        if record.get("failure_code"):
+            detail = f"{record['failure_code']}: {first_line(record.get('notes') or '')}"
+        else:
+            detail = diffstat(record.get("stats"))
+            if record.get("proof_status") == "pass":
+                detail += f", proof {record.get('proof_s') or 0:.1f}s"
+        return f"{of_unit(record):<20} {record['status']:<10} {detail}".rstrip()
+    if event == "critique":
+        said = f"{record['critic']} round {record['round']}: "
+        critique = record.get("critique")
+        if not record.get("counted") or not critique:
+            said += (f"{record.get('failure_code') or 'not counted'}: "
+                     f"{first_line(record.get('notes') or '')}")
+        else:
+            agree = [n for n, v in critique.get("votes", {}).items() if v == "agree"]
+            said += f"{critique['decision']}, agree: {', '.join(agree) or 'none'}"
+        return f"{unit:<20} {'verdict':<10} {said}".rstrip(" :")
+    if event == "vote":
+        critics = record.get("critics", 0)
+        standings = ", ".join(
+            f"{s['name']} {s['agree']}/{critics}"
+            + (" (chosen)" if s["name"] == record.get("chosen") else "")
+            for s in record.get("standings", []))
+        said = f"round {record['round']}: {standings or 'no candidates'}"
+        if record.get("chosen") is None:
+            said += f"; none reached the quorum of {record.get('quorum')}"
+        return f"{unit:<20} {'vote':<10} {said}"
+    if event == "chosen" and record.get("round") is None:  # a vote's choice is said there
+        return (f"{of_unit(record):<20} {'chosen':<10} "
+                f"{str(record.get('select', '')).replace('_', ' ')}").rstrip()
+    return None
+
+
+def diffstat(stats: dict[str, Any] | None) -> str:
+    """``+3 -1`` (lines added and removed); empty when there is no diff."""
+    if not stats:
+        return ""
+    return f"+{stats.get('added', 0)} -{stats.get('removed', 0)}"
 
 
 def _reason(record: dict[str, Any]) -> str:

@@ -156,9 +156,11 @@ class Run:
         record = self.ledger.append(event, **fields)
         self.observer(record)
 
-    def _set(self, progress: UnitProgress, state: str, phase: str | None = None) -> None:
+    def _set(self, progress: UnitProgress, state: str, phase: str | None = None,
+             **who: str) -> None:
+        """``who``: the candidate or critic of a consensus unit the change is about."""
         progress.state, progress.phase = state, phase
-        self.emit("unit_state", unit=progress.unit.id, state=state, phase=phase)
+        self.emit("unit_state", unit=progress.unit.id, state=state, phase=phase, **who)
 
     def _finish(self, progress: UnitProgress, state: str, code: str | None, notes: str) -> None:
         progress.state, progress.phase = state, None
@@ -419,7 +421,8 @@ class Run:
         if event == "lane_started":
             progress = self.units[fields["unit"]]
             progress.attempts = max(progress.attempts, fields["attempt"])
-            self._set(progress, "running", fields["lane"])
+            self._set(progress, "running", fields["lane"],
+                      **{k: fields[k] for k in ("candidate", "critic") if k in fields})
         self.emit(event, **fields)
         if event == "lane_finished":
             self._count_spending(fields)

@@ -1,0 +1,69 @@
+"""A consensus unit's candidates side by side (SPEC 12) wherever a run is shown: the plain
+lines and the final table, ``wtmesh status``, report.md and the live view. Through the
+real CLI with the scripted lanes of test_consensus.py."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from test_consensus import THREE, critic, plan_for, variant
+
+VOTED = {"variants": THREE,
+         "critics": [critic("c1", "smallest"), critic("c2", "smallest"),
+                     critic("c3", "largest")]}
+
+
+def plain_run(repo: Path, plan: Path, code: int = 0) -> list[str]:
+    """``wtmesh run`` off a terminal: its lines, without trailing blanks."""
+    res = subprocess.run([sys.executable, "-m", "worktree_mesh", "run", str(plan)], cwd=repo,
+                         capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                         check=False)
+    assert "Traceback" not in res.stderr, res.stderr
+    assert res.returncode == code, (res.returncode, res.stdout, res.stderr)
+    return [line.rstrip() for line in res.stdout.splitlines()]
+
+
+def squeezed(line: str) -> str:
+    return " ".join(line.split())
+
+
+# -- plain lines ----------------------------------------------------------------------------
+
+def test_plain_lines_say_which_candidate_and_critic_each_is_about(
+        repo: Path, write_plan: Any) -> None:
+    lines = [squeezed(line) for line in plain_run(repo, write_plan(plan_for(VOTED)))]
+    for name in ("big", "broken", "small"):
+        assert f"u1 [{name}] running coder" in lines, lines
+    assert len([line for line in lines if line.endswith("running coder")]) == 3
+    assert any(line.startswith("u1 [small] proven +1 -0, proof ") for line in lines), lines
+    assert any(line.startswith("u1 [broken] failed proof_failed: proof exited 1")
+               for line in lines), lines
+    for name in ("c1", "c2", "c3"):
+        assert f"u1 critic {name} round 1" in lines, lines
+    assert "u1 verdict c1 round 1: accept, agree: small" in lines
+    assert "u1 verdict c3 round 1: accept, agree: big" in lines
+    assert "u1 vote round 1: big 1/3, small 2/3 (chosen)" in lines
+
+
+def test_plain_lines_say_a_critic_that_did_not_count_and_a_vote_short_of_quorum(
+        repo: Path, write_plan: Any) -> None:
+    consensus = {"variants": THREE, "critics": [critic("bad", "verdict:not json"),
+                                                critic("c2", "smallest")],
+                 "quorum": 2, "rounds": 1}
+    lines = [squeezed(line) for line in plain_run(repo, write_plan(plan_for(consensus)),
+                                                  code=1)]
+    assert ("u1 verdict bad round 1: invalid_output_schema: result file is not JSON: "
+            "Expecting value: line 1 column 1 (char 0)") in lines, lines
+    assert "u1 vote round 1: big 0/2, small 1/2; none reached the quorum of 2" in lines
+
+
+def test_plain_lines_say_a_choice_made_without_a_vote(repo: Path, write_plan: Any) -> None:
+    variants = [variant("broken", "write:calc/ops.py=def add(a, b):\\n    return 0\\n"),
+                variant("big", "write:calc/extra.py=VALUE = 1\\nOTHER = 2\\n")]
+    lines = [squeezed(line) for line in plain_run(repo, write_plan(plan_for(
+        {"variants": variants})))]
+    assert "u1 [big] chosen first passing" in lines, lines
+
