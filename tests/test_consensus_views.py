@@ -67,3 +67,44 @@ def test_plain_lines_say_a_choice_made_without_a_vote(repo: Path, write_plan: An
         {"variants": variants})))]
     assert "u1 [big] chosen first passing" in lines, lines
 
+
+# -- the final table ------------------------------------------------------------------------
+
+def comparison_rows(lines: list[str], unit: str = "u1") -> dict[str, list[str]]:
+    """The comparison table printed after ``<unit>: N candidates``: cells by candidate."""
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"{unit}: ")
+                 and line.endswith(" candidates"))
+    header = lines[start + 1].split()
+    assert header == ["candidate", "state", "failure", "+/-", "proof", "s", "votes", "borda",
+                      "rubric", "chosen"], lines[start + 1]
+    rows = {}
+    for line in lines[start + 3:]:
+        if not line.strip():
+            break
+        rows[line.split()[0]] = line.split()
+    return rows
+
+
+def test_the_final_table_compares_the_candidates(repo: Path, write_plan: Any) -> None:
+    rows = comparison_rows(plain_run(repo, write_plan(plan_for(VOTED))))
+    assert rows["small"][:3] == ["small", "proven", "+1"] and rows["small"][3] == "-0"
+    assert rows["small"][5:] == ["2/3", "2", "✓"], rows["small"]
+    assert rows["big"][5:] == ["1/3", "1"], rows["big"]  # not chosen: no mark
+    assert rows["broken"][:3] == ["broken", "failed", "proof_failed"]
+    float(rows["small"][4])  # the proof's seconds
+
+
+def test_the_final_table_fits_80_columns(repo: Path, write_plan: Any) -> None:
+    from test_live import Terminal
+
+    consensus = {**VOTED, "critics": [critic("c1", "smallest", "scores:small=5,big=4"),
+                                      critic("c2", "smallest"), critic("c3", "largest")]}
+    term = Terminal([sys.executable, "-m", "worktree_mesh", "run",
+                     str(write_plan(plan_for(consensus)))], repo, rows=60, cols=80)
+    assert term.finish() == 0
+    lines = [line.rstrip() for line in term.text.splitlines()]
+    # Each candidate's row whole on one line of the 80 (nothing folded onto the next).
+    rows = comparison_rows(lines)
+    assert rows["small"][5:] == ["2/3", "2", "5.00", "✓"], rows["small"]
+    assert rows["big"][5:] == ["1/3", "1", "4.00"], rows["big"]
+    assert rows["broken"][1:3] == ["failed", "proof_failed"]

@@ -21,6 +21,7 @@ from .usage import cost_text, spent_line, summed_cost_text, tokens_text
 
 if TYPE_CHECKING:  # rich is imported where something is drawn: --json never needs it
     from rich.console import Group
+    from rich.table import Table
 
 STATE_STYLE = {"integrated": "green", "no_diff": "dim", "rejected": "yellow",
                 "failed": "red", "skipped": "magenta", "running": "cyan"}
@@ -227,11 +228,56 @@ def print_summary_table(summary: dict[str, Any], stream: TextIO | None = None) -
     if where:
         # Paths and the git am line must stay whole to be copied: never wrapped.
         console.print(where, markup=False, soft_wrap=True)
+    for unit in summary["units"]:
+        if unit.get("candidates"):
+            console.print(f"{unit['id']}: {len(unit['candidates'])} candidates", markup=False)
+            console.print(comparison_table(unit))
     for line in comparison.awaiting(summary["units"]):
         console.print(line, markup=False, soft_wrap=True)
 
 
 USAGE_COLUMNS = ("tokens", "cost")
+COMPARISON_COLUMNS = ("candidate", "state", "failure", "+/-", "proof s", "votes", "borda",
+                      "rubric", "chosen")
+CHOSEN_MARK = "✓"
+
+
+def comparison_cells(candidate: dict[str, Any]) -> list[str]:
+    """A consensus candidate side by side with the others (SPEC 12), one cell per column
+    of ``COMPARISON_COLUMNS``."""
+    votes = candidate.get("votes")
+    proof_s = candidate.get("proof_s")
+    mean = votes.get("rubric_mean") if votes else None
+    return [candidate["name"], candidate["status"] or "", candidate.get("failure_code") or "",
+            diffstat(candidate.get("stats")) if candidate.get("stats") else "",
+            f"{proof_s:.1f}" if candidate.get("proof_status") and proof_s is not None else "",
+            f"{votes['agree']}/{votes['critics']}" if votes else "",
+            str(votes["borda"]) if votes and votes.get("borda") is not None else "",
+            f"{mean:.2f}" if mean is not None else "",
+            CHOSEN_MARK if candidate.get("chosen") else ""]
+
+
+def comparison_table(unit: dict[str, Any]) -> Table:
+    """A consensus unit's candidates side by side, within 80 columns as long as names
+    and failure codes are not longer than usual (rich folds them when they are)."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    # No lines between columns (a gap of two spaces), the header ruled off.
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0),
+                  header_style="bold")
+    for column in COMPARISON_COLUMNS:
+        numeric = column in ("+/-", "proof s", "votes", "borda", "rubric")
+        table.add_column(column, overflow="fold", justify="right" if numeric else "left")
+    for candidate in unit["candidates"]:
+        cells = comparison_cells(candidate)
+        table.add_row(Text(cells[0]), Text(cells[1], style=CANDIDATE_STYLE.get(cells[1], "")),
+                      *(Text(cell) for cell in cells[2:]))
+    return table
+
+
+CANDIDATE_STYLE = {**STATE_STYLE, "proven": "green"}
 
 
 def any_usage(units: list[dict[str, Any]]) -> bool:
