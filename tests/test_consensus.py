@@ -5,11 +5,17 @@ what lands: exactly the chosen candidate's tree, with its trailers."""
 from __future__ import annotations
 
 import json
+import shlex
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import PROOF, git, lane, run_worktrees, state_dir, wtmesh
+from test_cost import waits_for
 
 SMALL = "write:calc/extra.py=VALUE = 1\\n"
 BIG = "write:calc/extra.py=VALUE = 1\\nOTHER = 2\\nMORE = 3\\n"
@@ -381,3 +387,70 @@ def test_a_kill_at_any_consensus_event_then_resume_gives_the_same_outcome(
     assert not done & rerun, (done, rerun)
     again = {(r["critic"], r["round"]) for r in after if r["event"] == "critique"}
     assert not criticised & again, (criticised, again)
+
+
+def ledger_holds(repo: Path, proc: subprocess.Popen[str], **wanted: str) -> None:
+    """Wait until the run's ledger holds an event with these fields (the run going on)."""
+    deadline = time.monotonic() + 60
+    while True:
+        for path in (state_dir(repo) / "runs").glob("*/ledger.jsonl"):
+            for line in path.read_text().splitlines():
+                if all(json.loads(line).get(k) == v for k, v in wanted.items()):
+                    return
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"no {wanted} in the ledger"
+        time.sleep(0.05)
+
+
+def waiting_for_a_resume(repo: Path) -> dict[str, Any]:
+    """A variant whose lane goes on only in a resumed run (runs use --sandbox none: the
+    ledger it waits on lies in the state directory, which the sandbox hides)."""
+    return {"name": "slow", "coder": {"command": waits_for(repo, 1, "event=run_resumed")
+                                      + shlex.join(lane("act.py", BIG))}}
+
+
+def start_run(repo: Path, plan: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "worktree_mesh", "run", str(plan),
+                             "--sandbox", "none"], cwd=repo, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def interrupt(proc: subprocess.Popen[str]) -> int:
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    return proc.returncode
+
+
+@pytest.mark.parametrize("cut_off", ["variant", "critic"])
+def test_a_lane_cut_off_by_ctrl_c_is_run_again_on_resume(repo: Path, write_plan: Any,
+                                                         cut_off: str) -> None:
+    """What a variant's or critic's lane ends with when the run is interrupted is no
+    outcome: nothing of it (nor of critics asked after it) is kept, and --resume runs it
+    again."""
+    critics = [critic("c1", "agree:slow")]
+    if cut_off == "critic":
+        critics.append({"name": "c2", "command": waits_for(repo, 1, "event=run_resumed")
+                        + shlex.join(lane("critic.py", "agree:slow"))})
+    variants = [variant("small", SMALL), waiting_for_a_resume(repo) if cut_off == "variant"
+                else variant("slow", BIG)]
+    plan = write_plan(plan_for({"variants": variants, "critics": critics}))
+    proc = start_run(repo, plan)
+    try:
+        ledger_holds(repo, proc, event="candidate_finished", candidate="small")
+        ledger_holds(repo, proc, event="lane_started",
+                     **({"candidate": "slow"} if cut_off == "variant" else {"critic": "c2-r1"}))
+    finally:
+        code = interrupt(proc)
+    assert code == 130
+    (run_dir,) = (state_dir(repo) / "runs").iterdir()
+    records = [json.loads(line) for line in (run_dir / "ledger.jsonl").read_text().splitlines()]
+    finished = {r["candidate"] for r in records if r["event"] == "candidate_finished"}
+    assert finished == ({"small"} if cut_off == "variant" else {"small", "slow"})
+    assert not [r for r in records if r["event"] == "vote"]
+    assert not [r for r in records if r["event"] == "critique" and r["critic"] == "c2"]
+    resumed = wtmesh("run", plan, "--resume", "--sandbox", "none", cwd=repo)
+    assert resumed.returncode == 0, (resumed.stdout, resumed.stderr)
+    assert git(repo, "show", "main:calc/extra.py") == "VALUE = 1\nOTHER = 2\nMORE = 3"
+    message = git(repo, "log", "-1", "--format=%B", "main")
+    assert f"Wtmesh-Variant: slow\nWtmesh-Votes: {len(critics)}/{len(critics)}" in message

@@ -41,6 +41,12 @@ class LaneSlots:
         if self._on_give is not None:
             self._on_give()
 
+    def raise_if_stopped(self) -> None:
+        """Stopped once the run is stopping: what a lane or proof ended with then is the
+        interruption's doing, not an outcome to keep."""
+        if self._stopping.is_set():
+            raise Stopped
+
     @contextmanager
     def held(self) -> Iterator[None]:
         """One slot, waited for, for the duration of the block."""

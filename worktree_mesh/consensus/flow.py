@@ -208,6 +208,9 @@ class ConsensusUnit:
             candidate = Candidate(name, order, work.status, work.failure_code, work.notes, work)
         else:
             candidate = self._proven(Candidate(name, order, "proven", None, work.notes, work))
+        # A lane or proof stopped by an interruption ended "failed": not recorded, so that
+        # the resumed run runs it again.
+        self.slots.raise_if_stopped()
         self.report("candidate_finished", unit=self.unit.id, **candidate.record())
         return candidate
 
@@ -248,6 +251,7 @@ class ConsensusUnit:
             return None  # its work is gone: run it again
         if record.get("onto") != self.head():
             candidate = self._proven(dataclasses.replace(candidate, status="proven"))
+            self.slots.raise_if_stopped()
             self.report("candidate_finished", unit=self.unit.id, **candidate.record())
         return candidate
 
@@ -307,6 +311,7 @@ class ConsensusUnit:
                 code, notes = "invalid_output_schema", "the critic wrote no result file"
             except (ValueError, UnicodeDecodeError, InvalidCritique) as exc:
                 code, notes = "invalid_output_schema", f"the critic's verdict: {exc}"
+        self.slots.raise_if_stopped()  # an interrupted critic gave no verdict: ask again
         self.report("critique", unit=self.unit.id, round=round_, critic=critic,
                     counted=critique is not None, failure_code=code, notes=notes,
                     critique=critique.as_record() if critique else None)
