@@ -4,12 +4,24 @@ real CLI with the scripted lanes of test_consensus.py."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from test_consensus import THREE, critic, plan_for, variant
+from conftest import state_dir, wtmesh
+from test_consensus import (
+    SMALL,
+    THREE,
+    critic,
+    interrupt,
+    ledger_holds,
+    plan_for,
+    start_run,
+    variant,
+    waiting_for_a_resume,
+)
 
 VOTED = {"variants": THREE,
          "critics": [critic("c1", "smallest"), critic("c2", "smallest"),
@@ -108,3 +120,54 @@ def test_the_final_table_fits_80_columns(repo: Path, write_plan: Any) -> None:
     assert rows["small"][5:] == ["2/3", "2", "5.00", "✓"], rows["small"]
     assert rows["big"][5:] == ["1/3", "1", "4.00"], rows["big"]
     assert rows["broken"][1:3] == ["failed", "proof_failed"]
+
+
+# -- wtmesh status --------------------------------------------------------------------------
+
+def test_status_compares_the_candidates_of_a_finished_run(repo: Path, write_plan: Any) -> None:
+    plain_run(repo, write_plan(plan_for(VOTED)))
+    status = wtmesh("status", "--json", cwd=repo).json()
+    (unit,) = status["units"]
+    assert [(c["name"], c["status"], c["chosen"]) for c in unit["candidates"]] == \
+        [("big", "proven", False), ("broken", "failed", False), ("small", "proven", True)]
+    rows = comparison_rows(wtmesh("status", cwd=repo).stdout.splitlines())
+    assert rows["small"][1:4] == ["proven", "+1", "-0"] and rows["small"][5:] == \
+        ["2/3", "2", "✓"]
+    assert rows["broken"][1:3] == ["failed", "proof_failed"]
+
+
+def test_status_compares_the_candidates_while_running_once_interrupted_and_resumed(
+        repo: Path, write_plan: Any) -> None:
+    """One variant's lane waits for a resume: status shows it running beside the proven
+    one, then interrupted; after the resume, as the summary says."""
+    consensus = {"variants": [variant("small", SMALL), waiting_for_a_resume(repo)],
+                 "critics": [critic("c1", "smallest")]}
+    plan = write_plan(plan_for(consensus))
+    proc = start_run(repo, plan)
+    try:
+        ledger_holds(repo, proc, event="candidate_finished", candidate="small")
+        ledger_holds(repo, proc, event="lane_started", candidate="slow")
+        running = wtmesh("status", "--json", cwd=repo).json()
+        assert running["state"] == "running"
+        assert [(c["name"], c["status"]) for c in running["units"][0]["candidates"]] == \
+            [("small", "proven"), ("slow", "running")]
+        rows = comparison_rows(wtmesh("status", cwd=repo).stdout.splitlines())
+        assert rows["slow"] == ["slow", "running"] and rows["small"][1] == "proven"
+    finally:
+        assert interrupt(proc) == 130
+    stopped = wtmesh("status", "--json", cwd=repo).json()
+    assert stopped["state"] == "interrupted"
+    assert [(c["name"], c["status"]) for c in stopped["units"][0]["candidates"]] == \
+        [("small", "proven"), ("slow", "interrupted")]
+    rows = comparison_rows(wtmesh("status", cwd=repo).stdout.splitlines())
+    assert rows["slow"] == ["slow", "interrupted"]
+
+    resumed = wtmesh("run", plan, "--resume", "--sandbox", "none", cwd=repo)
+    assert resumed.returncode == 0, resumed.stderr
+    finished = wtmesh("status", "--json", cwd=repo).json()
+    (unit,) = finished["units"]
+    assert [(c["name"], c["status"], c["chosen"]) for c in unit["candidates"]] == \
+        [("small", "proven", True), ("slow", "proven", False)]
+    summary = json.loads((state_dir(repo) / "runs" / finished["run_id"] / "summary.json")
+                         .read_text())
+    assert summary["units"][0]["candidates"] == unit["candidates"]

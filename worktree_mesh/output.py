@@ -22,6 +22,7 @@ from .usage import cost_text, spent_line, summed_cost_text, tokens_text
 if TYPE_CHECKING:  # rich is imported where something is drawn: --json never needs it
     from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
 
 STATE_STYLE = {"integrated": "green", "no_diff": "dim", "rejected": "yellow",
                 "failed": "red", "skipped": "magenta", "running": "cyan"}
@@ -228,10 +229,8 @@ def print_summary_table(summary: dict[str, Any], stream: TextIO | None = None) -
     if where:
         # Paths and the git am line must stay whole to be copied: never wrapped.
         console.print(where, markup=False, soft_wrap=True)
-    for unit in summary["units"]:
-        if unit.get("candidates"):
-            console.print(f"{unit['id']}: {len(unit['candidates'])} candidates", markup=False)
-            console.print(comparison_table(unit))
+    for part in comparisons(summary["units"]):
+        console.print(part)
     for line in comparison.awaiting(summary["units"]):
         console.print(line, markup=False, soft_wrap=True)
 
@@ -255,6 +254,18 @@ def comparison_cells(candidate: dict[str, Any]) -> list[str]:
             str(votes["borda"]) if votes and votes.get("borda") is not None else "",
             f"{mean:.2f}" if mean is not None else "",
             CHOSEN_MARK if candidate.get("chosen") else ""]
+
+
+def comparisons(units: list[dict[str, Any]]) -> list[Text | Table]:
+    """For each consensus unit, a line naming it and its comparison table."""
+    from rich.text import Text
+
+    parts: list[Text | Table] = []
+    for unit in units:
+        if unit.get("candidates"):
+            parts += [Text(f"{unit['id']}: {len(unit['candidates'])} candidates"),
+                      comparison_table(unit)]
+    return parts
 
 
 def comparison_table(unit: dict[str, Any]) -> Table:
@@ -368,6 +379,7 @@ def status_view(status: dict[str, Any]) -> Group:
     line = spent_line(status.get("usage"), status.get("max_cost_usd"))
     if line:
         parts.append(say(line))
+    parts += comparisons(status["units"])
     resume = status["resume"]
     if resume is None:
         if status["state"] == "finished":

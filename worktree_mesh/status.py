@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import usage as usage_mod
+from .consensus import summary as consensus_summary
 from .errors import UsageError
 from .git import Git
 from .resume import events, is_live, landed_in_git, recover, resume_steps, run_finished
@@ -43,6 +44,10 @@ def run_status(git: Git, state: StateDir, run_id: str | None = None) -> dict[str
     spends = usage_mod.lane_spends(records)
     for unit in units:
         unit["usage"] = usage_mod.unit_usage(spends, unit["id"])
+        shown = consensus_summary.candidates(records, unit["id"],
+                                             "running" if live else "interrupted")
+        if shown:
+            unit["candidates"] = shown
     status: dict[str, Any] = {
         "run_id": run_id,
         "state": condition,

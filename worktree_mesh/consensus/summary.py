@@ -4,15 +4,22 @@ view show (SPEC 12)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 
-def candidates(records: Iterable[Mapping[str, Any]], unit_id: str) -> list[dict[str, Any]]:
+def candidates(records: Iterable[Mapping[str, Any]], unit_id: str,
+               unfinished: str = "interrupted") -> list[dict[str, Any]]:
     """Each candidate of ``unit_id`` in order: state, failure code, diffstat, proof time,
     votes (agree of critics, Borda count, rubric mean) after the last vote, chosen (by
-    the vote or select, or by ``wtmesh pick`` once what it picked has landed)."""
+    the vote or select, or by ``wtmesh pick`` once what it picked has landed).
+
+    A candidate whose lanes started but which has not finished comes after the others,
+    with the state ``unfinished``: ``running`` while its run goes on, ``interrupted``
+    once it has stopped."""
     found: dict[str, dict[str, Any]] = {}
+    started: list[str] = []
     standings: dict[str, Mapping[str, Any]] = {}
     critics = 0
     chosen: str | None = None
@@ -21,7 +28,10 @@ def candidates(records: Iterable[Mapping[str, Any]], unit_id: str) -> list[dict[
         if record.get("unit") != unit_id:
             continue
         event = record.get("event")
-        if event == "candidate_finished":
+        if event == "lane_started" and record.get("candidate"):
+            if record["candidate"] not in started:
+                started.append(str(record["candidate"]))
+        elif event == "candidate_finished":
             found[str(record["candidate"])] = dict(record)
         elif event == "vote":
             standings = {str(s["name"]): s for s in record.get("standings", [])}
@@ -35,6 +45,9 @@ def candidates(records: Iterable[Mapping[str, Any]], unit_id: str) -> list[dict[
         elif event == "unit_finished" and picked is not None \
                 and record.get("status") in ("integrated", "no_diff"):
             chosen = picked
+    for name in started:
+        if name not in found:
+            found[name] = {"status": unfinished, "order": math.inf}
     out = []
     for name, record in sorted(found.items(), key=lambda item: item[1].get("order", 0)):
         standing = standings.get(name)
