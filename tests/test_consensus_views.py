@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from conftest import state_dir, wtmesh
+from conftest import lane, state_dir, wtmesh
 from test_consensus import (
     SMALL,
     THREE,
@@ -171,3 +171,75 @@ def test_status_compares_the_candidates_while_running_once_interrupted_and_resum
     summary = json.loads((state_dir(repo) / "runs" / finished["run_id"] / "summary.json")
                          .read_text())
     assert summary["units"][0]["candidates"] == unit["candidates"]
+
+
+# -- report.md ------------------------------------------------------------------------------
+
+def report_of(repo: Path) -> str:
+    (run_dir,) = (state_dir(repo) / "runs").iterdir()
+    return (run_dir / "report.md").read_text()
+
+
+def markdown_rows(report: str, after: str) -> dict[str, list[str]]:
+    """The first Markdown table after the line ``after``: cells by the first cell."""
+    lines = report.splitlines()
+    start = lines.index(after)
+    table = next(i for i in range(start, len(lines)) if lines[i].startswith("| "))
+    rows = {}
+    for line in lines[table + 2:]:
+        if not line.startswith("| "):
+            break
+        cells = [cell.strip() for cell in line.strip().strip("|").split(" | ")]
+        rows[cells[0]] = cells
+    return rows
+
+
+def test_report_md_compares_the_candidates_and_tells_each_round(
+        repo: Path, write_plan: Any) -> None:
+    """patch_first, three critics (one that writes, so does not count), a synthesis voted
+    on in round 2, no consensus: every candidate's patch is linked."""
+    critics = [critic("c1", "smallest", "notes:small | is enough", "flip:a test for OTHER",
+                      "scores:small=5,big=3"),
+               critic("c2", "agree:synthesis"),
+               critic("writer", "write:calc/x.py=1\\n")]
+    synthesizer = {"command": lane("act.py", "write:calc/extra.py=VALUE = 1  # merged\\n")}
+    plan = plan_for({"variants": THREE, "critics": critics, "synthesizer": synthesizer,
+                     "rounds": 2, "quorum": 2})
+    plan["delivery_mode"] = "patch_first"
+    plain_run(repo, write_plan(plan), code=1)
+    report = report_of(repo)
+    assert "No candidate reached the quorum of 2 in 2 rounds" in report
+    rows = markdown_rows(report, "## u1: 4 candidates")
+    assert list(rows) == ["big", "broken", "small", "synthesis"]
+    assert rows["small"][1:4] == ["proven", "", "+1 -0"]
+    assert rows["small"][5:9] == ["1/3", "2", "5.00", ""]
+    assert rows["big"][5:8] == ["0/3", "1", "3.00"]
+    assert rows["broken"][1:3] == ["failed", "proof_failed"] and rows["broken"][9] == ""
+    (run_dir,) = (state_dir(repo) / "runs").iterdir()
+    for name in ("big", "small", "synthesis"):
+        link = f"[candidates/u1/{name}.patch](<{run_dir}/patches/candidates/u1/{name}.patch>)"
+        assert rows[name][9] == link
+        assert (run_dir / "patches" / "candidates" / "u1" / f"{name}.patch").exists()
+
+    first = markdown_rows(report, "### u1, round 1")
+    assert first["c1"] == ["c1", "accept", "small", "small, big", "small 5.00, big 3.00",
+                           "a test for OTHER", "small \\| is enough"]
+    assert first["c2"][1:3] == ["accept", "none"]
+    assert first["writer"][1] == "invalid_output_schema (not counted)"
+    assert "calc/x.py" in first["writer"][6]
+    assert ("Vote (2 of 3 verdicts counted, quorum 2): big 0/3, small 1/3; no candidate "
+            "reached the quorum.") in report
+    second = markdown_rows(report, "### u1, round 2")
+    assert second["c2"][1:4] == ["accept", "synthesis", "synthesis, big, small"]
+    assert "Vote (2 of 3 verdicts counted, quorum 2): big 0/3, small 1/3, synthesis 1/3;" \
+        in report
+
+
+def test_report_md_says_which_candidate_was_chosen(repo: Path, write_plan: Any) -> None:
+    plain_run(repo, write_plan(plan_for(VOTED)))
+    report = report_of(repo)
+    assert "Small chosen by 2 of 3 critics in round 1." in report
+    rows = markdown_rows(report, "## u1: 3 candidates")
+    assert rows["small"][5:] == ["2/3", "2", "", "✓"]  # commit_first: no patch column
+    assert "Vote (3 of 3 verdicts counted, quorum 2): big 1/3, small 2/3; small chosen." \
+        in report

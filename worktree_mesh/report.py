@@ -2,7 +2,8 @@
 
 Counts, what the lanes spent, a table of units (state, failure code, diffstat, proof time,
 commit or patch, the first line of evidence, and tokens and cost where a lane reported
-them), and in patch_first the series with the command that applies it.
+them), for each consensus unit its candidates side by side and every critic's verdict
+round by round, and in patch_first the series with the command that applies it.
 Built from the run's summary and ledger only, so it can be written again at any time.
 """
 
@@ -14,6 +15,8 @@ from typing import Any
 
 from . import ledger as ledger_mod
 from .consensus import comparison
+from .consensus.vote import rubric_mean
+from .output import COMPARISON_COLUMNS, comparison_cells, first_line
 from .series_check import REVIEWER_AM
 from .state import RunDir, write_atomic
 from .status import evidence
@@ -61,6 +64,10 @@ def render_report(summary: dict[str, Any], records: list[dict[str, Any]],
         lines.append("| " + " | ".join(_cell(x) for x in (
             uid, unit["status"], unit["failure_code"] or "", str(len(unit["files"])), delta,
             f"{proof_s[uid]:.1f}" if uid in proof_s else "", where, *used, why)) + " |")
+    for unit in summary["units"]:
+        if unit.get("candidates"):
+            lines += consensus_section(unit, records, finished.get(unit["id"]),
+                                       summary.get("patch_dir"))
     if summary["delivery_mode"] == "patch_first" and summary.get("patch_dir"):
         patches = [u for u in summary["units"] if u["patch"]]
         lines += ["", "## Patches", "",
@@ -88,6 +95,66 @@ def write_report(summary: dict[str, Any], run_dir: RunDir, also: Path | None,
         report("warning", message=f"could not write --report {also}: "
                                   f"{exc.strerror or exc}; the report is in "
                                   f"{run_dir.path}/report.md")
+
+
+def consensus_section(unit: dict[str, Any], records: list[dict[str, Any]],
+                      ended: dict[str, Any] | None, patch_dir: str | None) -> list[str]:
+    """A consensus unit: its candidates side by side, then each round's vote and every
+    critic's verdict in it (SPEC 12)."""
+    uid = unit["id"]
+    lines = ["", f"## {uid}: {len(unit['candidates'])} candidates", ""]
+    said = first_line(ended.get("notes") or "") if ended else ""
+    if said:
+        lines += [_cell(said[0].upper() + said[1:]) + ("" if said.endswith(".") else "."), ""]
+    patches = any(c.get("patch") for c in unit["candidates"]) and patch_dir
+    lines += ["| " + " | ".join([*COMPARISON_COLUMNS, *(["patch"] if patches else [])]) + " |",
+              "|---|---|---|---:|---:|---:|---:|---:|---|" + ("---|" if patches else "")]
+    for candidate in unit["candidates"]:
+        cells = [_cell(cell) for cell in comparison_cells(candidate)]
+        if patches:
+            patch = candidate.get("patch")
+            cells.append(f"[{_cell(patch)}](<{patch_dir}/{patch}>)" if patch else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    votes = {r["round"]: r for r in records
+             if r["event"] == "vote" and r.get("unit") == uid}
+    critiques: dict[int, dict[str, dict[str, Any]]] = {}
+    for record in records:
+        if record["event"] == "critique" and record.get("unit") == uid:
+            critiques.setdefault(record["round"], {})[record["critic"]] = record
+    for round_ in sorted(set(votes) | set(critiques)):
+        lines += ["", f"### {uid}, round {round_}", ""]
+        if round_ in votes:
+            lines += [_cell(_vote_line(votes[round_])), ""]
+        lines += ["| critic | decision | agrees with | ranking | rubric | flip | notes |",
+                  "|---|---|---|---|---|---|---|"]
+        for critic, record in sorted(critiques.get(round_, {}).items()):
+            lines.append("| " + " | ".join(_cell(cell) for cell in _verdict_cells(critic,
+                                                                                  record))
+                         + " |")
+    return lines
+
+
+def _vote_line(vote: dict[str, Any]) -> str:
+    critics = vote.get("critics", 0)
+    standings = ", ".join(f"{s['name']} {s['agree']}/{critics}" for s in vote.get("standings",
+                                                                                   []))
+    outcome = (f"{vote['chosen']} chosen" if vote.get("chosen")
+               else "no candidate reached the quorum")
+    return (f"Vote ({vote.get('counted', critics)} of {critics} verdicts counted, quorum "
+            f"{vote.get('quorum')}): {standings or 'no candidates'}; {outcome}.")
+
+
+def _verdict_cells(critic: str, record: dict[str, Any]) -> list[str]:
+    critique = record.get("critique")
+    if not record.get("counted") or not critique:
+        return [critic, f"{record.get('failure_code') or 'no verdict'} (not counted)", "", "",
+                "", "", record.get("notes") or ""]
+    agree = [name for name, said in critique.get("votes", {}).items() if said == "agree"]
+    scores = ", ".join(f"{name} {rubric_mean(marks):.2f}"
+                       for name, marks in critique.get("scores", {}).items())
+    return [critic, critique["decision"], ", ".join(agree) or "none",
+            ", ".join(critique.get("ranking") or []), scores, critique.get("flip") or "",
+            critique.get("notes") or ""]
 
 
 def _cell(text: str) -> str:

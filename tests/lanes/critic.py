@@ -8,6 +8,8 @@
   verdict:JSON        write this JSON as the result (raw)
   record:FILE         append the candidates file and the WTMESH_* variables to FILE
   follow              round 2 on: agree with what the other critics agreed on most
+  notes:TEXT          the verdict's notes
+  flip:TEXT           what would change this critic's vote
   any action of act.py (write:PATH=TEXT ... a critic that writes)
 """
 
@@ -58,6 +60,8 @@ def main(args: list[str]) -> None:
             with open(rest, "a", encoding="utf-8") as out:
                 env = {k: v for k, v in os.environ.items() if k.startswith("WTMESH_")}
                 out.write(json.dumps({"candidates": document, "env": env}) + "\n")
+        elif verb in ("notes", "flip"):
+            verdict[verb] = rest
         elif arg == "follow":
             counts = Counter(n for p in document["previous"] for n, v in p["votes"].items()
                              if v == "agree")
