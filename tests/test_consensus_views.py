@@ -5,6 +5,7 @@ real CLI with the scripted lanes of test_consensus.py."""
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,8 @@ from typing import Any
 
 from conftest import lane, state_dir, wtmesh
 from test_consensus import (
+    BIG,
+    BROKEN,
     SMALL,
     THREE,
     critic,
@@ -22,6 +25,8 @@ from test_consensus import (
     variant,
     waiting_for_a_resume,
 )
+from test_cost import waits_for
+from test_live import Terminal, rows_of
 
 VOTED = {"variants": THREE,
          "critics": [critic("c1", "smallest"), critic("c2", "smallest"),
@@ -107,8 +112,6 @@ def test_the_final_table_compares_the_candidates(repo: Path, write_plan: Any) ->
 
 
 def test_the_final_table_fits_80_columns(repo: Path, write_plan: Any) -> None:
-    from test_live import Terminal
-
     consensus = {**VOTED, "critics": [critic("c1", "smallest", "scores:small=5,big=4"),
                                       critic("c2", "smallest"), critic("c3", "largest")]}
     term = Terminal([sys.executable, "-m", "worktree_mesh", "run",
@@ -243,3 +246,65 @@ def test_report_md_says_which_candidate_was_chosen(repo: Path, write_plan: Any) 
     assert rows["small"][5:] == ["2/3", "2", "", "✓"]  # commit_first: no patch column
     assert "Vote (3 of 3 verdicts counted, quorum 2): big 1/3, small 2/3; small chosen." \
         in report
+
+
+# -- the live view --------------------------------------------------------------------------
+
+def waits_for_file(path: Path, *actions: str) -> str:
+    """A lane that goes on once the test has created ``path``."""
+    return f"while [ ! -e {path} ]; do sleep 0.05; done; " + shlex.join(lane("act.py",
+                                                                             *actions))
+
+
+def test_the_live_view_counts_the_candidates_then_shows_the_chosen_one(
+        repo: Path, write_plan: Any, tmp_path: Path) -> None:
+    """The slow variant waits for a file; so does a second unit, which keeps the live view
+    up after the consensus unit has integrated."""
+    go, done = tmp_path / "go", tmp_path / "done"
+    slow = {"name": "slow", "coder": {"command": waits_for_file(go, BIG)}}
+    plan = plan_for({**VOTED, "variants": [variant("small", SMALL), variant("broken", BROKEN),
+                                           slow]})
+    plan["max_active"] = 4
+    plan["units"].append({"id": "later", "objective": "o", "unit_scope": ["later.txt"],
+                          "lanes": {"coder": {"command": waits_for_file(
+                              done, "write:later.txt=1\\n")}}})
+    term = Terminal([sys.executable, "-m", "worktree_mesh", "run", str(write_plan(plan))],
+                    repo, rows=30, cols=120)
+    try:
+        term.pump_until("1 running, 1 proven, 1 out")
+        (row,) = rows_of(term.snapshots[-1], "u1")
+        assert "running" in row
+        # The integrator's last step: the proof of small's or broken's candidate.
+        assert "integrator: proving u1 [" in term.snapshots[-1]
+        go.touch()
+        term.pump_until("small chosen 2/3")
+    finally:  # the lanes go on, the run ends, whatever was seen
+        go.touch()
+        done.touch()
+        code = term.finish()
+    assert code == 0
+
+
+def test_the_live_view_of_a_resumed_run_keeps_the_candidates_that_had_finished(
+        repo: Path, write_plan: Any, tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    slow = {"name": "slow", "coder": {"command": waits_for(repo, 1, "event=run_resumed")
+                                      + waits_for_file(go, BIG)}}
+    plan = write_plan(plan_for({"variants": [variant("small", SMALL), slow],
+                                "critics": [critic("c1", "smallest")]}))
+    proc = start_run(repo, plan)
+    try:
+        ledger_holds(repo, proc, event="candidate_finished", candidate="small")
+        ledger_holds(repo, proc, event="lane_started", candidate="slow")
+    finally:
+        assert interrupt(proc) == 130
+    term = Terminal([sys.executable, "-m", "worktree_mesh", "run", str(plan), "--resume",
+                     "--sandbox", "none"], repo, rows=30, cols=120)
+    try:
+        term.pump_until("1 running, 1 proven")  # small, from before the interruption
+        go.touch()
+        term.pump_until("small chosen 1/1")
+    finally:
+        go.touch()
+        code = term.finish()
+    assert code == 0

@@ -129,10 +129,11 @@ def run(plan_file: Path, repo: Path | None, max_active: int | None, delivery: st
     live = not as_json and sys.stdout.isatty() and os.environ.get("TERM") != "dumb"
     renderer: Observer
     drawing: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    view = None
     if live:
         from .live import LiveView  # rich, only for a terminal
 
-        renderer = drawing = LiveView(sys.stdout)
+        renderer = drawing = view = LiveView(sys.stdout)
     else:
         renderer = LineRenderer(sys.stderr if as_json else sys.stdout)
     if resume is not None:
@@ -145,6 +146,8 @@ def run(plan_file: Path, repo: Path | None, max_active: int | None, delivery: st
         the_run, recovery = _resumable(plan_file, repo, resume, renderer, as_json,
                                        keep_worktrees=keep_worktrees, lock_timeout=lock_timeout,
                                        max_active=max_active, sandbox=sandbox)
+        if view is not None:
+            view.recall(events(the_run.run_dir))
     else:
         decision = _budget(remaining_five_hour, remaining_weekly)
         plan = plan_mod.load(plan_file)

@@ -21,7 +21,8 @@ from rich.table import Table
 from rich.text import Text
 
 from . import usage as usage_mod
-from .output import STATE_STYLE, describe, sandbox_note
+from .consensus import summary as consensus_summary
+from .output import CONSENSUS_EVENTS, STATE_STYLE, describe, sandbox_note
 from .readiness import FINAL_STATES
 from .usage import Usage, summed_cost_text, tokens_text
 
@@ -45,6 +46,23 @@ class _Row:
     removed: int = 0
     failure: str = ""
     spent: list[Usage] = field(default_factory=list)  # each finished attempt's usage
+    # A consensus unit's records its candidates are read from (consensus/summary.py).
+    consensus: list[dict[str, Any]] = field(default_factory=list)
+
+    def candidates(self) -> str:
+        """How a consensus unit's candidates stand: ``1 running, 1 proven, 1 out``, and
+        once one is chosen, which and by how many critics."""
+        shown = consensus_summary.candidates(self.consensus, self.unit, "running")
+        chosen = next((c for c in shown if c["chosen"]), None)
+        if chosen is not None:
+            votes = chosen["votes"]
+            return f"{chosen['name']} chosen" + (
+                f" {votes['agree']}/{votes['critics']}" if votes else "")
+        counts = {"running": 0, "proven": 0, "out": 0}
+        for candidate in shown:
+            status = candidate["status"]
+            counts[status if status in counts else "out"] += 1
+        return ", ".join(f"{n} {what}" for what, n in counts.items() if n)
 
     def usage(self) -> dict[str, Any] | None:
         summed = usage_mod.total(self.spent)
@@ -111,11 +129,19 @@ class LiveView:
             row.state = record["state"]
             phase = record.get("phase") or ""
             row.lane = "" if phase == "starting" else phase
+            if record.get("critic"):  # of a consensus unit: which round its critics are in
+                row.lane += " r" + str(record["critic"]).rpartition("-r")[2]
             if row.started is None:
                 row.started = now
         elif event == "lane_started":
             row = self._row(record["unit"])
-            row.lane, row.attempt = record["lane"], record["attempt"]
+            row.attempt = record["attempt"]
+            if not record.get("critic"):
+                row.lane = record["lane"]
+            if record.get("candidate"):
+                row.consensus.append(record)
+        elif event in CONSENSUS_EVENTS:
+            self._row(record["unit"]).consensus.append(record)
         elif event == "lane_finished" and record.get("usage"):
             try:
                 self._row(record["unit"]).spent.append(usage_mod.parse(record["usage"]))
@@ -137,6 +163,8 @@ class LiveView:
             units = record.get("units") or [record["unit"]]
             model.integrator = (f"proving {units[0]}" if len(units) == 1
                                 else f"proving {len(units)} units, {units[0]}..{units[-1]}")
+            if record.get("of"):  # a consensus unit's candidate
+                model.integrator += f" [{record['of']}]"
         elif event == "landed":
             model.integrator = f"landed {record['unit']}"
         elif event in ("lock_wait", "backpressure", "stranded", "left_behind",
@@ -144,6 +172,15 @@ class LiveView:
             line = describe(record)
             if line:
                 model.notes = [*model.notes[-2:], line]
+
+    def recall(self, records: list[dict[str, Any]]) -> None:
+        """A resumed run: its consensus units' candidates as the interrupted run left them
+        (a candidate that finished then is not run again, so says nothing new)."""
+        with self._lock:
+            for record in records:
+                if record["event"] in CONSENSUS_EVENTS:
+                    self._row(record["unit"]).consensus.append(record)
+            self._version += 1
 
     # -- drawing -------------------------------------------------------------------------
 
@@ -186,6 +223,10 @@ class LiveView:
         table.add_column("time", justify="right", no_wrap=True)
         table.add_column("files", justify="right", no_wrap=True)
         table.add_column("+/-", justify="right", no_wrap=True)
+        # A consensus unit's candidates, once there is one.
+        consensus = any(row.consensus for row in all_rows)
+        if consensus:
+            table.add_column("candidates", no_wrap=True, overflow="ellipsis")
         table.add_column("failure", no_wrap=True, overflow="ellipsis")
         # Tokens and cost only once a lane has reported what it spent.
         spent = any(row.spent for row in all_rows)
@@ -198,7 +239,8 @@ class LiveView:
                 Text(row.unit), Text(row.state, style=STATE_STYLE.get(row.state, "")),
                 Text(row.lane), str(row.attempt or ""), row.elapsed(now),
                 "" if row.files is None else str(row.files),
-                f"+{row.added}/-{row.removed}" if row.files else "", Text(row.failure),
+                f"+{row.added}/-{row.removed}" if row.files else "",
+                *((Text(row.candidates()),) if consensus else ()), Text(row.failure),
                 *((tokens_text(used), summed_cost_text(used)) if spent else ()))
         done = sum(1 for row in all_rows if row.state in FINAL)
         progress = Table.grid(padding=(0, 1))
