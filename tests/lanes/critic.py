@@ -10,7 +10,10 @@
   follow              round 2 on: agree with what the other critics agreed on most
   notes:TEXT          the verdict's notes
   flip:TEXT           what would change this critic's vote
-  any action of act.py (write:PATH=TEXT ... a critic that writes)
+  write:PATH=TEXT     write a file in the worktree (a critic that writes)
+  sleep:S             sleep S seconds
+
+Standalone: a sandboxed lane sees the script it names, not the directory beside it.
 """
 
 from __future__ import annotations
@@ -18,12 +21,10 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).parent))
-import act  # noqa: E402
 
 RUBRIC = ("contract_clarity", "invariant_strength", "minimal_incision", "proof_credibility",
           "legibility_trace")
@@ -68,8 +69,14 @@ def main(args: list[str]) -> None:
             if counts:
                 top = max(names, key=lambda n: (counts[n], -names.index(n)))
                 agree, ranking = [top], [top] + [n for n in names if n != top]
+        elif verb == "write":
+            path, _, text = rest.partition("=")
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(text.replace("\\n", "\n"), encoding="utf-8")
+        elif verb == "sleep":
+            time.sleep(float(rest))
         else:
-            act.act(arg)
+            raise SystemExit(f"critic.py: unknown action {arg!r}")
     result = Path(os.environ["WTMESH_RESULT_JSON"])
     if raw is not None:
         result.write_text(raw, encoding="utf-8")
