@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # jsonschema is imported when a plan is checked: commands sta
 DELIVERY_MODES = ("commit_first", "patch_first")
 LANE_NAMES = ("coder", "fixer")
 DEFAULT_MAX_ACTIVE = 2
+DEFAULT_REBASE_RETRIES = 2
 DEFAULT_LANE_TIMEOUT_S = 1800.0
 DEFAULT_PROOF_TIMEOUT_S = 1800.0
 DEFAULT_RETRIES = 1
@@ -136,6 +137,8 @@ class Plan:
     # {plan_dir} and ~ are expanded when the run knows the repository.
     sandbox_writable: tuple[str, ...] = ()
     max_cost_usd: float | None = None  # once the run has spent it, no new lane starts
+    overlap: str = "serialize"  # serialize | optimistic (SPEC 14)
+    rebase_retries: int = DEFAULT_REBASE_RETRIES  # reruns of a conflicting unit (optimistic)
 
     @property
     def plan_dir(self) -> Path:
@@ -563,6 +566,8 @@ def build(data: Mapping[str, Any], path: Path) -> Plan:
         sandbox=data.get("sandbox"),
         sandbox_writable=tuple(data.get("sandbox_writable", ())),
         max_cost_usd=float(data["max_cost_usd"]) if "max_cost_usd" in data else None,
+        overlap=data.get("overlap", "serialize"),
+        rebase_retries=int(data.get("rebase_retries", DEFAULT_REBASE_RETRIES)),
     )
 
 

@@ -3,7 +3,8 @@
 A unit is ready when every unit it depends on is integrated (or found nothing to do), no
 earlier unit in integration order whose scope overlaps its own is unfinished, and a slot
 is free. Overlapping units therefore run one after another, each from the other's
-integrated result, and cannot conflict.
+integrated result, and cannot conflict -- unless the plan's overlap is optimistic, when
+only depends_on orders them.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ SATISFIES_DEPENDENCY = frozenset({"integrated", "no_diff"})
 
 
 class Readiness:
-    def __init__(self, order: Sequence[Unit]) -> None:
+    def __init__(self, order: Sequence[Unit], overlap: str = "serialize") -> None:
         self.order = list(order)
         self._blockers: dict[str, list[str]] = {}
         for index, unit in enumerate(self.order):
-            self._blockers[unit.id] = [
+            # Optimistic overlap (SPEC 14): only depends_on orders units; a conflict is rerun.
+            self._blockers[unit.id] = [] if overlap == "optimistic" else [
                 earlier.id for earlier in self.order[:index]
                 if earlier.scope.overlaps(unit.scope)
             ]

@@ -114,7 +114,7 @@ class Run:
         self.state = StateDir.for_common_dir(git.common_dir)
         self.run_dir: RunDir = self.state.run(self.run_id)
         self.order = integration_order(options.plan)
-        self.readiness = Readiness(self.order)
+        self.readiness = Readiness(self.order, options.plan.overlap)
         self.units = {u.id: UnitProgress(u) for u in self.order}
         self.head: Sha = options.base  # where the next unit starts: the last landing
         self.ledger: Ledger | None = None

@@ -49,7 +49,7 @@ def plan_replay(path: Path, max_active: int | None = None,
     limit = max_active or plan.max_active
     if decision is not None:
         limit = decision.limit(limit)
-    waves = Readiness(plan_mod.integration_order(plan)).waves(limit)
+    waves = Readiness(plan_mod.integration_order(plan), plan.overlap).waves(limit)
     out: dict[str, Any] = {"command": "replay", "plan": str(path)}
     if decision is not None:
         out["mode"] = decision.mode
