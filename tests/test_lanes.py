@@ -161,9 +161,11 @@ def test_no_result_and_nonzero_exit_is_lane_failed(repo: Path, write_plan: Any) 
     assert unit["attempts"] == 2
 
 
+# Relative paths, which the preflight lets through (the worktree could make them):
+# a program certainly missing is refused before the run (tests/test_preflight.py).
 @pytest.mark.parametrize("command", [
-    ["/nonexistent/agent-cli", "--task"],
-    "definitely-not-a-command-wtmesh --flag",
+    ["./nonexistent/agent-cli", "--task"],
+    "./definitely-not-a-command-wtmesh --flag",
 ])
 def test_command_that_cannot_start_is_tooling_unavailable(repo: Path, write_plan: Any,
                                                           command: Any) -> None:

@@ -53,9 +53,13 @@ def describe(record: dict[str, Any]) -> str | None:
 def _describe(record: dict[str, Any]) -> str | None:
     event = record["event"]
     if event == "run_started":
-        return (f"run {record['run_id']}: {len(record['units'])} units, "
-                f"{record['delivery_mode']} onto {record['target']} "
-                f"from {record['base'][:12]}, {record['max_active']} at a time"
+        return (f"run {record['run_id']}: {len(record['units'])} units"
+                + (f" in {record['waves']} waves" if record.get("waves") else "")
+                + f", {record['delivery_mode']} onto {record['target']} "
+                f"from {record['base'][:12]}"
+                + (f", overlap {record['overlap']}" if record.get("overlap") else "")
+                + (f", executor {record['executor']}" if record.get("executor") else "")
+                + f", {record['max_active']} at a time" + budget_note(record)
                 + sandbox_note(record) + preset_note(record))
     if event == "warning":
         return f"wtmesh: warning: {record['message']}"
@@ -174,6 +178,18 @@ def diffstat(stats: dict[str, Any] | None) -> str:
 def _reason(record: dict[str, Any]) -> str:
     files = record.get("files") or []
     return f"{record['reason']}: {', '.join(files)}" if files else record["reason"]
+
+
+def budget_note(record: dict[str, Any]) -> str:
+    """Why ``max_active`` is what it is when the budget clamped it."""
+    said = record.get("budget")
+    if not isinstance(said, dict) or not isinstance(said.get("max_active_units"), int) \
+            or said["max_active_units"] > record.get("max_active", 0):
+        return ""  # no budget, or it did not clamp
+    note = f" (budget {said.get('mode')}: at most {said['max_active_units']}"
+    if said.get("parallel_tasks_target") is not None:
+        note += f", {said['parallel_tasks_target']} tasks of {said.get('roles_per_task')} roles"
+    return note + ")"
 
 
 def sandbox_note(record: dict[str, Any]) -> str:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import integrating, proc
+from . import integrating, preflight, proc
 from . import ledger as ledger_mod
 from . import usage as usage_mod
 from .consensus import comparison
@@ -32,6 +32,7 @@ from .consensus.flow import ConsensusUnit
 from .errors import (
     EXIT_INTERRUPTED,
     EnvironmentRefused,
+    WtmeshError,
 )
 from .git import Git, Sha
 from .integrator import CandidateProof, Landing
@@ -52,7 +53,7 @@ from .run_options import RunOptions
 from .slots import LaneSlots, Stopped
 from .state import RunDir, StateDir, new_run_id, unit_ref_prefix, write_atomic
 from .text import printable, printable_data, quote_path
-from .toolkit import learnings
+from .toolkit import learnings, wave
 from .toolkit.backpressure import Backpressure
 from .unit_runner import LocalExecutor, UnitJob, UnitWork
 from .usage import Budget, LaneSpend
@@ -212,6 +213,7 @@ class Run:
     def prepare(self) -> None:
         """Refuse early (an unusable state directory, a dirty target) before anything is
         written."""
+        preflight.check(self.order)  # a missing program: refused before anything exists
         self.state.check_usable()
         # First without the lock, so a refused start leaves no trace (not even a lock
         # file); then under it, as another run may be moving the worktree right now.
@@ -236,13 +238,23 @@ class Run:
                   units=[u.id for u in self.order], pid=os.getpid(),
                   repo=str(opts.repo.toplevel) if opts.repo.toplevel else None,
                   sandbox=opts.sandbox.as_record(),
-                  presets={cli.preset: cli.record() for cli in clis})
+                  presets={cli.preset: cli.record() for cli in clis},
+                  waves=self._waves(), overlap="serialize", executor="local")
         for cli in clis:  # flags and output formats drift between releases
             if cli.version is not None and not cli.tested:
                 self.emit("warning", message=f"{cli.describe()}; it may not behave as the "
                           f"{cli.preset} preset expects")
         self.integrator.start_patch_series()
         self.integration.watch_repo()
+
+    def _waves(self) -> int | None:
+        """How many waves the plan's units take at ``max_active`` (None where a scope
+        cannot be read: the run says it then, unit by unit)."""
+        try:
+            return wave.count(list(self.options.plan.raw.get("units") or []),
+                              self.options.max_active)
+        except (WtmeshError, ValueError, KeyError, TypeError):
+            return None
 
     def _preset_clis(self) -> list[versions.Installed]:
         """The CLI of each preset the plan uses, as found on PATH."""

@@ -69,3 +69,18 @@ def select(units: Sequence[Mapping[str, Any]], max_active: int = 1) -> Wave:
         picked.append(unit)
         scopes.append(scope)
     return Wave(picked, left)
+
+
+def count(units: Sequence[Mapping[str, Any]], max_active: int) -> int:
+    """How many waves ``units`` take, each ``select``ed from the units the ones before
+    left (the run's first line says it)."""
+    left = list(units)
+    waves = 0
+    while left:
+        chosen = select(left, max_active)
+        if not chosen.selected:  # a dependency outside the plan: the rest waits on it
+            return waves + 1
+        waves += 1
+        ids = set(chosen.left)
+        left = [u for u in left if u["id"] in ids]
+    return waves
