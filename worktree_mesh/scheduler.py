@@ -239,7 +239,7 @@ class Run:
                   repo=str(opts.repo.toplevel) if opts.repo.toplevel else None,
                   sandbox=opts.sandbox.as_record(),
                   presets={cli.preset: cli.record() for cli in clis},
-                  waves=self._waves(), overlap="serialize", executor="local")
+                  waves=self._waves(), overlap=opts.plan.overlap, executor="local")
         for cli in clis:  # flags and output formats drift between releases
             if cli.version is not None and not cli.tested:
                 self.emit("warning", message=f"{cli.describe()}; it may not behave as the "
