@@ -97,7 +97,8 @@ def test_execute_runs_every_row_through_wtmesh_run(executed: Executed) -> None:
                    "output_csv_path": str(executed.output), "status": "executed",
                    "run_id": run_id, "exit_code": 1,
                    "counts": {"pending": 0, "running": 0, "integrated": 1, "no_diff": 1,
-                              "rejected": 1, "failed": 2, "skipped": 0}}
+                              "rejected": 1, "failed": 2, "skipped": 0,
+                              "no_consensus": 0, "awaiting_choice": 0}}
     # The real integrator landed exactly the accepted unit, with its trailers.
     repo = executed.repo
     assert git(repo, "rev-list", "--count", f"{executed.base}..main") == "1"
