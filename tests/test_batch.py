@@ -20,12 +20,14 @@ def unit_writing(i: int, files: list[str], lane_s: float) -> dict[str, Any]:
 
 
 def plan_of(tmp_path: Path, proofs: Path, breakers: set[int], n: int = 16,
-            first_lane_s: float = 0.2) -> Path:
+            first_lane_s: float = 0.2, hold_first_in: Path | None = None) -> Path:
     """``n`` units writing their own file, all at once; ``breakers`` also write a
     broken-<i>.txt of their own, which fails the proof. The proof records every tree it
     sees and its verdict in ``proofs``. A slow first unit (``first_lane_s``) holds up
     integration, which is in plan order, until every other unit is ready: then the
-    first batch is as large as it can be, whatever the machine's speed."""
+    first batch is as large as it can be. ``hold_first_in`` (the repository): the first
+    unit's lane instead waits until every other unit's lanes are done, read from the
+    ledger (so the run is not sandboxed), which holds on a machine of any speed."""
     units = [unit_writing(i, [f"u{i:02d}.txt"] + ([f"broken-{i}.txt"] if i in breakers
                                                    else []),
                           first_lane_s if i == 0 else 0.2)
@@ -33,9 +35,14 @@ def plan_of(tmp_path: Path, proofs: Path, breakers: set[int], n: int = 16,
     proof = (f"t=$(git rev-parse HEAD^{{tree}}); "
              f"if ls broken-*.txt >/dev/null 2>&1; then echo \"$t fail\" >> {proofs}; exit 1; "
              f"fi; echo \"$t pass\" >> {proofs}")
+    extra: dict[str, Any] = {}
+    if hold_first_in is not None:
+        units[0]["lanes"]["coder"]["command"] = (
+            after(hold_first_in, n - 1, "event=lanes_done") + "echo 0 > u00.txt")
+        extra["sandbox"] = "none"
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({"max_active": n, "proof_command": proof, "units": units,
-                                "sandbox_writable": [str(proofs.parent)]}))
+                                "sandbox_writable": [str(proofs.parent)], **extra}))
     return plan
 
 
@@ -93,7 +100,7 @@ def test_the_target_only_ever_moves_to_a_proven_tree(tmp_path: Path) -> None:
 
 def test_batch_commits_say_what_was_proven(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo")
-    plan = plan_of(tmp_path, tmp_path / "proofs", set(), n=6, first_lane_s=1.5)
+    plan = plan_of(tmp_path, tmp_path / "proofs", set(), n=6, hold_first_in=repo)
     summary = run(repo, plan, "--batch", "auto")
     assert summary["exit_code"] == 0
     bodies = git(repo, "log", "--format=%(trailers:key=Wtmesh-Proof,valueonly)%x00",
@@ -109,7 +116,7 @@ def test_batch_commits_say_what_was_proven(tmp_path: Path) -> None:
 
 def test_batch_n_caps_the_batch(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo")
-    plan = plan_of(tmp_path, tmp_path / "proofs", set(), n=8, first_lane_s=1.5)
+    plan = plan_of(tmp_path, tmp_path / "proofs", set(), n=8, hold_first_in=repo)
     summary = run(repo, plan, "--batch", "3")
     assert summary["exit_code"] == 0
     ledger = repo / ".git/wtmesh/runs" / summary["run_id"] / "ledger.jsonl"
