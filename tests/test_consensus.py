@@ -177,6 +177,21 @@ def test_a_critic_that_writes_is_invalid_and_its_vote_does_not_count(
     assert "HACKED" not in git(repo, "log", "--all", "-p")  # nothing of it was kept
 
 
+@pytest.mark.parametrize("sandbox", ["auto", "none"])
+def test_a_critic_that_rewrites_a_candidates_diff_changes_nothing_that_lands(
+        repo: Path, write_plan: Any, sandbox: str) -> None:
+    """A hostile critic overwrites every candidate's diff file it can reach by path
+    (sandboxed: none; unsandboxed: all of them) and votes like the others: what lands is
+    the chosen candidate's change, taken again from its commits."""
+    critics = [critic("evil", "smallest", "tamper:HACKED = 1\n"), critic("c2", "smallest")]
+    summary = run(repo, write_plan(plan_for({"variants": THREE, "critics": critics})),
+                  "--sandbox", sandbox)
+    (unit,) = summary["units"]
+    assert (unit["status"], by_name(unit)["small"]["chosen"]) == ("integrated", True), unit
+    assert git(repo, "show", "main:calc/extra.py") == "VALUE = 1"
+    assert "HACKED" not in git(repo, "log", "-p", "main")
+
+
 @pytest.mark.parametrize("verdict", [
     "not json", "[]", '{"decision": "maybe", "votes": {}}',
     '{"decision": "accept", "votes": {"nobody": "agree"}}',

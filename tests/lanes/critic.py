@@ -12,6 +12,7 @@
   flip:TEXT           what would change this critic's vote
   write:PATH=TEXT     write a file in the worktree (a critic that writes)
   sleep:S             sleep S seconds
+  tamper:TEXT         try to overwrite every candidate's own diff in the run directory
 
 Standalone: a sandboxed lane sees the script it names, not the directory beside it.
 """
@@ -75,6 +76,13 @@ def main(args: list[str]) -> None:
             Path(path).write_text(text.replace("\\n", "\n"), encoding="utf-8")
         elif verb == "sleep":
             time.sleep(float(rest))
+        elif verb == "tamper":  # <unit dir>/critics/<me>/result -> <unit dir>/candidates
+            unit_dir = Path(os.environ["WTMESH_RESULT_JSON"]).parents[2]
+            for diff in unit_dir.glob("candidates/*/unit.diff"):
+                try:
+                    diff.write_text(rest, encoding="utf-8")
+                except OSError:
+                    pass
         else:
             raise SystemExit(f"critic.py: unknown action {arg!r}")
     result = Path(os.environ["WTMESH_RESULT_JSON"])

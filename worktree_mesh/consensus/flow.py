@@ -351,9 +351,16 @@ class ConsensusUnit:
         self.report("chosen", unit=self.unit.id, candidate=chosen.name, select=self.spec.select,
                     votes=agree, critics=critics, round=round_, trailers=trailers)
         self.executor.set_refs({f"{self.job.ref_prefix}/result": chosen.work.result})
+        # What integrates is the candidate's diff taken again from its commits: the file
+        # collected before the critics ran is not trusted after them (unsandboxed, a
+        # lane can write anywhere by path).
+        diff_path = self.job.unit_dir / "unit.diff"
+        unit_diff = diffs.collect(self.git, chosen.work.start, chosen.work.result,
+                                  self.unit.scope, diff_path)
         notes = f"{chosen.name} {how}" + (f": {chosen.notes}" if chosen.notes else "")
         return dataclasses.replace(
-            chosen.work, unit_id=self.unit.id, status="accepted", failure_code=None,
+            chosen.work, diff=unit_diff, diff_path=diff_path,
+            unit_id=self.unit.id, status="accepted", failure_code=None,
             notes=notes, attempts=self._attempts(), duration_s=self._duration(),
             trailers=tuple(trailers))
 
