@@ -63,6 +63,7 @@ def test_python_repository(tmp_path: Path) -> None:
     plan = written(repo)
     assert plan["proof_command"] == "python -m pytest -q"
     assert plan["lanes"]["coder"]["preset"] == "claude"
+    assert plan["overlap"] == "optimistic"
     validated = wtmesh("validate", "plan.json", cwd=repo)
     assert validated.returncode == 0, validated.stderr
     # The user's tree is untouched but for the new plan.

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import lane, one_error_line, wtmesh
+
+KILLED = -signal.SIGKILL
 
 
 def _units(*edits: tuple[str, str]) -> list[dict[str, Any]]:
@@ -81,3 +84,107 @@ def test_overlap_keys_are_validated(repo: Path, write_plan: Any, key: str, value
     plan = write_plan({key: value, "units": _units(("a", "a.txt"))})
     line = one_error_line(wtmesh("run", plan, cwd=repo))
     assert line.startswith(expect) or expect in line, line
+
+
+# -- a conflict is new work ------------------------------------------------------------
+
+def _readme_unit(uid: str, *actions: str) -> dict[str, Any]:
+    """A unit that rewrites README.md whole (two such units conflict), after ``actions``."""
+    return {"id": uid, "objective": f"README from {uid}", "lanes": {"coder": {
+        "command": lane("act.py", *actions, f"write:README.md=from {uid}\\n"),
+        "timeout_s": 120}}}
+
+
+def _conflict_plan(tmp_path: Path, units: list[dict[str, Any]], **keys: Any) -> dict[str, Any]:
+    record = tmp_path / "lanes.jsonl"
+    for unit in units:
+        unit["lanes"]["coder"]["command"].insert(2, f"record:{record}")
+    return {"overlap": "optimistic", "max_active": len(units), "units": units,
+            "sandbox_writable": [str(tmp_path)], **keys}
+
+
+def _recorded(tmp_path: Path, uid: str) -> list[dict[str, str]]:
+    lines = (tmp_path / "lanes.jsonl").read_text().splitlines()
+    return [r["env"] for r in map(json.loads, lines) if r["env"]["WTMESH_UNIT_ID"] == uid]
+
+
+def test_a_conflicting_unit_runs_again_from_the_head_told_what_it_met(
+        repo: Path, tmp_path: Path, write_plan: Any) -> None:
+    plan = _conflict_plan(tmp_path, [_readme_unit("a"), _readme_unit("b")])
+    res = wtmesh("run", write_plan(plan), "--json", cwd=repo)
+    assert res.returncode == 0, res.stderr
+    summary = res.json()
+    units = {u["id"]: u for u in summary["units"]}
+    assert [units[u]["status"] for u in "ab"] == ["integrated", "integrated"]
+    assert (units["a"]["reruns"], units["b"]["reruns"]) == (0, 1)
+    assert units["b"]["attempts"] == 2
+    assert (repo / "README.md").read_text() == "from b\n"
+    base = _ledger(repo, summary["run_id"])[0]["base"]
+    first, second = _recorded(tmp_path, "b")
+    assert "WTMESH_CONFLICT" not in first and first["WTMESH_BASE_SHA"] == base
+    # From the new head: a's commit, which b's first change no longer applied onto.
+    assert second["WTMESH_BASE_SHA"] == units["a"]["commit"]
+    told = json.loads(Path(second["WTMESH_CONFLICT"]).read_text())
+    assert told["conflicting_paths"] == ["README.md"]
+    assert [c["unit"] for c in told["landed_since"]] == ["a"]
+    assert told["started_at"] == base and told["head"] == units["a"]["commit"]
+    assert "+from b" in told["previous_diff"]
+    assert Path(told["previous_diff_file"]).read_text() == told["previous_diff"]
+    (rerun,) = [e for e in _ledger(repo, summary["run_id"]) if e["event"] == "rerun"]
+    assert (rerun["unit"], rerun["rerun"], rerun["of"], rerun["attempt"]) == ("b", 1, 2, 2)
+
+
+def test_serialize_runs_no_conflict_and_optimistic_without_retries_fails_it(
+        repo: Path, tmp_path: Path, write_plan: Any) -> None:
+    plan = _conflict_plan(tmp_path, [_readme_unit("a"), _readme_unit("b")],
+                          rebase_retries=0)
+    res = wtmesh("run", write_plan(plan), "--json", cwd=repo)
+    assert res.returncode == 1, res.stderr
+    b = res.json()["units"][1]
+    assert (b["status"], b["failure_code"], b["reruns"]) == (
+        "failed", "integration_conflict", 0)
+    assert (repo / "README.md").read_text() == "from a\n"
+
+
+@pytest.mark.parametrize("retries, c_ends", [(1, "failed"), (2, "integrated")])
+def test_reruns_stop_at_rebase_retries(repo: Path, tmp_path: Path, write_plan: Any,
+                                       retries: int, c_ends: str) -> None:
+    """b and c both conflict with a; c's rerun starts before b's rerun lands (b's waits
+    for it), so c's rerun conflicts again, with b's."""
+    c2 = tmp_path / "c-rerun-started"
+    units = [_readme_unit("a"),
+             _readme_unit("b", f"attempt=2:await:{c2}"),
+             _readme_unit("c", f"attempt=2:write:{c2}=")]
+    res = wtmesh("run", write_plan(_conflict_plan(tmp_path, units, rebase_retries=retries)),
+                 "--json", cwd=repo)
+    summary = res.json()
+    c = summary["units"][2]
+    assert c["status"] == c_ends, c
+    assert summary["units"][1]["reruns"] == 1
+    if c_ends == "failed":
+        assert res.returncode == 1
+        assert (c["failure_code"], c["reruns"]) == ("integration_conflict", 1)
+        assert (repo / "README.md").read_text() == "from b\n"
+    else:
+        assert res.returncode == 0, res.stderr
+        assert (c["reruns"], c["attempts"]) == (2, 3)
+        assert (repo / "README.md").read_text() == "from c\n"
+
+
+def test_kill_9_after_a_rerun_is_decided_resumes_the_rerun(
+        repo: Path, tmp_path: Path, write_plan: Any) -> None:
+    """Killed once the rerun is in the ledger: the old result's ref is still there, but a
+    resumed run runs the unit again from the head (told of the conflict), once."""
+    plan = write_plan(_conflict_plan(tmp_path, [_readme_unit("a"), _readme_unit("b")]))
+    killed = wtmesh("run", plan, "--json", cwd=repo, env={"WTMESH_FAULT": "at:rerun"})
+    assert killed.returncode == KILLED, killed.stderr
+    assert len(_recorded(tmp_path, "b")) == 1
+    status = wtmesh("status", "--json", cwd=repo)
+    assert status.returncode == 0, status.stderr
+    res = wtmesh("run", plan, "--resume", "--json", cwd=repo)
+    assert res.returncode == 0, res.stderr
+    b = res.json()["units"][1]
+    assert (b["status"], b["reruns"], b["attempts"]) == ("integrated", 1, 2)
+    first, second = _recorded(tmp_path, "b")
+    assert "WTMESH_CONFLICT" in second and second["WTMESH_ATTEMPT"] == "2"
+    assert (repo / "README.md").read_text() == "from b\n"

@@ -109,6 +109,20 @@ def test_coder_prompt_carries_the_unit(lane: PresetLane, name: str) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_a_rerun_tells_the_agent_what_its_change_conflicted_with(
+        lane: PresetLane, name: str, tmp_path: Path) -> None:
+    told = tmp_path / "conflict-1.json"
+    told.write_text(json.dumps({
+        "conflicting_paths": ["calc/core.py"], "previous_diff_file": "/r/conflict-1.diff",
+        "landed_since": [{"commit": "c" * 40, "unit": "u-000", "subject": "s"}]}))
+    prompt = lane.run(name, edit=EDIT, extra_env={"WTMESH_CONFLICT": str(told)}).call["prompt"]
+    for text in ("conflicted with changes to calc/core.py", "landed since by u-000",
+                 "Redo it on the current code", "/r/conflict-1.diff", str(told)):
+        assert text in prompt, text
+    assert "conflicted" not in lane.run(name, edit=EDIT).call["prompt"]
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_fixer_gets_the_diff_and_its_verdict_decides(lane: PresetLane, name: str) -> None:
     diff = "diff --git a/calc/ops.py b/calc/ops.py\n+def negate(a):\n+    return -a\n"
     accept = lane.run(name, role="fixer", diff=diff)

@@ -26,6 +26,11 @@ POINTS = (
     "admin-emptied",  # a worktree's admin dir being removed holds only its claim
 )
 
+# Points only some plans reach (every plan passes those above).
+OPTIMISTIC_POINTS = (
+    "rerun",         # a conflicting unit's rerun is in the ledger, the unit not yet pending
+)
+
 _lock = threading.Lock()
 _hits: Counter[str] = Counter()
 

@@ -83,6 +83,8 @@ def _describe(record: dict[str, Any]) -> str | None:
         phase = record.get("phase")
         if record["state"] == "running" and phase in ("starting", None):
             return None
+        if record["state"] == "pending":  # a rerun: its own line says why
+            return None
         if record.get("critic"):
             return f"{record['unit']:<20} {'critic':<10} {critic_round(record['critic'])}"
         return f"{of_unit(record):<20} {record['state']:<10} {phase or ''}".rstrip()
@@ -102,6 +104,13 @@ def _describe(record: dict[str, Any]) -> str | None:
         elif record["status"] != "integrated" and record.get("notes"):
             detail = first_line(record["notes"])
         return f"{record['unit']:<20} {record['status']:<10} {detail}".rstrip()
+    if event == "rerun":
+        met = ", ".join(record.get("paths") or []) or "the integrated head"
+        since = ", ".join(record.get("landed_since") or [])
+        return (f"{record['unit']:<20} {'rerun':<10} conflicted on {met}"
+                + (f" (after {since})" if since else "")
+                + f": runs again from the head as attempt {record['attempt']} "
+                f"(rerun {record['rerun']} of {record['of']})")
     if event == "lock_wait":
         return "wtmesh: " + wait_message(record.get("holder"), record["timeout_s"])
     if event == "stranded":

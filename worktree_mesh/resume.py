@@ -151,6 +151,7 @@ class Recovery:
     finished: dict[str, dict[str, Any]] = field(default_factory=dict)  # unit_finished
     lanes_done: dict[str, dict[str, Any]] = field(default_factory=dict)
     attempts: dict[str, int] = field(default_factory=dict)
+    reruns: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # after conflicts
     stranded: dict[str, Any] | None = None  # the stranded event: where the branch starts
     left_behind: dict[str, Any] | None = None  # the user's worktree did not follow
     pending_bring_along: dict[str, Any] | None = None  # recorded, not known to be done
@@ -166,6 +167,9 @@ def recover(run_dir: RunDir) -> Recovery:
             recovery.finished[unit] = record
         elif event == "lanes_done":
             recovery.lanes_done[unit] = record
+        elif event == "rerun":  # the lanes before it no longer count
+            recovery.reruns.setdefault(unit, []).append(record)
+            recovery.lanes_done.pop(unit, None)
         elif event == "lane_started":
             recovery.attempts[unit] = max(recovery.attempts.get(unit, 0), record["attempt"])
         elif event == "stranded":
@@ -222,12 +226,26 @@ def resume_steps(git: Git, recovery: Recovery, unit_ids: Iterable[str],
         elif lanes is not None and lanes["status"] != "accepted":
             steps[uid] = ResumeStep("lanes_ended", f"its lanes ended {lanes['status']}: "
                                     "recorded as such, not run again")
-        elif (result := git.read_ref(f"{unit_ref_prefix(recovery.run_id, uid)}/result")):
+        elif (result := _result_since_rerun(git, recovery, uid)):
             steps[uid] = ResumeStep("integrate", "its lanes had finished: their work is "
                                     "integrated without running them again", result)
+        elif attempts and uid in recovery.reruns and \
+                recovery.reruns[uid][-1]["attempt"] > attempts:
+            steps[uid] = ResumeStep("rerun", f"its change conflicted: runs again from the "
+                                    f"head as attempt {attempts + 1}")
         elif attempts:
             steps[uid] = ResumeStep("rerun", f"cut off during attempt {attempts}: runs "
                                     f"again as attempt {attempts + 1}")
         else:
             steps[uid] = ResumeStep("start", "had not started: runs")
     return steps
+
+
+def _result_since_rerun(git: Git, recovery: Recovery, uid: str) -> Sha | None:
+    """The unit's finished work, unless it is the result a rerun replaced (its ref stays
+    until the new lanes write theirs)."""
+    result = git.read_ref(f"{unit_ref_prefix(recovery.run_id, uid)}/result")
+    reruns = recovery.reruns.get(uid)
+    if result is not None and reruns and result == reruns[-1].get("old_result"):
+        return None
+    return result

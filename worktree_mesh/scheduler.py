@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import integrating, preflight, proc
+from . import conflict, faults, integrating, preflight, proc
 from . import ledger as ledger_mod
 from . import usage as usage_mod
 from .consensus import comparison
@@ -79,6 +79,8 @@ class UnitProgress:
     files: list[str] = field(default_factory=list)  # as written out (text.quote_path)
     earlier_s: float = 0.0  # time spent before a resume
     waiting_since: float | None = None  # when its lanes were done
+    reruns: int = 0  # runs again after its change conflicted (optimistic overlap)
+    conflict: Path | None = None  # what the last conflict was: WTMESH_CONFLICT
 
     @property
     def duration_s(self) -> float:
@@ -97,6 +99,7 @@ class UnitProgress:
             "patch": landing.patch if landing else None,
             "files": self.files,
             "attempts": self.attempts,
+            "reruns": self.reruns,
             "duration_s": self.duration_s,
             "usage": usage_mod.unit_usage(spends, self.unit.id),
             **({"labels": dict(self.unit.labels)} if self.unit.labels else {}),
@@ -309,6 +312,10 @@ class Run:
                  landed: dict[str, Sha]) -> None:
         uid = progress.unit.id
         progress.attempts = recovery.attempts.get(uid, 0)
+        reruns = recovery.reruns.get(uid, [])
+        progress.reruns = len(reruns)
+        if reruns:  # told again what its change met
+            progress.conflict = Path(reruns[-1]["conflict"])
         record = recovery.finished.get(uid)
         if record is not None:
             progress.attempts = record.get("attempts", progress.attempts)
@@ -383,7 +390,8 @@ class Run:
             run_id=self.run_id, unit=unit, start=self.head, first_attempt=progress.attempts + 1,
             repo=self.options.repo.toplevel or self.git.common_dir,
             plan_dir=self.options.plan.plan_dir, unit_dir=self.run_dir.unit_dir(unit.id),
-            setup=self.options.plan.setup, ref_prefix=unit_ref_prefix(self.run_id, unit.id))
+            setup=self.options.plan.setup, ref_prefix=unit_ref_prefix(self.run_id, unit.id),
+            conflict=progress.conflict)
 
     def _run_unit(self, job: UnitJob) -> UnitWork:
         """A failure inside wtmesh while running one unit ends that unit, not the run."""
@@ -647,6 +655,9 @@ class Run:
             self._finish(progress, work.status, work.failure_code, work.notes)
 
     def _landed(self, progress: UnitProgress, landing: Landing) -> None:
+        if self._reruns_after(progress, landing):
+            self._rerun(progress)
+            return
         progress.landing = landing
         if landing.status == "integrated":
             assert landing.commit is not None
@@ -656,6 +667,38 @@ class Run:
         work_notes = progress.work.notes if progress.work is not None else ""
         self._finish(progress, landing.status, landing.failure_code,
                      landing.notes or work_notes)
+
+    def _reruns_after(self, progress: UnitProgress, landing: Landing) -> bool:
+        """With optimistic overlap a conflict is new work (SPEC 14): the unit runs again
+        from the head, up to ``rebase_retries`` times. A consensus unit's candidates and
+        votes are of the old code: it ends ``integration_conflict`` as with serialize."""
+        plan = self.options.plan
+        return (landing.failure_code == "integration_conflict"
+                and plan.overlap == "optimistic" and progress.unit.consensus is None
+                and progress.reruns < plan.rebase_retries
+                and progress.work is not None and progress.work.diff_path is not None
+                and not self.spending.refusal())
+
+    def _rerun(self, progress: UnitProgress) -> None:
+        """The unit back to pending, told what its change met. The event comes first: a
+        resumed run that reads it runs the unit again rather than integrate the old
+        result (its ref is still there until the new lanes write theirs)."""
+        work = progress.work
+        assert work is not None and work.diff_path is not None
+        told = conflict.write(self.git, work.diff_path.parent, unit_id=progress.unit.id,
+                              rerun=progress.reruns + 1, of=self.options.plan.rebase_retries,
+                              attempt=progress.attempts, start=work.start, head=self.head,
+                              diff_path=work.diff_path,
+                              diff_files=list(work.diff.files) if work.diff else [])
+        progress.reruns += 1
+        progress.conflict = told.path
+        progress.work, progress.waiting_since = None, None
+        self.emit("rerun", unit=progress.unit.id, rerun=progress.reruns,
+                  of=self.options.plan.rebase_retries, attempt=progress.attempts + 1,
+                  conflict=str(told.path), paths=told.paths, old_result=work.result,
+                  landed_since=[c["unit"] or c["commit"][:12] for c in told.landed_since])
+        faults.point("rerun")
+        self._set(progress, "pending")
 
     def _finish_run(self) -> dict[str, Any]:
         exit_code = self.integration.exit_code(p.state for p in self.units.values())

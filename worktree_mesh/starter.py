@@ -123,6 +123,9 @@ def starter_plan(proof: Proof | None, preset: str, setup: dict[str, Any]) -> dic
     if proof is not None:
         plan["proof_command"] = proof.command
     plan["max_active"] = plan_mod.DEFAULT_MAX_ACTIVE
+    # An agent rarely knows its scope in advance: units of scope ** run side by side and a
+    # conflict is rerun (SPEC 14), rather than one after another.
+    plan["overlap"] = "optimistic"
     plan["lanes"] = {"coder": {"preset": preset, "timeout_s": 1800, "retries": 1}}
     if setup:
         plan["setup"] = setup

@@ -49,6 +49,8 @@ class UnitJob:
     unit_dir: Path  # logs, results, the diff
     setup: SetupSpec
     ref_prefix: str  # refs/wtmesh/<run-id>/units/<unit-id>
+    # A rerun after its change conflicted (SPEC 14): the file WTMESH_CONFLICT names.
+    conflict: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -352,6 +354,8 @@ class LocalExecutor:
         })
         if diff_file is not None:
             env["WTMESH_DIFF"] = str(diff_file)
+        if job.conflict is not None:
+            env["WTMESH_CONFLICT"] = str(job.conflict)
         return env
 
     # -- setup -------------------------------------------------------------------------

@@ -10,6 +10,8 @@
   result:JSON         write JSON (raw text) to $WTMESH_RESULT_JSON
   resultfile:PATH     copy PATH to $WTMESH_RESULT_JSON
   require:PATH        exit 3 unless PATH exists (a unit that must see another's change)
+  await:PATH          wait until PATH exists (another lane's signal; the lane's timeout
+                      bounds the wait)
   exit:N              exit with N now
   sleep:S             sleep S seconds
   record:FILE         record argv, cwd, stdin and WTMESH_* variables as JSON lines in FILE
@@ -62,6 +64,9 @@ def act(action: str) -> None:
     elif verb == "require":
         if not Path(arg).exists():
             sys.exit(3)
+    elif verb == "await":
+        while not Path(arg).exists():
+            time.sleep(0.02)
     elif verb == "exit":
         sys.exit(int(arg))
     elif verb == "sleep":

@@ -43,6 +43,8 @@ class Lane:
     # critic's name (WTMESH_CRITIC).
     candidates: Mapping[str, Any] | None = None
     critic: str | None = None
+    # A rerun after a conflict (SPEC 14): what the earlier change met, in a sentence.
+    conflict: str | None = None
 
     @property
     def unit_id(self) -> str:

@@ -53,6 +53,8 @@ def unit_sections(lane: Lane) -> list[str]:
     scope = unit.get("unit_scope") or ["**"]
     scope_list = [scope] if isinstance(scope, str) else [str(s) for s in scope]
     sections = [_section("Objective", str(unit.get("objective", "")))]
+    if lane.conflict:
+        sections.append(_section("This is a rerun", lane.conflict))
     who = "Create, edit or delete" if lane.edits else "A change may create, edit or delete"
     if scope_list == ["**"]:
         sections.append(_section("Scope", "The whole repository."))

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from .. import proc
+from .. import conflict, proc
 from . import PRESETS, ROLES
 from .base import Completed, Lane, Preset, Transcript, first_line
 from .critique import candidates_problem, prompt, verdict_schema
@@ -90,7 +90,9 @@ def lane_from_env(ns: argparse.Namespace) -> Lane:
         result_path=result_path, work_dir=result_path.parent / f"{stem}.preset",
         diff=diff, model=ns.model, max_turns=ns.max_turns, max_budget_usd=ns.max_budget_usd,
         args=tuple(ns.arg), candidates=candidates_from_env(role),
-        critic=env.get("WTMESH_CRITIC") or None)
+        critic=env.get("WTMESH_CRITIC") or None,
+        conflict=(conflict.describe(Path(env["WTMESH_CONFLICT"])) or None
+                  if env.get("WTMESH_CONFLICT") else None))
 
 
 def candidates_from_env(role: str) -> dict[str, Any] | None:
