@@ -126,7 +126,7 @@ def test_a_conflicting_unit_runs_again_from_the_head_told_what_it_met(
     assert second["WTMESH_BASE_SHA"] == units["a"]["commit"]
     told = json.loads(Path(second["WTMESH_CONFLICT"]).read_text())
     assert told["conflicting_paths"] == ["README.md"]
-    assert [c["unit"] for c in told["landed_since"]] == ["a"]
+    assert [c["unit"] for c in told["landed_since"]] == ["a"] and told["met"] == ["a"]
     assert told["started_at"] == base and told["head"] == units["a"]["commit"]
     assert "+from b" in told["previous_diff"]
     assert Path(told["previous_diff_file"]).read_text() == told["previous_diff"]
@@ -188,3 +188,21 @@ def test_kill_9_after_a_rerun_is_decided_resumes_the_rerun(
     first, second = _recorded(tmp_path, "b")
     assert "WTMESH_CONFLICT" in second and second["WTMESH_ATTEMPT"] == "2"
     assert (repo / "README.md").read_text() == "from b\n"
+
+
+def test_a_conflict_is_rerun_as_soon_as_it_is_known_not_when_its_turn_comes(
+        repo: Path, tmp_path: Path, write_plan: Any) -> None:
+    """x, between a and c in plan order, finishes only once c's rerun has started: c must
+    be rerun when a lands (its change met a's), not after x lands."""
+    c2 = tmp_path / "c-rerun-started"
+    units = [_readme_unit("a"),
+             {"id": "x", "objective": "x", "lanes": {"coder": {
+                 "command": lane("act.py", f"await:{c2}", "write:x.txt=x\\n"),
+                 "timeout_s": 120}}},
+             _readme_unit("c", f"attempt=2:write:{c2}=")]
+    res = wtmesh("run", write_plan(_conflict_plan(tmp_path, units)), "--json", cwd=repo)
+    assert res.returncode == 0, res.stderr
+    summary = res.json()
+    assert [(u["id"], u["status"], u["reruns"]) for u in summary["units"]] == [
+        ("a", "integrated", 0), ("x", "integrated", 0), ("c", "integrated", 1)]
+    assert (repo / "README.md").read_text() == "from c\n"

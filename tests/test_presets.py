@@ -114,7 +114,7 @@ def test_a_rerun_tells_the_agent_what_its_change_conflicted_with(
     told = tmp_path / "conflict-1.json"
     told.write_text(json.dumps({
         "conflicting_paths": ["calc/core.py"], "previous_diff_file": "/r/conflict-1.diff",
-        "landed_since": [{"commit": "c" * 40, "unit": "u-000", "subject": "s"}]}))
+        "met": ["u-000"]}))
     prompt = lane.run(name, edit=EDIT, extra_env={"WTMESH_CONFLICT": str(told)}).call["prompt"]
     for text in ("conflicted with changes to calc/core.py", "landed since by u-000",
                  "Redo it on the current code", "/r/conflict-1.diff", str(told)):

@@ -26,6 +26,7 @@ class Conflict:
     path: Path  # the JSON file WTMESH_CONFLICT names
     paths: list[str]  # the unit's paths that units landed since also changed
     landed_since: list[dict[str, str]]  # commit, unit, subject; oldest first
+    met: list[str]  # the units (or commits) landed since that changed those paths
 
 
 def write(git: Git, unit_dir: Path, *, unit_id: str, rerun: int, of: int, attempt: int,
@@ -35,6 +36,8 @@ def write(git: Git, unit_dir: Path, *, unit_id: str, rerun: int, of: int, attemp
     landed = set(p for change in git.changes(start, head) for p in change.paths)
     paths = [p for p in diff_files if p in landed]
     since = _landed_since(git, start, head)
+    met = [c["unit"] or c["commit"][:12]
+           for c in (_landed_since(git, start, head, paths) if paths else since)]
     previous = diff_path.read_bytes()
     stem = unit_dir / f"conflict-{rerun}"
     write_atomic(stem.with_suffix(".diff"), previous)
@@ -47,24 +50,29 @@ def write(git: Git, unit_dir: Path, *, unit_id: str, rerun: int, of: int, attemp
         "head": head,
         "conflicting_paths": paths,
         "landed_since": since,
+        "met": met,
         "previous_diff": previous.decode("utf-8", "replace"),
         "previous_diff_file": str(stem.with_suffix(".diff")),
     }
     path = stem.with_suffix(".json")
     write_atomic(path, json.dumps(record, indent=2).encode() + b"\n")
-    return Conflict(path, paths, since)
+    return Conflict(path, paths, since, met)
 
 
-def _landed_since(git: Git, start: Sha, head: Sha) -> list[dict[str, str]]:
-    res = git.run("log", "--reverse", f"-{NAMED_COMMITS}",
+def _landed_since(git: Git, start: Sha, head: Sha,
+                  paths: list[str] | None = None) -> list[dict[str, str]]:
+    """The commits of ``start..head`` (that touch ``paths``, when given), oldest first;
+    the newest ``NAMED_COMMITS`` of them."""
+    res = git.run("log", f"-{NAMED_COMMITS}",
                   "--format=%H%x1f%(trailers:key=Wtmesh-Unit,valueonly,separator=%x2C)"
-                  "%x1f%s%x1e", f"{start}..{head}", "--")
+                  "%x1f%s%x1e", f"{start}..{head}", "--",
+                  *(f":(literal){p}" for p in paths or ()))
     out = []
     for record in res.text.split("\x1e"):
         fields = record.strip().split("\x1f")
         if len(fields) == 3:
             out.append({"commit": fields[0], "unit": fields[1].strip(), "subject": fields[2]})
-    return out
+    return out[::-1]
 
 
 def describe(path: Path) -> str:
@@ -75,7 +83,7 @@ def describe(path: Path) -> str:
     except (OSError, ValueError):
         return ""
     paths = ", ".join(record.get("conflicting_paths") or []) or "the same code"
-    units = ", ".join(sorted({c["unit"] for c in record.get("landed_since", []) if c["unit"]}))
+    units = ", ".join(record.get("met") or [])
     since = f" (landed since by {units})" if units else ""
     return (f"Your earlier change conflicted with changes to {paths}{since}; it no longer "
             f"applies. Redo it on the current code. Your previous diff is in "

@@ -106,7 +106,7 @@ def _describe(record: dict[str, Any]) -> str | None:
         return f"{record['unit']:<20} {record['status']:<10} {detail}".rstrip()
     if event == "rerun":
         met = ", ".join(record.get("paths") or []) or "the integrated head"
-        since = ", ".join(record.get("landed_since") or [])
+        since = ", ".join(record.get("met") or [])
         return (f"{record['unit']:<20} {'rerun':<10} conflicted on {met}"
                 + (f" (after {since})" if since else "")
                 + f": runs again from the head as attempt {record['attempt']} "

@@ -296,10 +296,10 @@ class Run:
                   steps={uid: {"action": step.kind, "says": step.says}
                          for uid, step in steps.items()})
         self.integrator.start_patch_series()
+        if landed:  # first: a unit whose lanes had finished is checked against it
+            self.head = list(landed.values())[-1]
         for unit in self.order:
             self._restore(self.units[unit.id], recovery, steps[unit.id], landed)
-        if landed:
-            self.head = list(landed.values())[-1]
         if self.options.delivery_mode == "patch_first":
             names = self.integrator.rewrite_series(list(landed.items()))
             for unit_id, name in names.items():
@@ -534,12 +534,14 @@ class Run:
                 for future in done:
                     if integrating is not None and future is integrating[0]:
                         landings = {landing.unit_id: landing for landing in future.result()}
+                        before = self.head
                         for progress in integrating[1]:
                             if progress.unit.id in landings:
                                 self._landed(progress, landings[progress.unit.id])
                             else:  # not reached this time: handed again next time
                                 self._set(progress, "running", "waiting")
                         integrating = None
+                        self._rerun_conflicted(before)
                     elif future in running:
                         progress = running.pop(future)
                         self._lanes_done(progress, future.result())
@@ -648,7 +650,9 @@ class Run:
                   failure_code=work.failure_code, notes=work.notes, result=work.result,
                   diff_sha256=work.diff.sha256 if work.diff else None,
                   stats=work.diff.stats() if work.diff else None)
-        if work.status == "accepted":
+        if work.status == "accepted" and self._no_longer_applies(progress, work.start):
+            self._rerun(progress)  # units landed meanwhile, and its change met theirs
+        elif work.status == "accepted":
             progress.waiting_since = time.monotonic()
             self._set(progress, "running", "waiting")
         else:
@@ -672,9 +676,40 @@ class Run:
         """With optimistic overlap a conflict is new work (SPEC 14): the unit runs again
         from the head, up to ``rebase_retries`` times. A consensus unit's candidates and
         votes are of the old code: it ends ``integration_conflict`` as with serialize."""
+        return landing.failure_code == "integration_conflict" and self._may_rerun(progress)
+
+    def _rerun_conflicted(self, before: Sha) -> None:
+        """Once units have landed, a waiting unit whose change met theirs and no longer
+        applies is rerun at once, not when its turn to land comes: the work it must redo
+        is known now."""
+        if self.head == before:
+            return
+        for unit in self.order:
+            progress = self.units[unit.id]
+            if progress.phase == "waiting" and self._no_longer_applies(progress, before):
+                self._rerun(progress)
+
+    def _no_longer_applies(self, progress: UnitProgress, since: Sha) -> bool:
+        """With optimistic overlap: whether the unit's change, whose lanes are done, fails
+        to apply onto the head even three-way. Only a change touching a file changed
+        since ``since`` (a head it applied onto) is tried."""
+        work = progress.work
+        if work is None or work.diff is None or work.diff_path is None \
+                or since == self.head or not self._may_rerun(progress):
+            return False
+        touched = {p for c in self.git.changes(since, self.head) for p in c.paths}
+        if touched.isdisjoint(work.diff.files):
+            return False
+        index = self.run_dir.tmp / f"index-{os.getpid()}-check"
+        index.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return self.git.apply_to_tree(self.head, work.diff_path, index) is None
+        finally:
+            index.unlink(missing_ok=True)
+
+    def _may_rerun(self, progress: UnitProgress) -> bool:
         plan = self.options.plan
-        return (landing.failure_code == "integration_conflict"
-                and plan.overlap == "optimistic" and progress.unit.consensus is None
+        return (plan.overlap == "optimistic" and progress.unit.consensus is None
                 and progress.reruns < plan.rebase_retries
                 and progress.work is not None and progress.work.diff_path is not None
                 and not self.spending.refusal())
@@ -696,7 +731,7 @@ class Run:
         self.emit("rerun", unit=progress.unit.id, rerun=progress.reruns,
                   of=self.options.plan.rebase_retries, attempt=progress.attempts + 1,
                   conflict=str(told.path), paths=told.paths, old_result=work.result,
-                  landed_since=[c["unit"] or c["commit"][:12] for c in told.landed_since])
+                  met=told.met)
         faults.point("rerun")
         self._set(progress, "pending")
 
