@@ -56,7 +56,7 @@ def test_lane_environment_cwd_and_closed_stdin(repo: Path, write_plan: Any,
     assert not worktree.is_relative_to(repo) and ".git" not in worktree.parts
     unit_json = json.loads(Path(env["WTMESH_UNIT_JSON"]).read_text())
     assert unit_json["id"] == "u1" and unit_json["objective"] == "o"
-    assert unit_json["unit_scope"] == ["**"]
+    assert unit_json["unit_scope"] == ["**"] and unit_json["test_first"] is False
     assert "WTMESH_DIFF" not in env
     assert coder["stdin"] == ""  # stdin is closed: reads give end of file at once
     assert "GIT_DIR" not in env and "GIT_INDEX_FILE" not in env

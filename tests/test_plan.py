@@ -238,6 +238,28 @@ INVALID: list[tuple[str, dict[str, Any], list[tuple[str, str]]]] = [
      mutate(lambda d: unit0(d).update(consensus={"variants": [
          {"coder": {"command": "x", "preset": "claude"}}]})),
      [("$.units[0].consensus.variants[0].coder", "give either command or preset")]),
+    # test-first units (SPEC 13)
+    ("test-first-not-a-boolean", mutate(lambda d: unit0(d).update(test_first="yes")),
+     [("$.units[0].test_first", "expected boolean, got str")]),
+    ("test-first-without-proof", mutate(lambda d: unit0(d).update(test_first=True)),
+     [("$.units[0].test_first", "a test-first unit needs a proof_command")]),
+    ("test-first-proof-emptied", valid_plan(proof_command="pytest", units=[
+        {"id": "t", "objective": "o", "test_first": True, "proof_command": ""},
+        {"id": "n", "objective": "o", "test_first": True, "proof_command": None}]),
+     [("$.units[0].test_first", "needs a proof_command (its own or the plan's)"),
+      ("$.units[1].test_first", "needs a proof_command (its own or the plan's)")]),
+    ("test-first-consensus", mutate(lambda d: unit0(d).update(
+        test_first=True, proof_command="pytest", consensus={"variants": 2})),
+     [("$.units[0].consensus", "a test-first unit cannot be a consensus unit")]),
+    ("test-first-under-plan-consensus", valid_plan(
+        proof_command="pytest", consensus={"variants": 2},
+        units=[{"id": "t", "objective": "o", "test_first": True}]),
+     [("$.units[0].test_first", 'cannot be a consensus unit (give it "consensus": null')]),
+    ("test-first-on-test-first", valid_plan(proof_command="pytest", units=[
+        {"id": "t1", "objective": "o", "test_first": True},
+        {"id": "free", "objective": "o"},
+        {"id": "t2", "objective": "o", "test_first": True, "depends_on": ["free", "t1"]}]),
+     [("$.units[2].depends_on[1]", "cannot depend on another test-first unit ('t1')")]),
 ]
 
 
@@ -425,6 +447,29 @@ def test_validate_needs_no_repository(tmp_path: Path, write_plan: Callable[..., 
     outside.mkdir()
     res = wtmesh("validate", plan, cwd=outside, env={"GIT_CEILING_DIRECTORIES": str(tmp_path)})
     assert res.returncode == 0, res.stderr
+
+
+def test_test_first_units_that_are_valid(write_plan: Callable[..., Path]) -> None:
+    """The plan's proof serves; a unit may opt out of the plan's consensus; a test-first
+    unit may depend on an ordinary unit and have no implementation unit at all."""
+    loaded = plan_mod.load(write_plan(valid_plan(
+        proof_command="pytest", consensus={"variants": 2}, units=[
+            {"id": "base", "objective": "o", "consensus": None},
+            {"id": "tests", "objective": "o", "test_first": True, "consensus": None,
+             "unit_scope": "tests/", "depends_on": ["base"]},
+            {"id": "impl", "objective": "o", "depends_on": ["tests"]},
+            {"id": "alone", "objective": "o", "test_first": True, "consensus": None,
+             "proof_command": ["pytest", "-q"]},
+            {"id": "impl2", "objective": "o", "depends_on": ["base", "tests"],
+             "test_first": False}])))
+    units = {u.id: u for u in loaded.units}
+    assert [uid for uid, u in units.items() if u.test_first] == ["tests", "alone"]
+    assert units["tests"].as_record()["test_first"] is True
+    assert units["impl"].as_record()["test_first"] is False
+    assert units["tests"].proof_command == "pytest"
+    assert [u.id for u in plan_mod.implementation_units(loaded, "tests")] == ["impl", "impl2"]
+    assert plan_mod.implementation_units(loaded, "alone") == []
+    assert [u.id for u in plan_mod.implementation_units(loaded, "base")] == ["tests", "impl2"]
 
 
 def test_full_spec_example_is_valid(tmp_path: Path, write_plan: Callable[..., Path]) -> None:
@@ -691,6 +736,28 @@ def test_integration_order_is_stable_around_a_moved_unit(
     # Every unit after its dependencies, the others in plan order.
     assert order.index("s") < order.index("q")
     assert [x for x in order if x != "q"] == ["p", "r", "s", "t"]
+
+
+def tf(uid: str, *deps: str) -> dict[str, Any]:
+    return {**u(uid, *deps), "test_first": True}
+
+
+def ahead_order(write_plan: Callable[..., Path], units: list[dict[str, Any]]) -> list[str]:
+    loaded = plan_mod.load(write_plan(valid_plan(proof_command="true", units=units)))
+    return [unit.id for unit in plan_mod.test_first_order(loaded)]
+
+
+def test_test_first_order_moves_test_first_units_ahead(
+        write_plan: Callable[..., Path]) -> None:
+    assert ahead_order(write_plan, [u("a"), tf("t"), u("i", "t"), u("b")]) == \
+        ["t", "a", "i", "b"]
+    # What a test-first unit depends on comes along, ahead of it; the rest keep their order.
+    assert ahead_order(write_plan, [u("a"), u("b"), tf("t", "c"), u("c", "b"),
+                                            tf("s"), u("i", "t", "s")]) == \
+        ["b", "c", "t", "s", "a", "i"]
+    # Without test-first units it is the integration order.
+    units = [u("p"), u("q", "s"), u("r"), u("s"), u("t")]
+    assert ahead_order(write_plan, units) == order_of(write_plan, units)
 
 
 def test_nan_and_infinity_are_not_json(tmp_path: Path) -> None:

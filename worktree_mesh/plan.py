@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -103,6 +103,8 @@ class Unit:
     labels: Mapping[str, Any]
     raw: Mapping[str, Any]
     consensus: Consensus | None = None
+    # Writes tests that pin the proof before its implementation units (SPEC 13).
+    test_first: bool = False
 
     def as_record(self) -> dict[str, Any]:
         """The unit with all its fields resolved: what lanes read from WTMESH_UNIT_JSON."""
@@ -115,6 +117,7 @@ class Unit:
             "proof_command": _command_json(self.proof_command),
             "proof_timeout_s": self.proof_timeout_s,
             "depends_on": list(self.depends_on),
+            "test_first": self.test_first,
         }
         record.update(self.labels)
         return record
@@ -318,6 +321,8 @@ def problems(data: Any) -> list[str]:
         found.extend(_lane_problems(data.get("lanes"), unit.get("lanes"), where,
                                     variants_code=_variants_name_coders(data, unit)))
         found.extend(_consensus_problems(data.get("consensus"), unit, where))
+        if unit.get("test_first") is True:
+            found.extend(_test_first_problems(data, unit, where, units))
     found.extend(_sandbox_writable_problems(data.get("sandbox_writable")))
     for cycle in _dependency_cycles(depends):
         if len(cycle) == 2:
@@ -393,6 +398,31 @@ def _consensus_problems(plan_consensus: Any, unit: Mapping[str, Any], where: str
     if isinstance(quorum, int) and not isinstance(quorum, bool) and critics \
             and quorum > len(critics):
         out.append(f"{path}.quorum: {quorum} is more than the {len(critics)} critics")
+    return out
+
+
+def _test_first_problems(data: Mapping[str, Any], unit: Mapping[str, Any], where: str,
+                         units: Sequence[Any]) -> list[str]:
+    """A test-first unit pins a proof (SPEC 13): it needs one, it is one proposal, not a
+    vote among several, and what it depends on is already green."""
+    out: list[str] = []
+    proof = unit["proof_command"] if "proof_command" in unit else data.get("proof_command")
+    if proof is None or proof == "":
+        out.append(f"{where}.test_first: a test-first unit needs a proof_command "
+                   "(its own or the plan's)")
+    if "consensus" in unit:
+        if isinstance(unit["consensus"], dict):
+            out.append(f"{where}.consensus: a test-first unit cannot be a consensus unit")
+    elif isinstance(data.get("consensus"), dict):
+        out.append(f"{where}.test_first: a test-first unit cannot be a consensus unit "
+                   "(give it \"consensus\": null to leave the plan's consensus)")
+    test_first = {u["id"] for u in units if isinstance(u, dict) and isinstance(u.get("id"), str)
+                  and u.get("test_first") is True}
+    deps = unit.get("depends_on")
+    for j, dep in enumerate(deps if isinstance(deps, list) else []):
+        if isinstance(dep, str) and dep in test_first and dep != unit.get("id"):
+            out.append(f"{where}.depends_on[{j}]: a test-first unit cannot depend on "
+                       f"another test-first unit ({dep!r})")
     return out
 
 
@@ -548,6 +578,7 @@ def build(data: Mapping[str, Any], path: Path) -> Plan:
             labels={k: raw[k] for k in MESH_LABELS if k in raw},
             raw=raw,
             consensus=_consensus(spec, plan_lanes, unit_lanes, unit_timeout, coder, fixer),
+            test_first=raw.get("test_first", False) is True,
         ))
     setup = data.get("setup", {})
     copies = setup.get("copy_ignored", [])
@@ -624,11 +655,47 @@ def _override(resolved: LaneSpec | None, base: Mapping[str, Any],
     return lane
 
 
+def implementation_units(plan: Plan, test_first_id: str) -> list[Unit]:
+    """The units that depend on a test-first unit directly (its implementation units,
+    SPEC 13), in plan order."""
+    return [unit for unit in plan.units if test_first_id in unit.depends_on]
+
+
+def test_first_ahead(depends: Mapping[str, Sequence[str]], test_first: Iterable[str]) -> set[str]:
+    """The test-first units and every unit they depend on, directly or not (ids of
+    ``depends`` only): what a schedule orders before the rest, so test-first units start
+    in the first wave they can (SPEC 13)."""
+    out: set[str] = set()
+    todo = [uid for uid in test_first if uid in depends]
+    while todo:
+        uid = todo.pop()
+        if uid not in out:
+            out.add(uid)
+            todo.extend(dep for dep in depends[uid] if dep in depends)
+    return out
+
+
 def integration_order(plan: Plan) -> list[Unit]:
     """Plan order, with every unit moved after the units it depends on (stable)."""
-    placed: set[str] = set()
+    return _dependency_order(plan.units, set())
+
+
+def test_first_order(plan: Plan) -> list[Unit]:
+    """``integration_order`` with the test-first units, and what they depend on, moved
+    ahead of the rest: a schedule in this order starts them in its first wave, before the
+    units whose scopes overlap theirs."""
+    ahead = test_first_ahead({u.id: u.depends_on for u in plan.units},
+                       [u.id for u in plan.units if u.test_first])
+    first = _dependency_order([u for u in plan.units if u.id in ahead], set())
+    return first + _dependency_order([u for u in plan.units if u.id not in ahead], ahead)
+
+
+def _dependency_order(units: Sequence[Unit], placed: set[str]) -> list[Unit]:
+    """``units`` in order, each moved after those it depends on (``placed``: ids already
+    ordered before them)."""
+    placed = set(placed)
     order: list[Unit] = []
-    pending = list(plan.units)
+    pending = list(units)
     while pending:
         for unit in pending:
             if all(dep in placed for dep in unit.depends_on):
