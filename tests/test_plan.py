@@ -747,14 +747,15 @@ def ahead_order(write_plan: Callable[..., Path], units: list[dict[str, Any]]) ->
     return [unit.id for unit in plan_mod.test_first_order(loaded)]
 
 
-def test_test_first_order_moves_test_first_units_ahead(
+def test_test_first_order_moves_test_first_groups_ahead_whole(
         write_plan: Callable[..., Path]) -> None:
+    """A group lands as one: its members come together, ahead of the rest."""
     assert ahead_order(write_plan, [u("a"), tf("t"), u("i", "t"), u("b")]) == \
-        ["t", "a", "i", "b"]
-    # What a test-first unit depends on comes along, ahead of it; the rest keep their order.
+        ["t", "i", "a", "b"]
+    # What a group's members depend on comes along, ahead of it; the rest keep their order.
     assert ahead_order(write_plan, [u("a"), u("b"), tf("t", "c"), u("c", "b"),
-                                            tf("s"), u("i", "t", "s")]) == \
-        ["b", "c", "t", "s", "a", "i"]
+                                    tf("s"), u("i", "t", "d"), u("d"), u("j", "s")]) == \
+        ["b", "c", "d", "t", "i", "s", "j", "a"]
     # Without test-first units it is the integration order.
     units = [u("p"), u("q", "s"), u("r"), u("s"), u("t")]
     assert ahead_order(write_plan, units) == order_of(write_plan, units)

@@ -53,7 +53,7 @@ import os
 import shlex
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,6 +136,26 @@ class CandidateProof:
     commit: Sha | None
     duration_s: float
     patch: str | None  # in the patch directory (patch_first), else an absolute path
+
+
+@dataclass(frozen=True)
+class RedProof:
+    """A test-first unit's red proof: ``commit`` (its change on ``head``) when proven
+    red, else the failure code and why."""
+
+    failure_code: str | None
+    notes: str
+    head: Sha
+    commit: Sha | None
+
+
+def _distinct_proofs(units: Iterable[Unit]) -> list[Unit]:
+    """One unit per distinct proof (command and timeout), in order."""
+    seen: dict[tuple[str, float], Unit] = {}
+    for unit in units:
+        if unit.proof_command is not None:
+            seen.setdefault((repr(unit.proof_command), unit.proof_timeout_s), unit)
+    return list(seen.values())
 
 
 def commit_message(unit: Unit, run_id: str, *, batch: str | None = None,
@@ -579,6 +599,76 @@ class Integrator:
                 self.git.format_patch(link.commit, out)
             return CandidateProof(verdict.status, None, verdict.notes, head, link.commit,
                                   verdict.duration_s, patch)
+
+    # -- test-first groups (SPEC 13) ---------------------------------------------------
+
+    def prove_red(self, unit: Unit, work: UnitWork) -> RedProof:
+        """A test-first unit's change, proven red: its proof passes on the head and fails
+        with the change applied. The commit it makes there is where its implementation
+        units start; it never lands alone."""
+        with self.locked():
+            head = self._landing_head()
+            head_tree = self.git.tree_of(head)
+            on_head = self.prover.prove(unit, head, head_tree, [], log_name="head-proof.log")
+            if on_head.status == "fail":
+                return RedProof("delivery_blocked", f"the head {head[:12]} already fails the "
+                                f"proof, so a red proof says nothing: {on_head.notes}", head,
+                                None)
+            link = self._link(unit, work, head, head_tree)
+            if link.landing is not None:
+                return RedProof(link.landing.failure_code or link.landing.status,
+                                link.landing.notes, head, None)
+            assert link.commit is not None and link.tree is not None
+            verdict = self.prover.prove(unit, link.commit, link.tree, [unit.id])
+            if verdict.status != "fail":
+                return RedProof("proof_missing", "the proof passes with the new tests: "
+                                "they pin nothing the implementation must do", head, None)
+            return RedProof(None, verdict.notes, head, link.commit)
+
+    def integrate_group(self, items: Sequence[tuple[Unit, UnitWork]]) -> list[Landing]:
+        """A test-first unit and its implementation units, applied in order onto the head
+        and landed with one move once the tip passes every member's proof; else nothing
+        lands and every member says why. The target never points at the red commit."""
+        tip_unit = items[-1][0].id
+        with self.locked():
+            for _race in range(MAX_LANDING_RACES):
+                head = self._landing_head()
+                links = self._chain(items, head)
+                broken = next((link for link in links if link.landing is not None), None)
+                if broken is not None:
+                    assert broken.landing is not None
+                    return self._group_failed(items, broken.unit.id, broken.landing)
+                tip = links[-1]
+                assert tip.commit is not None and tip.tree is not None
+                members = [unit.id for unit, _work in items]
+                for unit in _distinct_proofs(unit for unit, _work in items):
+                    verdict = self.prover.prove(unit, tip.commit, tip.tree, members)
+                    if verdict.status == "fail":
+                        return self._group_failed(items, tip_unit, Landing(
+                            tip_unit, "failed", "proof_failed",
+                            f"the group's tip fails {unit.id}'s proof: {verdict.notes}",
+                            None, None, "fail", verdict.duration_s))
+                if self._land(head, tip.commit):
+                    faults.point("land")
+                    landed = self._record_landings(links, tip.commit)
+                    return [landed[unit.id] for unit, _work in items]
+        return [_failed(unit, "delivery_blocked", "the target kept moving under the integrator")
+                for unit, _work in items]
+
+    @staticmethod
+    def _group_failed(items: Sequence[tuple[Unit, UnitWork]], culprit: str,
+                      why: Landing) -> list[Landing]:
+        """Every member of a group that lands nothing: the one at fault says its own
+        failure, the others that their group did not reach green because of it."""
+        out = []
+        for unit, _work in items:
+            if unit.id == culprit:
+                out.append(why)
+            else:
+                out.append(_failed(unit, why.failure_code or "proof_failed",
+                                   f"its test-first group landed nothing: {culprit} "
+                                   f"{why.failure_code}: {why.notes}"))
+        return out
 
     # -- the integration worktree -------------------------------------------------------
 

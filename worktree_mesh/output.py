@@ -83,7 +83,7 @@ def _describe(record: dict[str, Any]) -> str | None:
         phase = record.get("phase")
         if record["state"] == "running" and phase in ("starting", None):
             return None
-        if record["state"] == "pending":  # a rerun: its own line says why
+        if record["state"] == "pending" or phase == "red":  # their own lines say why
             return None
         if record.get("critic"):
             return f"{record['unit']:<20} {'critic':<10} {critic_round(record['critic'])}"
@@ -104,6 +104,9 @@ def _describe(record: dict[str, Any]) -> str | None:
         elif record["status"] != "integrated" and record.get("notes"):
             detail = first_line(record["notes"])
         return f"{record['unit']:<20} {record['status']:<10} {detail}".rstrip()
+    if event == "test_first_red":
+        return (f"{record['unit']:<20} {'red':<10} its proof passes on {record['head'][:12]} "
+                "and fails with its change: its implementation units start from it")
     if event == "rerun":
         met = ", ".join(record.get("paths") or []) or "the integrated head"
         since = ", ".join(record.get("met") or [])

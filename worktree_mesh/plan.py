@@ -323,6 +323,8 @@ def problems(data: Any) -> list[str]:
         found.extend(_consensus_problems(data.get("consensus"), unit, where))
         if unit.get("test_first") is True:
             found.extend(_test_first_problems(data, unit, where, units))
+        else:
+            found.extend(_implementation_problems(unit, where, units))
     found.extend(_sandbox_writable_problems(data.get("sandbox_writable")))
     for cycle in _dependency_cycles(depends):
         if len(cycle) == 2:
@@ -424,6 +426,20 @@ def _test_first_problems(data: Mapping[str, Any], unit: Mapping[str, Any], where
             out.append(f"{where}.depends_on[{j}]: a test-first unit cannot depend on "
                        f"another test-first unit ({dep!r})")
     return out
+
+
+def _implementation_problems(unit: Mapping[str, Any], where: str,
+                             units: Sequence[Any]) -> list[str]:
+    """An implementation unit starts from its test-first unit's change and lands with
+    it (SPEC 13): it can implement one."""
+    test_first = {u["id"] for u in units if isinstance(u, dict) and isinstance(u.get("id"), str)
+                  and u.get("test_first") is True}
+    deps = unit.get("depends_on")
+    pinned = [d for d in (deps if isinstance(deps, list) else []) if d in test_first]
+    if len(pinned) > 1:
+        return [(f"{where}.depends_on: a unit implements one test-first unit, not "
+                 f"{len(pinned)} ({', '.join(map(repr, pinned))})")]
+    return []
 
 
 SANDBOX_PATH_STARTS = ("/", "~/", "{repo}", "{plan_dir}")
@@ -676,18 +692,32 @@ def test_first_ahead(depends: Mapping[str, Sequence[str]], test_first: Iterable[
 
 
 def integration_order(plan: Plan) -> list[Unit]:
-    """Plan order, with every unit moved after the units it depends on (stable)."""
-    return _dependency_order(plan.units, set())
+    """Plan order, with every unit moved after the units it depends on (stable), and each
+    test-first group (SPEC 13) ahead of the rest, whole: what its members depend on, the
+    test-first unit, then its implementation units. A group lands as one, so a unit
+    between its members that overlapped them would wait for a landing that waits for it."""
+    placed: set[str] = set()
+    order: list[Unit] = []
+    by_id = {unit.id: unit for unit in plan.units}
+    for test_first in (u for u in plan.units if u.test_first):
+        group = [test_first, *implementation_units(plan, test_first.id)]
+        members = {unit.id for unit in group}
+        needed = test_first_ahead({u.id: u.depends_on for u in plan.units},
+                                  [dep for unit in group for dep in unit.depends_on
+                                   if dep not in members])
+        order += _dependency_order([u for u in plan.units
+                                    if u.id in needed and u.id not in placed], placed)
+        placed.update(u.id for u in order)
+        order += _dependency_order([u for u in group if u.id not in placed], placed)
+        placed.update(u.id for u in order)
+    return order + _dependency_order([by_id[u.id] for u in plan.units if u.id not in placed],
+                                     placed)
 
 
 def test_first_order(plan: Plan) -> list[Unit]:
-    """``integration_order`` with the test-first units, and what they depend on, moved
-    ahead of the rest: a schedule in this order starts them in its first wave, before the
-    units whose scopes overlap theirs."""
-    ahead = test_first_ahead({u.id: u.depends_on for u in plan.units},
-                       [u.id for u in plan.units if u.test_first])
-    first = _dependency_order([u for u in plan.units if u.id in ahead], set())
-    return first + _dependency_order([u for u in plan.units if u.id not in ahead], ahead)
+    """The order a schedule follows (``integration_order``): its test-first units start in
+    the first wave they can."""
+    return integration_order(plan)
 
 
 def _dependency_order(units: Sequence[Unit], placed: set[str]) -> list[Unit]:

@@ -51,10 +51,11 @@ class Prover:
         return self.worktree.path
 
     def prove(self, unit: Unit, candidate: Sha, tree: Sha, units: Sequence[str],
-              of: str | None = None) -> Verdict:
+              of: str | None = None, log_name: str = "proof.log") -> Verdict:
         """The proof of ``candidate`` (whose tree is ``tree``), whose tip unit is ``unit``;
         ``units`` are the units whose changes it holds on top of the landed head. ``of``:
-        the consensus candidate it proves (its log is that candidate's)."""
+        the consensus candidate it proves (its log is that candidate's); ``log_name``: the
+        log's name in the unit's directory otherwise."""
         said = {"unit": unit.id, **({"of": of} if of else {})}
         if unit.proof_command is None:
             skipped = Verdict("skipped", "no proof command", 0.0)
@@ -69,7 +70,7 @@ class Prover:
             return cached
         self.report("proof_started", **said, candidate=candidate, units=list(units))
         log = self.run_dir.unit_dir(unit.id) / (
-            f"candidates/{safe_name(of)}/proof.log" if of else "proof.log")
+            f"candidates/{safe_name(of)}/proof.log" if of else log_name)
         verdict = self._run(unit, candidate, tree, log)
         self.last_duration_s = verdict.duration_s
         self.report("proof_finished", **said, status=verdict.status,

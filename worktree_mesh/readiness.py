@@ -15,19 +15,25 @@ from .plan import Unit
 
 FINAL_STATES = frozenset({"integrated", "no_diff", "rejected", "failed", "skipped",
                           "no_consensus", "awaiting_choice"})
-# A dependency that found nothing to change leaves the tree as its dependants expect.
-SATISFIES_DEPENDENCY = frozenset({"integrated", "no_diff"})
+# A dependency that found nothing to change leaves the tree as its dependants expect; a
+# test-first unit proven red (SPEC 13) is where its implementation units start.
+SATISFIES_DEPENDENCY = frozenset({"integrated", "no_diff", "red"})
 
 
 class Readiness:
     def __init__(self, order: Sequence[Unit], overlap: str = "serialize") -> None:
         self.order = list(order)
         self._blockers: dict[str, list[str]] = {}
+        group = _test_first_groups(self.order)
         for index, unit in enumerate(self.order):
             # Optimistic overlap (SPEC 14): only depends_on orders units; a conflict is rerun.
+            # The implementation units of one test-first unit land together, so none waits
+            # for another to land: they run side by side from the test-first change.
             self._blockers[unit.id] = [] if overlap == "optimistic" else [
                 earlier.id for earlier in self.order[:index]
                 if earlier.scope.overlaps(unit.scope)
+                and not (unit.id in group and group.get(earlier.id) == group[unit.id]
+                         and not earlier.test_first)
             ]
 
     def failed_dependency(self, unit: Unit, states: Mapping[str, str]) -> str | None:
@@ -43,7 +49,10 @@ class Readiness:
             return False
         if any(states[dep] not in SATISFIES_DEPENDENCY for dep in unit.depends_on):
             return False
-        return all(states[other] in FINAL_STATES for other in self._blockers[unit.id])
+        # A red test-first unit blocks only the units that do not implement it.
+        return all(states[other] in FINAL_STATES
+                   or (states[other] == "red" and other in unit.depends_on)
+                   for other in self._blockers[unit.id])
 
     def waves(self, max_active: int) -> list[list[str]]:
         """Simulate the schedule with every unit integrating: the ids started together."""
@@ -57,3 +66,14 @@ class Readiness:
             for unit_id in wave:
                 states[unit_id] = "integrated"
         return waves
+
+
+def _test_first_groups(order: Sequence[Unit]) -> dict[str, str]:
+    """Each member of a test-first group (SPEC 13): the id of its test-first unit."""
+    test_first = {unit.id for unit in order if unit.test_first}
+    out = {uid: uid for uid in test_first}
+    for unit in order:
+        owner = next((dep for dep in unit.depends_on if dep in test_first), None)
+        if owner is not None and not unit.test_first:
+            out[unit.id] = owner
+    return out

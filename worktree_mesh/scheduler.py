@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import conflict, faults, integrating, preflight, proc
+from . import conflict, faults, integrating, preflight, proc, test_first
 from . import ledger as ledger_mod
 from . import usage as usage_mod
 from .consensus import comparison
@@ -35,7 +35,7 @@ from .errors import (
     WtmeshError,
 )
 from .git import Git, Sha
-from .integrator import CandidateProof, Landing
+from .integrator import CandidateProof, Landing, RedProof
 from .ledger import Ledger
 from .plan import Unit, integration_order
 from .presets import versions
@@ -81,6 +81,7 @@ class UnitProgress:
     waiting_since: float | None = None  # when its lanes were done
     reruns: int = 0  # runs again after its change conflicted (optimistic overlap)
     conflict: Path | None = None  # what the last conflict was: WTMESH_CONFLICT
+    staged: Sha | None = None  # test-first: its change proven red, not landed
 
     @property
     def duration_s(self) -> float:
@@ -120,6 +121,7 @@ class Run:
         self.order = integration_order(options.plan)
         self.readiness = Readiness(self.order, options.plan.overlap)
         self.units = {u.id: UnitProgress(u) for u in self.order}
+        self.unit_by_id = {u.id: u for u in self.order}
         self.head: Sha = options.base  # where the next unit starts: the last landing
         self.ledger: Ledger | None = None
         self.run_lock = RunLock(self.run_dir)
@@ -387,11 +389,16 @@ class Run:
     def _job(self, progress: UnitProgress) -> UnitJob:
         unit = progress.unit
         return UnitJob(
-            run_id=self.run_id, unit=unit, start=self.head, first_attempt=progress.attempts + 1,
+            run_id=self.run_id, unit=unit,
+            start=test_first.start_of(unit, self.unit_by_id, self._staged(), self.head),
+            first_attempt=progress.attempts + 1,
             repo=self.options.repo.toplevel or self.git.common_dir,
             plan_dir=self.options.plan.plan_dir, unit_dir=self.run_dir.unit_dir(unit.id),
             setup=self.options.plan.setup, ref_prefix=unit_ref_prefix(self.run_id, unit.id),
             conflict=progress.conflict)
+
+    def _staged(self) -> dict[str, Sha]:
+        return {uid: p.staged for uid, p in self.units.items() if p.staged is not None}
 
     def _run_unit(self, job: UnitJob) -> UnitWork:
         """A failure inside wtmesh while running one unit ends that unit, not the run."""
@@ -467,7 +474,10 @@ class Run:
                       lane=lane["lane"], attempt=lane["attempt"])
 
     def _states(self) -> dict[str, str]:
-        return {uid: p.state for uid, p in self.units.items()}
+        """Each unit's state as readiness reads it: a test-first unit proven red is
+        ``red`` (its implementation units may start from it)."""
+        return {uid: test_first.RED if p.phase == test_first.RED else p.state
+                for uid, p in self.units.items()}
 
     def _loop(self) -> None:
         self._skip_orphans()
@@ -484,6 +494,7 @@ class Run:
         self.integration_pool = integration_pool
         running: dict[Future[UnitWork], UnitProgress] = {}
         integrating: tuple[Future[list[Landing]], list[UnitProgress]] | None = None
+        red_checks: dict[Future[RedProof], UnitProgress] = {}  # test-first units' proofs
         # The one integration thread makes its worktree from the start, beside the first
         # unit's: no landing can begin before it, and with quick lanes the first unit is
         # ready to land about as soon as its own worktree is.
@@ -492,6 +503,7 @@ class Run:
             while True:
                 self._skip_orphans()
                 self._skip_over_budget()
+                self._settle_groups()
                 states = self._states()
                 self._wake = Future()
                 for unit in self.order:
@@ -510,6 +522,12 @@ class Run:
                     self._set(progress, "running", "starting")
                     states[unit.id] = "running"
                     running[pool.submit(self._run_unit, self._job(progress))] = progress
+                for progress in self.units.values():
+                    if progress.phase == test_first.RED_CHECK and \
+                            progress not in red_checks.values():
+                        assert progress.work is not None
+                        red_checks[integration_pool.submit(
+                            self.integrator.prove_red, progress.unit, progress.work)] = progress
                 hold: list[Future[Any]] = []  # what a unit held back waits for
                 hold_s: float | None = None  # a batch gathering: look again after this
                 batch = self._next_batch() if integrating is None else []
@@ -521,11 +539,13 @@ class Run:
                     else:
                         hold_s = self._gather_s(batch)
                 if batch and not hold and hold_s is None:
-                    integrating = (integration_pool.submit(self.integrator.integrate,
-                                                           self._hand_over(batch)), batch)
+                    integrate = (self.integrator.integrate_group if batch[0].unit.test_first
+                                 else self.integrator.integrate)
+                    integrating = (integration_pool.submit(integrate, self._hand_over(batch)),
+                                   batch)
                 if all(p.state in FINAL_STATES for p in self.units.values()):
                     return
-                waiting: list[Future[Any]] = [*running, *hold, self._wake]
+                waiting: list[Future[Any]] = [*running, *red_checks, *hold, self._wake]
                 if integrating is not None:
                     waiting.append(integrating[0])
                 if not waiting:  # pragma: no cover - readiness guarantees progress
@@ -542,6 +562,8 @@ class Run:
                                 self._set(progress, "running", "waiting")
                         integrating = None
                         self._rerun_conflicted(before)
+                    elif future in red_checks:
+                        self._proven_red(red_checks.pop(future), future.result())
                     elif future in running:
                         progress = running.pop(future)
                         self._lanes_done(progress, future.result())
@@ -557,6 +579,33 @@ class Run:
             lanes_pool.shutdown(wait=True, cancel_futures=True)
             consensus_pool.shutdown(wait=True, cancel_futures=True)
             integration_pool.shutdown(wait=True, cancel_futures=True)
+
+    def _proven_red(self, progress: UnitProgress, red: RedProof) -> None:
+        if red.commit is None:
+            self._finish(progress, "failed", red.failure_code, red.notes)
+            return
+        progress.staged = red.commit
+        self.emit("test_first_red", unit=progress.unit.id, commit=red.commit, head=red.head,
+                  notes=red.notes)
+        self._set(progress, "running", test_first.RED)
+
+    def _settle_groups(self) -> None:
+        """A test-first unit proven red whose implementation units all ended without
+        reaching the landing lands nothing: its tests alone would leave the target red."""
+        for unit in self.order:
+            progress = self.units[unit.id]
+            if progress.phase != test_first.RED:
+                continue
+            members = [self.units[u.id] for u in test_first.implementations(self.order, unit)]
+            if any(m.state not in FINAL_STATES for m in members):
+                continue
+            said = "; ".join(f"{m.unit.id} ended {m.state}"
+                             + (f" ({m.failure_code})" if m.failure_code else "")
+                             for m in members)
+            self._finish(progress, "failed", "proof_failed",
+                         "its proof never passed: "
+                         + (f"no implementation unit reached it ({said})" if members
+                            else "no unit depends on it to make it pass"))
 
     def _skip_orphans(self) -> None:
         """Dependants of a unit that did not integrate are skipped, transitively."""
@@ -603,6 +652,8 @@ class Run:
             progress = self.units[unit.id]
             if progress.state in FINAL_STATES:
                 continue
+            if progress.phase == test_first.RED and not batch:
+                return self._group_ready(progress)
             if progress.phase != "waiting" or len(batch) == limit:
                 break
             if batch and not one_at_a_time and (unit.proof_command, unit.proof_timeout_s) != (
@@ -611,13 +662,22 @@ class Run:
             batch.append(progress)
         return batch
 
+    def _group_ready(self, red: UnitProgress) -> list[UnitProgress]:
+        """A test-first unit and its implementation units whose lanes are done, once
+        none is still running; empty until then."""
+        members = [self.units[u.id] for u in test_first.implementations(self.order, red.unit)]
+        if any(m.state not in FINAL_STATES and m.phase != "waiting" for m in members):
+            return []
+        waiting = [m for m in members if m.state not in FINAL_STATES]
+        return [red, *waiting] if waiting else []
+
     def _hand_over(self, batch: list[UnitProgress]) -> list[tuple[Unit, UnitWork]]:
         items = []
         for progress in batch:
             assert progress.work is not None
             self._set(progress, "running", "integrating")
             items.append((progress.unit, progress.work))
-        return items
+        return test_first.with_trailers(items) if batch[0].unit.test_first else items
 
     def _gather_s(self, batch: list[UnitProgress]) -> float | None:
         """In batch mode, how much longer the ready units wait for the next unit in order,
@@ -650,7 +710,9 @@ class Run:
                   failure_code=work.failure_code, notes=work.notes, result=work.result,
                   diff_sha256=work.diff.sha256 if work.diff else None,
                   stats=work.diff.stats() if work.diff else None)
-        if work.status == "accepted" and self._no_longer_applies(progress, work.start):
+        if work.status == "accepted" and progress.unit.test_first:
+            self._set(progress, "running", test_first.RED_CHECK)  # proven red next
+        elif work.status == "accepted" and self._no_longer_applies(progress, work.start):
             self._rerun(progress)  # units landed meanwhile, and its change met theirs
         elif work.status == "accepted":
             progress.waiting_since = time.monotonic()
@@ -708,8 +770,11 @@ class Run:
             index.unlink(missing_ok=True)
 
     def _may_rerun(self, progress: UnitProgress) -> bool:
+        """A test-first group's members apply onto the red commit, not the head: their
+        conflicts are the group's landing's to find."""
         plan = self.options.plan
         return (plan.overlap == "optimistic" and progress.unit.consensus is None
+                and not test_first.in_a_group(progress.unit, self.unit_by_id)
                 and progress.reruns < plan.rebase_retries
                 and progress.work is not None and progress.work.diff_path is not None
                 and not self.spending.refusal())
