@@ -132,6 +132,20 @@ def test_a_conflicting_unit_runs_again_from_the_head_told_what_it_met(
     assert Path(told["previous_diff_file"]).read_text() == told["previous_diff"]
     (rerun,) = [e for e in _ledger(repo, summary["run_id"]) if e["event"] == "rerun"]
     assert (rerun["unit"], rerun["rerun"], rerun["of"], rerun["attempt"]) == ("b", 1, 2, 2)
+    status = wtmesh("status", cwd=repo)
+    assert "reruns after a conflict: b 1" in status.stdout, status.stdout
+    assert [u["reruns"] for u in wtmesh("status", "--json", cwd=repo).json()["units"]] == [0, 1]
+
+
+def test_plain_output_says_why_a_unit_runs_again(repo: Path, tmp_path: Path,
+                                                 write_plan: Any) -> None:
+    plan = _conflict_plan(tmp_path, [_readme_unit("a"), _readme_unit("b")])
+    res = wtmesh("run", write_plan(plan), cwd=repo)
+    assert res.returncode == 0, res.stderr
+    lines = [line.split() for line in res.stdout.splitlines()]
+    assert ["b", "rerun", "conflicted", "on", "README.md", "(after", "a):", "runs", "again",
+            "from", "the", "head", "as", "attempt", "2", "(rerun", "1", "of", "2)"] in lines
+    assert "reruns after a conflict: b 1" in res.stdout
 
 
 def test_serialize_runs_no_conflict_and_optimistic_without_retries_fails_it(

@@ -250,6 +250,8 @@ def print_summary_table(summary: dict[str, Any], stream: TextIO | None = None) -
     console.print(table)
     counts = ", ".join(f"{n} {state}" for state, n in summary["counts"].items() if n)
     console.print(counts, markup=False)
+    if reruns_line(summary["units"]):
+        console.print(reruns_line(summary["units"]), markup=False)
     line = spent_line(summary.get("usage"), summary.get("max_cost_usd"))
     if line:
         console.print(line, markup=False)
@@ -264,6 +266,12 @@ def print_summary_table(summary: dict[str, Any], stream: TextIO | None = None) -
 
 
 USAGE_COLUMNS = ("tokens", "cost")
+
+
+def reruns_line(units: list[dict[str, Any]]) -> str:
+    """Which units ran again after their change conflicted (optimistic overlap), or ""."""
+    rerun = [f"{u['id']} {u['reruns']}" for u in units if u.get("reruns")]
+    return ("reruns after a conflict: " + ", ".join(rerun)) if rerun else ""
 COMPARISON_COLUMNS = ("candidate", "state", "failure", "+/-", "proof s", "votes", "borda",
                       "rubric", "chosen")
 CHOSEN_MARK = "✓"
@@ -404,6 +412,8 @@ def status_view(status: dict[str, Any]) -> Group:
                       *(usage_cells(unit) if spent else ()), Text(detail or ""))
     parts.append(table)
     parts.append(say(", ".join(f"{n} {state}" for state, n in status["counts"].items() if n)))
+    if reruns_line(status["units"]):
+        parts.append(say(reruns_line(status["units"])))
     line = spent_line(status.get("usage"), status.get("max_cost_usd"))
     if line:
         parts.append(say(line))

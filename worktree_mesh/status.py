@@ -84,7 +84,8 @@ def run_status(git: Git, state: StateDir, run_id: str | None = None) -> dict[str
 def _units(records: list[dict[str, Any]], started: dict[str, Any],
            run_dir: RunDir) -> list[dict[str, Any]]:
     units: dict[str, dict[str, Any]] = {
-        uid: {"id": uid, "state": "pending", "phase": None, "attempts": 0, "duration_s": None,
+        uid: {"id": uid, "state": "pending", "phase": None, "attempts": 0, "reruns": 0,
+              "duration_s": None,
               "failure_code": None, "evidence": "", "commit": None, "patch": None,
               "resume": None, "_first_ts": None}
         for uid in started.get("units", [])}
@@ -96,6 +97,8 @@ def _units(records: list[dict[str, Any]], started: dict[str, Any],
         if event == "unit_state":
             unit["state"], unit["phase"] = record["state"], record.get("phase")
             unit["_first_ts"] = unit["_first_ts"] or record["ts"]
+        elif event == "rerun":
+            unit["reruns"] += 1
         elif event == "lane_started":
             unit["attempts"] = max(unit["attempts"], record["attempt"])
             unit["phase"] = f"{record['lane']} lane, attempt {record['attempt']}"
