@@ -39,7 +39,7 @@ def test_a_directory_overlaps_a_file_below_it(tmp_path: Path) -> None:
     assert res.stdout.count("\n") == 1
     assert res.json() == {"command": "wave", "units_in": 3, "units_selected": 2,
                           "csv_path": str(out), "selected_ids": ["dir", "other"],
-                          "remaining_ids": ["file"]}
+                          "remaining_ids": ["file"], "test_first_ids": []}
     assert [r["id"] for r in rows(out)] == ["dir", "other"]
 
 
@@ -74,6 +74,34 @@ def test_a_unit_waits_for_a_dependency_still_in_the_list(tmp_path: Path) -> None
     ], "--max-active", "3")
     assert res.json()["selected_ids"] == ["a", "c"]
     assert res.json()["remaining_ids"] == ["b"]
+
+
+def test_test_first_units_go_in_the_first_wave(tmp_path: Path) -> None:
+    """Ahead of earlier units whose scopes overlap theirs, and of the slots; the units
+    that depend on them wait."""
+    res, out = run_wave(tmp_path, [
+        {"id": "code", "objective": "o", "unit_scope": "src/"},
+        {"id": "other", "objective": "o", "unit_scope": "docs/"},
+        {"id": "tests", "objective": "o", "unit_scope": "src/tests/", "test_first": True},
+        {"id": "impl", "objective": "o", "unit_scope": "src/parse.py", "depends_on": ["tests"]},
+        {"id": "more", "objective": "o", "unit_scope": "lib/tests/", "test_first": True},
+    ], "--max-active", "2")
+    assert res.returncode == 0, res.stderr
+    assert res.json()["selected_ids"] == ["tests", "more"]
+    assert res.json()["remaining_ids"] == ["code", "other", "impl"]
+    assert res.json()["test_first_ids"] == ["tests", "more"]
+    assert [r["id"] for r in rows(out)] == ["tests", "more"]
+
+
+def test_a_test_first_unit_brings_what_it_depends_on_ahead(tmp_path: Path) -> None:
+    res, _ = run_wave(tmp_path, [
+        {"id": "a", "objective": "o", "unit_scope": "a/"},
+        {"id": "tests", "objective": "o", "unit_scope": "tests/", "test_first": True,
+         "depends_on": ["fixture"]},
+        {"id": "fixture", "objective": "o", "unit_scope": "tests/data/"},
+    ])
+    assert res.json()["selected_ids"] == ["fixture"]
+    assert res.json()["remaining_ids"] == ["a", "tests"]
 
 
 def test_csv_has_the_ten_headers_defaults_and_rfc4180_quoting(tmp_path: Path) -> None:
@@ -119,6 +147,7 @@ def test_a_slice_output_goes_straight_into_wave(tmp_path: Path) -> None:
     ('{"units": [{"id": "a"}, {"id": "a"}]}', "$.units[1].id: duplicate id 'a'"),
     ('{"units": [{"id": "a", "unit_scope": 7}]}', "$.units[0].unit_scope: expected a string"),
     ('{"units": [{"id": "a", "depends_on": "b"}]}', "$.units[0].depends_on: expected a list"),
+    ('{"units": [{"id": "a", "test_first": 1}]}', "$.units[0].test_first: expected true or"),
     ("{", "not valid JSON"),
 ])
 def test_bad_units_are_one_line_exit_2(tmp_path: Path, content: str, needle: str) -> None:
@@ -171,6 +200,8 @@ def unit_lists(draw: st.DrawFn) -> list[dict[str, Any]]:
             unit["unit_scope"] = draw(scopes)
         if i and draw(st.integers(0, 3)) == 0:
             unit["depends_on"] = [f"u{draw(st.integers(0, i - 1))}"]
+        if draw(st.integers(0, 3)) == 0:
+            unit["test_first"] = True
         units.append(unit)
     return units
 
@@ -196,3 +227,18 @@ def test_no_wave_selects_overlapping_scopes(units: list[dict[str, Any]],
             scope = Scope.parse(unit.get("unit_scope"))
             waits = any(d in ids for d in unit.get("depends_on", ()))
             assert waits or any(scope.overlaps(p) for p in picked), unit
+    # A test-first unit free to start is only crowded out by test-first units or the units
+    # they depend on.
+    depends = {u["id"]: u.get("depends_on", []) for u in units}
+    ahead = {u["id"] for u in units if u.get("test_first")}
+    while grown := {d for uid in ahead for d in depends[uid]} - ahead:
+        ahead |= grown
+    for unit in units:
+        if unit.get("test_first") and unit["id"] in chosen.left \
+                and not any(d in ids for d in depends[unit["id"]]):
+            scope = Scope.parse(unit.get("unit_scope"))
+            overlapping = [u["id"] for u in chosen.selected
+                           if Scope.parse(u.get("unit_scope")).overlaps(scope)]
+            if not any(uid in ahead for uid in overlapping):  # then the slots were taken
+                assert len(picked) == max_active, unit
+                assert all(u["id"] in ahead for u in chosen.selected), unit

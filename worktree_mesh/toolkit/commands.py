@@ -152,7 +152,8 @@ def slice_command(input_json: Path, output_json: Path | None, max_slices: int | 
 def wave_command(units_json: Path, csv_path: Path, max_active: int) -> None:
     """One wave of units whose scopes share no path.
 
-    Units are taken in order; the wave is written as a CSV of the ten mesh fields."""
+    Units are taken in order, test-first units ahead of the rest; the wave is written as
+    a CSV of the ten mesh fields."""
     if same_file(units_json, csv_path):
         raise UsageError("--units-json and --csv-path name the same file")
     data = read_json(units_json)
@@ -164,7 +165,7 @@ def wave_command(units_json: Path, csv_path: Path, max_active: int) -> None:
     meshcsv.write(csv_path, meshcsv.MESH_FIELDS, [meshcsv.mesh_row(u) for u in chosen.selected])
     _echo({"command": "wave", "units_in": len(units), "units_selected": len(chosen.selected),
            "csv_path": str(csv_path), "selected_ids": [u["id"] for u in chosen.selected],
-           "remaining_ids": chosen.left})
+           "remaining_ids": chosen.left, "test_first_ids": wave.test_first_ids(units)})
 
 
 @click.command("run-csv")

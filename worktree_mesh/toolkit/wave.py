@@ -1,9 +1,10 @@
 """``wave`` (SPEC 7): one wave of units that can run at once without touching one path.
 
-Units are taken in order; a unit joins the wave when its scope overlaps no scope already
-in it (real path overlap, ``worktree_mesh.scope``: ``src/`` overlaps ``src/a.py``, ``**``
-overlaps everything) and it does not depend on another unit of the input (those are still
-to run), until ``max_active`` units are in.
+Units are taken in order, test-first units (SPEC 13) and what they depend on ahead of the
+rest; a unit joins the wave when its scope overlaps no scope already in it (real path
+overlap, ``worktree_mesh.scope``: ``src/`` overlaps ``src/a.py``, ``**`` overlaps
+everything) and it does not depend on another unit of the input (those are still to run),
+until ``max_active`` units are in.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UsageError
+from ..plan import test_first_ahead
 from ..scope import Scope
 
 
 @dataclass(frozen=True)
 class Wave:
-    selected: list[Mapping[str, Any]]
+    selected: list[Mapping[str, Any]]  # test-first units first, then in input order
     left: list[str]  # ids for later waves, in input order
 
 
@@ -46,6 +48,8 @@ def units_of(data: Any) -> list[dict[str, Any]]:
         if deps is not None and not (isinstance(deps, list)
                                      and all(isinstance(d, str) for d in deps)):
             raise UsageError(f"{where}.depends_on: expected a list of unit ids")
+        if not isinstance(unit.get("test_first", False), bool):
+            raise UsageError(f"{where}.test_first: expected true or false")
     units: list[dict[str, Any]] = data["units"]
     return units
 
@@ -54,21 +58,28 @@ def scope_of(unit: Mapping[str, Any]) -> Scope:
     return Scope.parse(unit.get("unit_scope"))
 
 
+def test_first_ids(units: Sequence[Mapping[str, Any]]) -> list[str]:
+    return [u["id"] for u in units if u.get("test_first") is True]
+
+
 def select(units: Sequence[Mapping[str, Any]], max_active: int = 1) -> Wave:
     ids = {u["id"] for u in units}
+    ahead = test_first_ahead({u["id"]: u.get("depends_on") or () for u in units},
+                             test_first_ids(units))
     picked: list[Mapping[str, Any]] = []
     scopes: list[Scope] = []
-    left: list[str] = []
-    for unit in units:
+    left: set[str] = set()
+    for unit in [u for u in units if u["id"] in ahead] + [u for u in units
+                                                          if u["id"] not in ahead]:
         scope = scope_of(unit)
         waits = any(dep in ids and dep != unit["id"] for dep in unit.get("depends_on") or ())
         if (len(picked) >= max_active or waits
                 or any(scope.overlaps(other) for other in scopes)):
-            left.append(unit["id"])
+            left.add(unit["id"])
             continue
         picked.append(unit)
         scopes.append(scope)
-    return Wave(picked, left)
+    return Wave(picked, [u["id"] for u in units if u["id"] in left])
 
 
 def count(units: Sequence[Mapping[str, Any]], max_active: int) -> int:
