@@ -308,12 +308,32 @@ def test_replay_plan_simulates_the_real_schedule(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert res.json() == {"command": "replay", "plan": str(plan), "max_active_units": 2,
                           "unit_count": 6, "wave_count": 4,
-                          "waves": [["a", "d"], ["b", "c"], ["f"], ["e"]]}
+                          "waves": [["a", "d"], ["b", "c"], ["f"], ["e"]],
+                          "test_first_ids": []}
     wide = wtmesh("replay", plan, "--max-active", "10", cwd=tmp_path).json()
     # e waits for f (its dependency) and for d (an earlier unit whose scope overlaps).
     assert wide["waves"] == [["a", "d", "f"], ["b", "c", "e"]]
     one = wtmesh("replay", plan, "--max-active", "1", cwd=tmp_path).json()
     assert one["waves"] == [["a"], ["b"], ["c"], ["d"], ["f"], ["e"]]
+
+
+def test_replay_plan_starts_test_first_units_in_the_first_wave(tmp_path: Path) -> None:
+    """Ahead of an earlier unit whose scope overlaps theirs, and of the slots; their
+    implementation units follow them."""
+    plan = write(tmp_path / "plan.json", {"max_active": 2, "proof_command": "true", "units": [
+        {"id": "code", "objective": "o", "unit_scope": "src/"},
+        {"id": "docs", "objective": "o", "unit_scope": "docs/"},
+        {"id": "tests", "objective": "o", "unit_scope": "src/tests/", "test_first": True},
+        {"id": "impl", "objective": "o", "unit_scope": "src/parse.py", "depends_on": ["tests"]},
+        {"id": "lib-tests", "objective": "o", "unit_scope": "lib/tests/", "test_first": True},
+    ]})
+    res = wtmesh("replay", plan, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    out = res.json()
+    assert out["waves"] == [["tests", "lib-tests"], ["code", "docs"], ["impl"]]
+    assert out["test_first_ids"] == ["tests", "lib-tests"]
+    wide = wtmesh("replay", plan, "--max-active", "10", cwd=tmp_path).json()
+    assert wide["waves"] == [["tests", "lib-tests", "docs"], ["code"], ["impl"]]
 
 
 def test_replay_plan_clamped_by_the_budget(tmp_path: Path) -> None:

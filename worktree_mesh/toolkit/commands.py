@@ -253,7 +253,7 @@ def replay_command(plan_file: Path | None, five_hour: float | None, weekly: floa
     """Simulate waves without running anything.
 
     With budget numbers and --ready-units: wave sizes. With PLAN: the plan's real schedule
-    (dependencies, scope overlap, max_active), unit ids per wave."""
+    (dependencies, scope overlap, max_active, test-first units first), unit ids per wave."""
     if (five_hour is None) != (weekly is None):
         raise click.UsageError("give both --remaining-five-hour and --remaining-weekly")
     decision = None if five_hour is None or weekly is None else _decision(
