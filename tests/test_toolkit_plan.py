@@ -225,6 +225,29 @@ def test_slice_carries_dependencies_and_a_delivery_mode(tmp_path: Path) -> None:
     assert replayed["waves"] == [["unit-001"], ["unit-002"]]
 
 
+def test_slice_carries_test_first(tmp_path: Path) -> None:
+    source = write(tmp_path / "p.json", {"plan": [
+        {"id": "pin", "step": "tests for the parser", "unit_scope": "tests/",
+         "test_first": True, "proof_command": "pytest -q tests"},
+        {"id": "impl", "step": "the parser", "unit_scope": "src/", "depends_on": ["pin"]},
+        {"step": "docs", "unit_scope": "docs/", "test_first": False},
+    ]})
+    res = wtmesh("slice", "--input-json", source, "--output-json", tmp_path / "plan.json",
+                 cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    units = res.json()["units"]
+    assert [u.get("test_first") for u in units] == [True, None, False]
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert [u.get("test_first") for u in plan["units"]] == [True, None, False]
+    loaded = plan_mod.build({**plan, "lanes": LANES}, tmp_path / "plan.json")
+    assert plan_mod.problems({**plan, "lanes": LANES}) == []
+    assert [u.id for u in plan_mod.implementation_units(loaded, "unit-001")] == ["unit-002"]
+    replayed = wtmesh("replay", tmp_path / "plan.json", "--max-active", "3",
+                      cwd=tmp_path).json()
+    assert replayed["waves"] == [["unit-001", "unit-003"], ["unit-002"]]
+    assert replayed["test_first_ids"] == ["unit-001"]
+
+
 def test_slice_refuses_to_overwrite_its_input(tmp_path: Path) -> None:
     source = write(tmp_path / "p.json", UPDATE_PLAN)
     line = one_error_line(wtmesh("slice", "--input-json", source, "--output-json",

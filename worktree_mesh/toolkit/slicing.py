@@ -3,7 +3,8 @@
 Each unit gets the ten mesh fields: ``unit-001``, ``unit-002``, ... as its id, the step's
 text as its objective, the fields the step carries, and mesh's defaults for the rest
 (but a missing scope is ``**``, not ``unknown``). A step may also carry ``depends_on``,
-``timeout_s``, ``proof_timeout_s`` and ``lanes``, which go to the unit as they are;
+``timeout_s``, ``proof_timeout_s``, ``lanes`` and ``test_first`` (SPEC 13), which go to
+the unit as they are;
 ``depends_on`` may name other steps by their ``id``: a sliced step becomes its unit id,
 a completed step is dropped (it is done), anything else is kept for ``validate`` to judge.
 
@@ -23,7 +24,7 @@ from .meshcsv import MESH_DEFAULTS, MESH_FIELDS
 from .steps import COMPLETED, IN_PROGRESS, PENDING, StepList
 
 CARRIED = tuple(f for f in MESH_FIELDS if f not in ("id", "objective"))
-EXTRA_CARRIED = ("depends_on", "timeout_s", "proof_timeout_s", "lanes")
+EXTRA_CARRIED = ("depends_on", "timeout_s", "proof_timeout_s", "lanes", "test_first")
 PLAN_OVERRIDING_DEFAULTS = ("proof_command", "delivery_mode")
 
 
