@@ -342,7 +342,8 @@ def test_replay_plan_simulates_the_real_schedule(tmp_path: Path) -> None:
 
 def test_replay_plan_starts_test_first_units_in_the_first_wave(tmp_path: Path) -> None:
     """Ahead of an earlier unit whose scope overlaps theirs, and of the slots; their
-    implementation units follow them."""
+    implementation units follow them, ahead of the units that overlap the group (it lands
+    as one)."""
     plan = write(tmp_path / "plan.json", {"max_active": 2, "proof_command": "true", "units": [
         {"id": "code", "objective": "o", "unit_scope": "src/"},
         {"id": "docs", "objective": "o", "unit_scope": "docs/"},
@@ -353,10 +354,10 @@ def test_replay_plan_starts_test_first_units_in_the_first_wave(tmp_path: Path) -
     res = wtmesh("replay", plan, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     out = res.json()
-    assert out["waves"] == [["tests", "lib-tests"], ["code", "docs"], ["impl"]]
+    assert out["waves"] == [["tests", "lib-tests"], ["impl", "docs"], ["code"]]
     assert out["test_first_ids"] == ["tests", "lib-tests"]
     wide = wtmesh("replay", plan, "--max-active", "10", cwd=tmp_path).json()
-    assert wide["waves"] == [["tests", "lib-tests", "docs"], ["code"], ["impl"]]
+    assert wide["waves"] == [["tests", "lib-tests", "docs"], ["impl"], ["code"]]
 
 
 def test_replay_plan_clamped_by_the_budget(tmp_path: Path) -> None:
