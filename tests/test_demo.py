@@ -25,6 +25,8 @@ EXPECTED = {
 }
 PATCHES = ["0001-add-power.patch", "0002-caret-operator.patch", "0003-add-modulo.patch",
            "0004-add-mean.patch"]
+# The optimistic plan (fixtures/demo/optimistic.json): every unit integrates, one is rerun.
+OPTIMISTIC = ["pin-negate", "add-negate", "docs-usage", "docs-examples"]
 
 
 def shown(out: str, label: str) -> Path:
@@ -68,8 +70,8 @@ def test_demo_runs_as_designed(tmp_path: Path) -> None:
     run_dirs = re.findall(r"^(?:run state and logs:)?\s+(/\S+/runs/\S+)/$", out, re.M)
     summaries = [json.loads((Path(run_dir) / "summary.json").read_text())
                  for run_dir in run_dirs]
-    assert len(summaries) == 2
-    for summary in summaries:
+    assert len(summaries) == 3
+    for summary in summaries[:2]:
         (unit,) = [u for u in summary["units"] if u["id"] == "add-mean"]
         candidates = {c["name"]: c for c in unit["candidates"]}
         assert list(candidates) == ["explicit", "off-by-one", "concise"]
@@ -87,3 +89,31 @@ def test_demo_runs_as_designed(tmp_path: Path) -> None:
     assert sorted(p.name for p in (patch_dir / "candidates" / "add-mean").iterdir()) == \
         ["concise.patch", "explicit.patch"]
     assert re.search(r"^\s+variant off-by-one\s+failed\s+proof_failed", out, re.M)
+
+    # The optimistic plan: the test-first group landed in one move of main, never at its
+    # red test commit; docs-examples, whose README line docs-usage changed first, was rerun
+    # from the new head and its line is what landed.
+    summary = summaries[2]
+    units = {u["id"]: u for u in summary["units"]}
+    assert list(units) == OPTIMISTIC
+    assert {u["status"] for u in units.values()} == {"integrated"}
+    assert {uid: (u["reruns"], u["attempts"]) for uid, u in units.items()} == {
+        "pin-negate": (0, 1), "add-negate": (0, 1), "docs-usage": (0, 1),
+        "docs-examples": (1, 2)}
+    assert re.search(r"^docs-examples\s+rerun\s+conflicted on README\.md \(after docs-usage\)",
+                     out, re.M)
+    assert re.search(r"^pin-negate\s+red\s+its proof passes", out, re.M)
+    optimistic = demo_dir / "optimistic"
+    tests, tip = units["pin-negate"]["commit"], units["add-negate"]["commit"]
+    assert git(optimistic, "rev-parse", f"{tip}^") == tests
+    moves = git(optimistic, "reflog", "--format=%H", "main").splitlines()
+    assert moves == [units["docs-examples"]["commit"], units["docs-usage"]["commit"], tip,
+                     git(optimistic, "rev-parse", f"{tests}^")]
+    assert "Wtmesh-Proof: red by design (test-first, green at add-negate)" in \
+        git(optimistic, "log", "-1", "--format=%B", tests).splitlines()
+    readme = git(optimistic, "show", "main:README.md")
+    assert 'evaluate("7 / 2")' in readme and "6 * 7" not in readme
+    (ledger,) = [Path(d) / "ledger.jsonl" for d in run_dirs if d.startswith(str(optimistic))]
+    events = [json.loads(line) for line in ledger.read_text().splitlines()]
+    assert [(e["unit"], e["met"]) for e in events if e["event"] == "rerun"] == [
+        ("docs-examples", ["docs-usage"])]
