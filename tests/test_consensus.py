@@ -433,7 +433,7 @@ def start_run(repo: Path, plan: Path) -> subprocess.Popen[str]:
 
 def interrupt(proc: subprocess.Popen[str]) -> int:
     proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=60)
+    proc.communicate(timeout=180)  # the lanes wait forever: an exit proves them stopped
     return proc.returncode
 
 

@@ -276,7 +276,7 @@ def test_interrupt_stops_lanes_and_resumes(template: Path, tmp_path: Path) -> No
         time.sleep(0.05)
     assert marker.exists(), "the lane never started"
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
+    out, err = proc.communicate(timeout=50)  # < the 60 s lane: it was stopped
     assert proc.returncode == 130, err
     assert b"--resume" in err and b"Traceback" not in err
     ledger = next((repo / ".git/wtmesh/runs").iterdir()) / "ledger.jsonl"
