@@ -467,9 +467,9 @@ def test_test_first_units_that_are_valid(write_plan: Callable[..., Path]) -> Non
     assert units["tests"].as_record()["test_first"] is True
     assert units["impl"].as_record()["test_first"] is False
     assert units["tests"].proof_command == "pytest"
-    assert [u.id for u in plan_mod.implementation_units(loaded, "tests")] == ["impl", "impl2"]
-    assert plan_mod.implementation_units(loaded, "alone") == []
-    assert [u.id for u in plan_mod.implementation_units(loaded, "base")] == ["tests", "impl2"]
+    assert [u.id for u in plan_mod.implementation_units(loaded.units, "tests")] == ["impl", "impl2"]
+    assert plan_mod.implementation_units(loaded.units, "alone") == []
+    assert [u.id for u in plan_mod.implementation_units(loaded.units, "base")] == ["tests", "impl2"]
 
 
 def test_full_spec_example_is_valid(tmp_path: Path, write_plan: Callable[..., Path]) -> None:
@@ -744,10 +744,10 @@ def tf(uid: str, *deps: str) -> dict[str, Any]:
 
 def ahead_order(write_plan: Callable[..., Path], units: list[dict[str, Any]]) -> list[str]:
     loaded = plan_mod.load(write_plan(valid_plan(proof_command="true", units=units)))
-    return [unit.id for unit in plan_mod.test_first_order(loaded)]
+    return [unit.id for unit in plan_mod.integration_order(loaded)]
 
 
-def test_test_first_order_moves_test_first_groups_ahead_whole(
+def test_integration_order_moves_test_first_groups_ahead_whole(
         write_plan: Callable[..., Path]) -> None:
     """A group lands as one: its members come together, ahead of the rest."""
     assert ahead_order(write_plan, [u("a"), tf("t"), u("i", "t"), u("b")]) == \

@@ -241,7 +241,7 @@ def test_slice_carries_test_first(tmp_path: Path) -> None:
     assert [u.get("test_first") for u in plan["units"]] == [True, None, False]
     loaded = plan_mod.build({**plan, "lanes": LANES}, tmp_path / "plan.json")
     assert plan_mod.problems({**plan, "lanes": LANES}) == []
-    assert [u.id for u in plan_mod.implementation_units(loaded, "unit-001")] == ["unit-002"]
+    assert [u.id for u in plan_mod.implementation_units(loaded.units, "unit-001")] == ["unit-002"]
     replayed = wtmesh("replay", tmp_path / "plan.json", "--max-active", "3",
                       cwd=tmp_path).json()
     assert replayed["waves"] == [["unit-001", "unit-003"], ["unit-002"]]

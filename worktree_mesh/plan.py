@@ -671,18 +671,29 @@ def _override(resolved: LaneSpec | None, base: Mapping[str, Any],
     return lane
 
 
-def implementation_units(plan: Plan, test_first_id: str) -> list[Unit]:
-    """The units that depend on a test-first unit directly (its implementation units,
-    SPEC 13), in plan order."""
-    return [unit for unit in plan.units if test_first_id in unit.depends_on]
+def implementation_units(units: Sequence[Unit], test_first_id: str) -> list[Unit]:
+    """The units of ``units`` that depend on a test-first unit directly (its
+    implementation units, SPEC 13), in the order given."""
+    return [unit for unit in units if test_first_id in unit.depends_on]
 
 
-def test_first_ahead(depends: Mapping[str, Sequence[str]], test_first: Iterable[str]) -> set[str]:
-    """The test-first units and every unit they depend on, directly or not (ids of
-    ``depends`` only): what a schedule orders before the rest, so test-first units start
-    in the first wave they can (SPEC 13)."""
+def test_first_groups(units: Sequence[Unit]) -> dict[str, str]:
+    """Each member of a test-first group (SPEC 13) -> the id of its test-first unit
+    (which maps to itself). Validation allows a unit to implement one."""
+    test_first = {unit.id for unit in units if unit.test_first}
+    groups = {uid: uid for uid in test_first}
+    for unit in units:
+        owner = next((dep for dep in unit.depends_on if dep in test_first), None)
+        if owner is not None and not unit.test_first:
+            groups[unit.id] = owner
+    return groups
+
+
+def with_dependencies(depends: Mapping[str, Sequence[str]], ids: Iterable[str]) -> set[str]:
+    """``ids`` and every unit they depend on, directly or not (ids of ``depends``
+    only)."""
     out: set[str] = set()
-    todo = [uid for uid in test_first if uid in depends]
+    todo = [uid for uid in ids if uid in depends]
     while todo:
         uid = todo.pop()
         if uid not in out:
@@ -700,11 +711,11 @@ def integration_order(plan: Plan) -> list[Unit]:
     order: list[Unit] = []
     by_id = {unit.id: unit for unit in plan.units}
     for test_first in (u for u in plan.units if u.test_first):
-        group = [test_first, *implementation_units(plan, test_first.id)]
+        group = [test_first, *implementation_units(plan.units, test_first.id)]
         members = {unit.id for unit in group}
-        needed = test_first_ahead({u.id: u.depends_on for u in plan.units},
-                                  [dep for unit in group for dep in unit.depends_on
-                                   if dep not in members])
+        needed = with_dependencies({u.id: u.depends_on for u in plan.units},
+                                   [dep for unit in group for dep in unit.depends_on
+                                    if dep not in members])
         order += _dependency_order([u for u in plan.units
                                     if u.id in needed and u.id not in placed], placed)
         placed.update(u.id for u in order)
@@ -712,12 +723,6 @@ def integration_order(plan: Plan) -> list[Unit]:
         placed.update(u.id for u in order)
     return order + _dependency_order([by_id[u.id] for u in plan.units if u.id not in placed],
                                      placed)
-
-
-def test_first_order(plan: Plan) -> list[Unit]:
-    """The order a schedule follows (``integration_order``): its test-first units start in
-    the first wave they can."""
-    return integration_order(plan)
 
 
 def _dependency_order(units: Sequence[Unit], placed: set[str]) -> list[Unit]:

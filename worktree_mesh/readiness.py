@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from .plan import Unit
+from .plan import Unit, test_first_groups
 
 FINAL_STATES = frozenset({"integrated", "no_diff", "rejected", "failed", "skipped",
                           "no_consensus", "awaiting_choice"})
@@ -24,7 +24,7 @@ class Readiness:
     def __init__(self, order: Sequence[Unit], overlap: str = "serialize") -> None:
         self.order = list(order)
         self._blockers: dict[str, list[str]] = {}
-        group = _test_first_groups(self.order)
+        group = test_first_groups(self.order)
         for index, unit in enumerate(self.order):
             # Optimistic overlap (SPEC 14): only depends_on orders units; a conflict is rerun.
             # The implementation units of one test-first unit land together, so none waits
@@ -67,13 +67,3 @@ class Readiness:
                 states[unit_id] = "integrated"
         return waves
 
-
-def _test_first_groups(order: Sequence[Unit]) -> dict[str, str]:
-    """Each member of a test-first group (SPEC 13): the id of its test-first unit."""
-    test_first = {unit.id for unit in order if unit.test_first}
-    out = {uid: uid for uid in test_first}
-    for unit in order:
-        owner = next((dep for dep in unit.depends_on if dep in test_first), None)
-        if owner is not None and not unit.test_first:
-            out[unit.id] = owner
-    return out

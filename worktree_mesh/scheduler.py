@@ -37,7 +37,7 @@ from .errors import (
 from .git import Git, Sha
 from .integrator import CandidateProof, Landing, RedProof
 from .ledger import Ledger
-from .plan import Unit, integration_order
+from .plan import Unit, implementation_units, integration_order, test_first_groups
 from .presets import versions
 from .readiness import FINAL_STATES, Readiness
 from .report import write_report
@@ -121,7 +121,7 @@ class Run:
         self.order = integration_order(options.plan)
         self.readiness = Readiness(self.order, options.plan.overlap)
         self.units = {u.id: UnitProgress(u) for u in self.order}
-        self.unit_by_id = {u.id: u for u in self.order}
+        self.groups = test_first_groups(self.order)  # test-first groups' members
         self.head: Sha = options.base  # where the next unit starts: the last landing
         self.ledger: Ledger | None = None
         self.run_lock = RunLock(self.run_dir)
@@ -390,7 +390,7 @@ class Run:
         unit = progress.unit
         return UnitJob(
             run_id=self.run_id, unit=unit,
-            start=test_first.start_of(unit, self.unit_by_id, self._staged(), self.head),
+            start=test_first.start_of(unit, self.groups, self._staged(), self.head),
             first_attempt=progress.attempts + 1,
             repo=self.options.repo.toplevel or self.git.common_dir,
             plan_dir=self.options.plan.plan_dir, unit_dir=self.run_dir.unit_dir(unit.id),
@@ -596,7 +596,7 @@ class Run:
             progress = self.units[unit.id]
             if progress.phase != test_first.RED:
                 continue
-            members = [self.units[u.id] for u in test_first.implementations(self.order, unit)]
+            members = [self.units[u.id] for u in implementation_units(self.order, unit.id)]
             if any(m.state not in FINAL_STATES for m in members):
                 continue
             said = "; ".join(f"{m.unit.id} ended {m.state}"
@@ -665,7 +665,7 @@ class Run:
     def _group_ready(self, red: UnitProgress) -> list[UnitProgress]:
         """A test-first unit and its implementation units whose lanes are done, once
         none is still running; empty until then."""
-        members = [self.units[u.id] for u in test_first.implementations(self.order, red.unit)]
+        members = [self.units[u.id] for u in implementation_units(self.order, red.unit.id)]
         if any(m.state not in FINAL_STATES and m.phase != "waiting" for m in members):
             return []
         waiting = [m for m in members if m.state not in FINAL_STATES]
@@ -774,7 +774,7 @@ class Run:
         conflicts are the group's landing's to find."""
         plan = self.options.plan
         return (plan.overlap == "optimistic" and progress.unit.consensus is None
-                and not test_first.in_a_group(progress.unit, self.unit_by_id)
+                and progress.unit.id not in self.groups
                 and progress.reruns < plan.rebase_retries
                 and progress.work is not None and progress.work.diff_path is not None
                 and not self.spending.refusal())

@@ -3,8 +3,8 @@
 A test-first unit's change is proven red and never lands alone: the units that depend on
 it (its implementation units) start from it, and the group lands together, in plan order,
 with one move of the target once the tip passes every member's proof. What is decided
-here is pure: which units form a group, when a group is ready to land, what its commits
-say. The scheduler runs the lanes and the integrator the proofs.
+here is pure: where a member starts and what its commits say (plan.test_first_groups says
+which units form a group). The scheduler runs the lanes and the integrator the proofs.
 """
 
 from __future__ import annotations
@@ -19,20 +19,6 @@ from .unit_runner import UnitWork
 # The phases of a test-first unit between its lanes and its group's landing.
 RED_CHECK = "red-check"  # its change waits for (or is in) its red proof
 RED = "red"  # proven red: its implementation units start from it
-
-
-def implementations(order: Sequence[Unit], test_first: Unit) -> list[Unit]:
-    """The units that depend on ``test_first``, in integration order."""
-    return [unit for unit in order if test_first.id in unit.depends_on]
-
-
-def test_first_of(unit: Unit, units: Mapping[str, Unit]) -> Unit | None:
-    """The test-first unit ``unit`` implements, if any."""
-    return next((units[dep] for dep in unit.depends_on if units[dep].test_first), None)
-
-
-def in_a_group(unit: Unit, units: Mapping[str, Unit]) -> bool:
-    return unit.test_first or test_first_of(unit, units) is not None
 
 
 def with_trailers(items: Sequence[tuple[Unit, UnitWork]]) -> list[tuple[Unit, UnitWork]]:
@@ -52,11 +38,11 @@ def with_trailers(items: Sequence[tuple[Unit, UnitWork]]) -> list[tuple[Unit, Un
     return out
 
 
-def start_of(unit: Unit, units: Mapping[str, Unit], staged: Mapping[str, Sha],
+def start_of(unit: Unit, groups: Mapping[str, str], staged: Mapping[str, Sha],
              head: Sha) -> Sha:
     """Where a unit's lanes start: an implementation unit from its test-first unit's
-    change, the others from the head."""
-    test_first = test_first_of(unit, units)
-    if test_first is not None and test_first.id in staged:
-        return staged[test_first.id]
+    change (``groups``: plan.test_first_groups), the others from the head."""
+    owner = groups.get(unit.id)
+    if owner is not None and owner != unit.id and owner in staged:
+        return staged[owner]
     return head

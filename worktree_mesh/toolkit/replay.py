@@ -3,8 +3,8 @@
 With budget numbers: ``ready_units`` cut into waves of the clamp's ``max_active_units``.
 With a plan: the plan's real schedule — dependencies, scope overlap, ``max_active`` — from
 ``readiness.Readiness``, the code the scheduler itself runs, every unit assumed to integrate.
-Test-first units (SPEC 13) are ordered ahead of the rest (``plan.test_first_order``), so
-they start in the first wave, and are listed as ``test_first_ids``.
+Test-first groups (SPEC 13) are ahead of the rest in that order, so test-first units start
+in the first wave; they are listed as ``test_first_ids``.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def plan_replay(path: Path, max_active: int | None = None,
     limit = max_active or plan.max_active
     if decision is not None:
         limit = decision.limit(limit)
-    waves = Readiness(plan_mod.test_first_order(plan), plan.overlap).waves(limit)
+    waves = Readiness(plan_mod.integration_order(plan), plan.overlap).waves(limit)
     out: dict[str, Any] = {"command": "replay", "plan": str(path)}
     if decision is not None:
         out["mode"] = decision.mode

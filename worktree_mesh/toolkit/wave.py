@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UsageError
-from ..plan import test_first_ahead
+from ..plan import with_dependencies
 from ..scope import Scope
 
 
@@ -64,8 +64,8 @@ def test_first_ids(units: Sequence[Mapping[str, Any]]) -> list[str]:
 
 def select(units: Sequence[Mapping[str, Any]], max_active: int = 1) -> Wave:
     ids = {u["id"] for u in units}
-    ahead = test_first_ahead({u["id"]: u.get("depends_on") or () for u in units},
-                             test_first_ids(units))
+    ahead = with_dependencies({u["id"]: u.get("depends_on") or () for u in units},
+                              test_first_ids(units))
     picked: list[Mapping[str, Any]] = []
     scopes: list[Scope] = []
     left: set[str] = set()
