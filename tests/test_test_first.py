@@ -239,3 +239,24 @@ def test_overlapping_groups_and_units_of_scope_everything_all_land(
     landed = git(repo, "log", "--reverse", "--format=%(trailers:key=Wtmesh-Unit,valueonly)",
                  "main").split()
     assert landed == ["t1", "power", "docs", "t2", "neg", "readme"]
+
+
+def test_an_implementation_that_rewrites_the_tests_to_pass_is_a_scope_violation(
+        repo: Path, tmp_path: Path, write_plan: Any) -> None:
+    """A hostile implementation of scope **: it makes power() wrong and the pinned test
+    pass anyway by rewriting it. Its group lands nothing."""
+    neutered = TEST.replace("self.assertEqual(power(2, 3), 8)", "pass")
+    plan = _plan(tmp_path,
+                 _unit("tests", f"write:{TEST}", test_first=True, unit_scope=["tests/"]),
+                 _unit("impl", f"append:{WRONG_POWER}", f"write:{neutered}",
+                       depends_on=["tests"]))
+    base = git(repo, "rev-parse", "main")
+    res = wtmesh("run", write_plan(plan), "--json", cwd=repo)
+    assert res.returncode == 1, res.stderr
+    tests, impl = res.json()["units"]
+    assert (impl["status"], impl["failure_code"]) == ("failed", "scope_violation")
+    assert (tests["status"], tests["failure_code"]) == ("failed", "proof_failed")
+    finished = {e["unit"]: e for e in _ledger(repo, res.json()["run_id"])
+                if e["event"] == "unit_finished"}
+    assert "tests/test_power.py" in finished["impl"]["notes"]
+    assert git(repo, "rev-parse", "main") == base

@@ -710,7 +710,12 @@ class Run:
                   failure_code=work.failure_code, notes=work.notes, result=work.result,
                   diff_sha256=work.diff.sha256 if work.diff else None,
                   stats=work.diff.stats() if work.diff else None)
-        if work.status == "accepted" and progress.unit.test_first:
+        rewrites = self._rewrites_the_tests(progress, work)
+        if rewrites:
+            self._finish(progress, "failed", "scope_violation",
+                         f"changes what its test-first unit {self.groups[progress.unit.id]} "
+                         f"wrote, which its proof must be held to: {', '.join(rewrites)}")
+        elif work.status == "accepted" and progress.unit.test_first:
             self._set(progress, "running", test_first.RED_CHECK)  # proven red next
         elif work.status == "accepted" and self._no_longer_applies(progress, work.start):
             self._rerun(progress)  # units landed meanwhile, and its change met theirs
@@ -719,6 +724,17 @@ class Run:
             self._set(progress, "running", "waiting")
         else:
             self._finish(progress, work.status, work.failure_code, work.notes)
+
+    def _rewrites_the_tests(self, progress: UnitProgress, work: UnitWork) -> list[str]:
+        """The paths of its test-first unit's change an implementation unit's change
+        touches too: passing tests it rewrote proves nothing (SPEC 13)."""
+        owner = self.groups.get(progress.unit.id)
+        if work.status != "accepted" or work.diff is None or owner in (None, progress.unit.id):
+            return []
+        pinned = self.units[owner].work
+        if pinned is None or pinned.diff is None:
+            return []
+        return sorted(set(work.diff.files) & set(pinned.diff.files))
 
     def _landed(self, progress: UnitProgress, landing: Landing) -> None:
         if self._reruns_after(progress, landing):
