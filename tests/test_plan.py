@@ -254,7 +254,16 @@ INVALID: list[tuple[str, dict[str, Any], list[tuple[str, str]]]] = [
     ("test-first-under-plan-consensus", valid_plan(
         proof_command="pytest", consensus={"variants": 2},
         units=[{"id": "t", "objective": "o", "test_first": True}]),
-     [("$.units[0].test_first", 'cannot be a consensus unit (give it "consensus": null')]),
+     [("$.units[0].consensus", 'cannot be a consensus unit (give it "consensus": null')]),
+    ("implementation-consensus", valid_plan(proof_command="pytest", units=[
+        {"id": "t", "objective": "o", "test_first": True},
+        {"id": "i", "objective": "o", "depends_on": ["t"], "consensus": {"variants": 2}}]),
+     [("$.units[1].consensus", "an implementation unit cannot be a consensus unit")]),
+    ("implementation-under-plan-consensus", valid_plan(
+        proof_command="pytest", consensus={"variants": 2},
+        units=[{"id": "t", "objective": "o", "test_first": True, "consensus": None},
+               {"id": "i", "objective": "o", "depends_on": ["t"]}]),
+     [("$.units[1].consensus", "an implementation unit cannot be a consensus unit (give")]),
     ("test-first-on-test-first", valid_plan(proof_command="pytest", units=[
         {"id": "t1", "objective": "o", "test_first": True},
         {"id": "free", "objective": "o"},
@@ -457,11 +466,11 @@ def test_test_first_units_that_are_valid(write_plan: Callable[..., Path]) -> Non
             {"id": "base", "objective": "o", "consensus": None},
             {"id": "tests", "objective": "o", "test_first": True, "consensus": None,
              "unit_scope": "tests/", "depends_on": ["base"]},
-            {"id": "impl", "objective": "o", "depends_on": ["tests"]},
+            {"id": "impl", "objective": "o", "depends_on": ["tests"], "consensus": None},
             {"id": "alone", "objective": "o", "test_first": True, "consensus": None,
              "proof_command": ["pytest", "-q"]},
             {"id": "impl2", "objective": "o", "depends_on": ["base", "tests"],
-             "test_first": False}])))
+             "test_first": False, "consensus": None}])))
     units = {u.id: u for u in loaded.units}
     assert [uid for uid, u in units.items() if u.test_first] == ["tests", "alone"]
     assert units["tests"].as_record()["test_first"] is True

@@ -324,7 +324,7 @@ def problems(data: Any) -> list[str]:
         if unit.get("test_first") is True:
             found.extend(_test_first_problems(data, unit, where, units))
         else:
-            found.extend(_implementation_problems(unit, where, units))
+            found.extend(_implementation_problems(data, unit, where, units))
     found.extend(_sandbox_writable_problems(data.get("sandbox_writable")))
     for cycle in _dependency_cycles(depends):
         if len(cycle) == 2:
@@ -412,12 +412,7 @@ def _test_first_problems(data: Mapping[str, Any], unit: Mapping[str, Any], where
     if proof is None or proof == "":
         out.append(f"{where}.test_first: a test-first unit needs a proof_command "
                    "(its own or the plan's)")
-    if "consensus" in unit:
-        if isinstance(unit["consensus"], dict):
-            out.append(f"{where}.consensus: a test-first unit cannot be a consensus unit")
-    elif isinstance(data.get("consensus"), dict):
-        out.append(f"{where}.test_first: a test-first unit cannot be a consensus unit "
-                   "(give it \"consensus\": null to leave the plan's consensus)")
+    out += _no_consensus(data, unit, where, "a test-first unit")
     test_first = {u["id"] for u in units if isinstance(u, dict) and isinstance(u.get("id"), str)
                   and u.get("test_first") is True}
     deps = unit.get("depends_on")
@@ -428,7 +423,7 @@ def _test_first_problems(data: Mapping[str, Any], unit: Mapping[str, Any], where
     return out
 
 
-def _implementation_problems(unit: Mapping[str, Any], where: str,
+def _implementation_problems(data: Mapping[str, Any], unit: Mapping[str, Any], where: str,
                              units: Sequence[Any]) -> list[str]:
     """An implementation unit starts from its test-first unit's change and lands with
     it (SPEC 13): it can implement one."""
@@ -439,6 +434,19 @@ def _implementation_problems(unit: Mapping[str, Any], where: str,
     if len(pinned) > 1:
         return [(f"{where}.depends_on: a unit implements one test-first unit, not "
                  f"{len(pinned)} ({', '.join(map(repr, pinned))})")]
+    # Its candidates would be proven on the head, without the tests it must pass.
+    return _no_consensus(data, unit, where, "an implementation unit") if pinned else []
+
+
+def _no_consensus(data: Mapping[str, Any], unit: Mapping[str, Any], where: str,
+                  what: str) -> list[str]:
+    """A unit of a test-first group is one proposal, not a vote among several."""
+    if "consensus" in unit:
+        return ([f"{where}.consensus: {what} cannot be a consensus unit"]
+                if isinstance(unit["consensus"], dict) else [])
+    if isinstance(data.get("consensus"), dict):
+        return [(f"{where}.consensus: {what} cannot be a consensus unit (give it "
+                 "\"consensus\": null to leave the plan's consensus)")]
     return []
 
 
