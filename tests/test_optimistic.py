@@ -148,7 +148,7 @@ def test_plain_output_says_why_a_unit_runs_again(repo: Path, tmp_path: Path,
     assert "reruns after a conflict: b 1" in res.stdout
 
 
-def test_serialize_runs_no_conflict_and_optimistic_without_retries_fails_it(
+def test_without_retries_a_conflict_is_integration_conflict(
         repo: Path, tmp_path: Path, write_plan: Any) -> None:
     plan = _conflict_plan(tmp_path, [_readme_unit("a"), _readme_unit("b")],
                           rebase_retries=0)
@@ -158,6 +158,21 @@ def test_serialize_runs_no_conflict_and_optimistic_without_retries_fails_it(
     assert (b["status"], b["failure_code"], b["reruns"]) == (
         "failed", "integration_conflict", 0)
     assert (repo / "README.md").read_text() == "from a\n"
+    assert len(_recorded(tmp_path, "b")) == 1
+    assert not [e for e in _ledger(repo, res.json()["run_id"]) if e["event"] == "rerun"]
+
+
+def test_serialize_runs_overlapping_units_one_after_another_without_a_conflict(
+        repo: Path, tmp_path: Path, write_plan: Any) -> None:
+    plan = _conflict_plan(tmp_path, [_readme_unit("a"), _readme_unit("b")])
+    plan["overlap"] = "serialize"
+    res = wtmesh("run", write_plan(plan), "--json", cwd=repo)
+    assert res.returncode == 0, res.stderr
+    a, b = res.json()["units"]
+    assert (b["status"], b["reruns"], b["attempts"]) == ("integrated", 0, 1)
+    # b started from a's landing, so its change never met a's.
+    (b_lane,) = _recorded(tmp_path, "b")
+    assert b_lane["WTMESH_BASE_SHA"] == a["commit"]
 
 
 @pytest.mark.parametrize("retries, c_ends", [(1, "failed"), (2, "integrated")])

@@ -122,6 +122,17 @@ def test_a_rerun_tells_the_agent_what_its_change_conflicted_with(
     assert "conflicted" not in lane.run(name, edit=EDIT).call["prompt"]
 
 
+@pytest.mark.parametrize("garbage", ["[1, 2]", '{"conflicting_paths": [1, {}], "met": 3}',
+                                     "not json"])
+def test_a_conflict_file_the_lane_spoilt_does_not_break_the_preset(
+        lane: PresetLane, tmp_path: Path, garbage: str) -> None:
+    """The file lies where the unit's lanes may write: a rerun must still run."""
+    told = tmp_path / "conflict-1.json"
+    told.write_text(garbage)
+    ran = lane.run("claude", edit=EDIT, extra_env={"WTMESH_CONFLICT": str(told)})
+    assert outcome(ran.result) == ("accept", None)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_fixer_gets_the_diff_and_its_verdict_decides(lane: PresetLane, name: str) -> None:
     diff = "diff --git a/calc/ops.py b/calc/ops.py\n+def negate(a):\n+    return -a\n"

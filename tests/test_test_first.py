@@ -111,7 +111,7 @@ def test_a_head_that_already_fails_is_delivery_blocked(
     git(repo, "commit", "-qm", "a red head")
     base = git(repo, "rev-parse", "main")
     res = wtmesh("run", write_plan(_group(tmp_path, f"append:{POWER}")), "--json", cwd=repo)
-    assert res.returncode != 0
+    assert res.returncode == 1, res.stderr
     tests = res.json()["units"][0]
     assert (tests["status"], tests["failure_code"]) == ("failed", "delivery_blocked")
     assert git(repo, "rev-parse", "main") == base

@@ -77,14 +77,21 @@ def _landed_since(git: Git, start: Sha, head: Sha,
 
 def describe(path: Path) -> str:
     """The conflict in a sentence, for an agent's prompt; empty when the file is unreadable
-    (the lane then runs as a first attempt would)."""
+    or not what wtmesh wrote (it lies in a directory the unit's lanes may write: the lane
+    then runs as a first attempt would)."""
     try:
         record = json.loads(path.read_text("utf-8"))
     except (OSError, ValueError):
         return ""
-    paths = ", ".join(record.get("conflicting_paths") or []) or "the same code"
-    units = ", ".join(record.get("met") or [])
+    if not isinstance(record, dict):
+        return ""
+    paths = ", ".join(_strings(record.get("conflicting_paths"))) or "the same code"
+    units = ", ".join(_strings(record.get("met")))
     since = f" (landed since by {units})" if units else ""
     return (f"Your earlier change conflicted with changes to {paths}{since}; it no longer "
             f"applies. Redo it on the current code. Your previous diff is in "
             f"{record.get('previous_diff_file')}; the details are in {path}.")
+
+
+def _strings(value: Any) -> list[str]:
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []

@@ -158,6 +158,19 @@ def _distinct_proofs(units: Iterable[Unit]) -> list[Unit]:
     return list(seen.values())
 
 
+def apply_on_objects(git: Git, run_dir: RunDir, onto: Sha, patch: Path,
+                     user: str = "integrator") -> Sha | None:
+    """The tree of ``patch`` applied onto ``onto``, three-way if need be, in a temporary
+    index of the run's own (one per process and ``user``: the scheduler and the
+    integration thread check at once); None when it conflicts."""
+    index = run_dir.tmp / f"index-{os.getpid()}-{user}"
+    index.parent.mkdir(parents=True, exist_ok=True)  # removed when a run ends
+    try:
+        return git.apply_to_tree(onto, patch, index)
+    finally:
+        index.unlink(missing_ok=True)
+
+
 def commit_message(unit: Unit, run_id: str, *, batch: str | None = None,
                    proof: str | None = None, trailers: Sequence[str] = ()) -> str:
     """Subject from the objective, its body, and trailers: the run and unit (how resume
@@ -498,12 +511,7 @@ class Integrator:
         tree = self.worktree.apply(onto, onto_tree, work.diff_path, paths)
         if tree is not None:
             return tree
-        index = self.run_dir.tmp / f"index-{os.getpid()}"
-        index.parent.mkdir(parents=True, exist_ok=True)  # removed when a run ends
-        try:
-            return self.git.apply_to_tree(onto, work.diff_path, index)
-        finally:
-            index.unlink(missing_ok=True)
+        return apply_on_objects(self.git, self.run_dir, onto, work.diff_path)
 
     def _longest_passing_prefix(self, commits: list[_Link]) -> tuple[int, Landing | None]:
         """How many leading commits land, and the failure of the one after them. The

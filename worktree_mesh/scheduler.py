@@ -35,7 +35,7 @@ from .errors import (
     WtmeshError,
 )
 from .git import Git, Sha
-from .integrator import CandidateProof, Landing, RedProof
+from .integrator import CandidateProof, Landing, RedProof, apply_on_objects
 from .ledger import Ledger
 from .plan import Unit, implementation_units, integration_order, test_first_groups
 from .presets import versions
@@ -688,7 +688,8 @@ class Run:
         only while its first unit would be held back no longer than the landing window,
         counting the last proof's time: a proof that takes longer than the window lets
         units gather while it runs, and needs no holding."""
-        if self.options.batch == 1 or len(batch) == self.options.batch:
+        if self.options.batch == 1 or len(batch) == self.options.batch \
+                or batch[0].unit.test_first:  # a group lands alone: nothing to gather
             return None
         taken = {p.unit.id for p in batch}
         after = next((p for p in self.units.values()
@@ -778,12 +779,9 @@ class Run:
         touched = {p for c in self.git.changes(since, self.head) for p in c.paths}
         if touched.isdisjoint(work.diff.files):
             return False
-        index = self.run_dir.tmp / f"index-{os.getpid()}-check"
-        index.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            return self.git.apply_to_tree(self.head, work.diff_path, index) is None
-        finally:
-            index.unlink(missing_ok=True)
+        # As the integrator would try it (on objects: its worktree is its thread's).
+        return apply_on_objects(self.git, self.run_dir, self.head, work.diff_path,
+                                user="scheduler") is None
 
     def _may_rerun(self, progress: UnitProgress) -> bool:
         """A test-first group's members apply onto the red commit, not the head: their
