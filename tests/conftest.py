@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -148,6 +149,14 @@ def write_plan(tmp_path: Path) -> Callable[..., Path]:
         path.write_text(json.dumps(data, indent=2))
         return path
     return write
+
+
+def hears_ctrl_c() -> None:
+    """A ``preexec_fn`` for a wtmesh a test will interrupt: SIGINT back to its default.
+    A suite started in the background of a shell without job control (``./scripts/test
+    &`` in a script) has SIGINT ignored, every child inherits that, and a Python started
+    with SIGINT ignored never raises KeyboardInterrupt: the interrupt would go unheard."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def lane(name: str, *args: str) -> list[str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PROOF, git, lane, run_worktrees, state_dir, wtmesh
+from conftest import PROOF, git, hears_ctrl_c, lane, run_worktrees, state_dir, wtmesh
 from test_cost import waits_for
 
 SMALL = "write:calc/extra.py=VALUE = 1\\n"
@@ -428,12 +428,12 @@ def start_run(repo: Path, plan: Path) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "worktree_mesh", "run", str(plan),
                              "--sandbox", "none"], cwd=repo, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=hears_ctrl_c)
 
 
 def interrupt(proc: subprocess.Popen[str]) -> int:
     proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=180)  # the lanes wait forever: an exit proves them stopped
+    proc.communicate(timeout=60)
     return proc.returncode
 
 
