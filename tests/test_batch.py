@@ -257,7 +257,8 @@ def test_auto_batch_gathers_units_whose_lanes_are_still_running(
     res = wtmesh("run", plan, "--json", "--batch", "auto", "--sandbox", "none", cwd=repo,
                  env={"WTMESH_LANDING_WINDOW_S": window})
     assert res.returncode == 0, res.stderr
-    assert len((tmp_path / "proofs").read_text().split()) == proofs
+    # The base's own proof, then the units'.
+    assert len((tmp_path / "proofs").read_text().split()) == 1 + proofs
     assert len(git(repo, "reflog", "--format=%H", "main").split()) == 1 + moves
 
 
@@ -273,8 +274,9 @@ def test_auto_batch_never_waits_for_a_unit_that_waits_for_it(tmp_path: Path) -> 
                  env={"WTMESH_LANDING_WINDOW_S": "600"}, timeout=120)
     assert res.returncode == 0, res.stderr
     assert [u["status"] for u in res.json()["units"]] == ["integrated"] * 3
-    # u00 alone, then u01 and u02 (which start together once it has landed) as one.
-    assert len((tmp_path / "proofs").read_text().split()) == 2
+    # The base, u00 alone, then u01 and u02 (which start together once it has landed)
+    # as one.
+    assert len((tmp_path / "proofs").read_text().split()) == 1 + 2
 
 
 def test_a_batch_gathers_while_the_integration_worktree_is_made(tmp_path: Path) -> None:
@@ -303,7 +305,8 @@ exec "$REAL_GIT" "$@"
     res = wtmesh("run", plan, "--json", "--batch", "auto", "--sandbox", "none", cwd=repo,
                  env={**env, "WTMESH_LANDING_WINDOW_S": "0"})
     assert res.returncode == 0, res.stderr
-    assert len((tmp_path / "proofs").read_text().split()) == 1
+    # The base's own proof (made to wait too), then one for the batch.
+    assert len((tmp_path / "proofs").read_text().split()) == 1 + 1
 
 
 def test_after_a_failure_the_rest_go_round_with_the_units_ready_since(
@@ -343,7 +346,7 @@ def test_auto_batch_does_not_wait_for_a_ready_unit_it_cannot_take(tmp_path: Path
     # u01 is ready with u00 but has a proof of its own, so it cannot join u00's batch;
     # u02 is still in its lanes. Waiting for u01 would last the whole (long) window.
     units = [unit_writing(i, [f"u{i:02d}.txt"], {2: 1.0}.get(i, 0)) for i in range(3)]
-    units[1]["proof_command"] = "test -e u01.txt"
+    units[1]["proof_command"] = "test ! -e u00.txt || test -e u01.txt"  # the base passes
     plan = recording_plan(tmp_path, units)
     res = wtmesh("run", plan, "--json", "--batch", "auto", cwd=repo,
                  env={"WTMESH_LANDING_WINDOW_S": "600"}, timeout=60)

@@ -100,7 +100,9 @@ def test_a_commit_of_the_users_during_the_proof_is_built_upon(repo: Path, write_
     unit is applied again on the user's commit and proven again, never stranded."""
     numbered(repo)
     gate = tmp_path / "gate"
-    plan = write_plan({"proof_command": f"while [ ! -e {gate} ]; do sleep 0.05; done",
+    # The unit's proof waits (the base's own does not).
+    plan = write_plan({"proof_command": f"if grep -q '^unit 20$' lines.txt; then "
+                                        f"while [ ! -e {gate} ]; do sleep 0.05; done; fi",
                        "units": [{"id": "u1", "objective": "o", "unit_scope": "lines.txt",
                                   "lanes": {"coder": {"command":
                                             "sed -i 's/^line 20$/unit 20/' lines.txt"}}}]})

@@ -243,7 +243,7 @@ def test_a_proof_replacing_the_integration_worktree_with_a_link_reaches_nothing(
     before = user_work(repo)
     # u1's proof puts a link to the user's working tree where the integration worktree
     # was, and passes; the next proof's checkout and clean there would go through it.
-    proof = ('if [ "$WTMESH_UNIT_ID" = u1 ]; then mv "$PWD" "$PWD.moved" && '
+    proof = ('if [ -e u1.txt ]; then mv "$PWD" "$PWD.moved" && '
              'ln -s "$WTMESH_REPO" "$PWD"; fi')
     units = [{"id": uid, "objective": uid, "unit_scope": f"{uid}.txt",
               "lanes": {"coder": shell(f"echo {uid} > {uid}.txt")}} for uid in ("u1", "u2")]
@@ -396,7 +396,9 @@ def test_daemons_a_lane_or_a_proof_starts_end_with_it(tmp_path: Path) -> None:
     none_left = (f"touch {pids}; for p in $(cat {pids}); do "
                  "if [ -r /proc/$p/stat ] && ! sed 's/.*) //' /proc/$p/stat | grep -q ^Z; "
                  'then echo "$p runs on" >&2; exit 1; fi; done')
-    plan = {"proof_command": f"{none_left}; {daemon}; exit 0", "units": [
+    # Not on the base (whose proof runs beside the coder, and its daemon).
+    plan = {"proof_command": f"[ -e a.txt ] || exit 0; {none_left}; {daemon}; exit 0",
+            "units": [
         {"id": "u1", "objective": "one", "lanes": {
             "coder": shell(f"{daemon}; echo 1 > a.txt"),
             "fixer": shell(f"{none_left}; {daemon}; echo 2 > b.txt")}},

@@ -45,22 +45,21 @@ def test_ignored_files_of_a_proof_stay_for_the_next(repo: Path, write_plan: Any,
                                         f"wc -l < build/runs >> {seen}",
                        "units": units(3), "sandbox_writable": [str(tmp_path)]})
     run(repo, plan)
-    assert seen.read_text().split() == ["1", "2", "3"]
+    # The base's own proof, then each unit's.
+    assert seen.read_text().split() == ["1", "2", "3", "4"]
 
 
 def test_a_file_unignored_by_the_change_is_gone_before_its_proof(repo: Path,
                                                                   write_plan: Any) -> None:
-    """The first proof leaves build/out, ignored then; the second unit stops ignoring
-    build/, which makes build/out an untracked file its proof must not see."""
+    """The base's proof leaves build/out, ignored then; the unit stops ignoring build/,
+    which makes build/out an untracked file its proof must not see."""
     plan = write_plan({"proof_command": "test ! -e build/out && mkdir -p build && touch build/out",
                        "units": [
-                           {"id": "u0", "objective": "o", "unit_scope": "f0.txt",
-                            "lanes": {"coder": {"command": "echo 0 > f0.txt"}}},
                            {"id": "u1", "objective": "o", "unit_scope": ".gitignore",
                             "lanes": {"coder": {"command": "sed -i '/^build\\/$/d' .gitignore"}}},
                        ]})
     summary = run(repo, plan)
-    assert states(summary) == {"u0": ("integrated", None), "u1": ("integrated", None)}
+    assert states(summary) == {"u1": ("integrated", None)}
 
 
 def test_a_proof_that_touches_a_file_it_then_leaves_unchanged(repo: Path,
@@ -142,8 +141,10 @@ def test_a_proof_that_breaks_the_worktree_fails_and_the_next_unit_lands(
         repo: Path, write_plan: Any, breaker: str) -> None:
     """A proof may damage the integration worktree itself; that unit fails its proof,
     and the next unit gets a worktree that works."""
-    plan = write_plan({"proof_command": "test -f f0.txt", "units": [
-        {"id": "breaks", "objective": "o", "unit_scope": "b.txt", "proof_command": breaker,
+    # Each proof passes on the base: the breaker only breaks where the unit's b.txt is.
+    plan = write_plan({"proof_command": "test -f README.md && test ! -e b.txt", "units": [
+        {"id": "breaks", "objective": "o", "unit_scope": "b.txt",
+         "proof_command": f"if [ -e b.txt ]; then {breaker}; fi",
          "lanes": {"coder": {"command": "echo b > b.txt"}}},
         *units(2)]})
     summary = run(repo, plan, expect=1)

@@ -107,7 +107,8 @@ def test_proof_failure_takes_the_change_back(repo: Path, write_plan: Any) -> Non
 ])
 def test_proof_that_changes_tracked_files_fails(repo: Path, write_plan: Any,
                                                  proof: str, why: str) -> None:
-    plan = write_plan({"proof_command": proof, "units": [
+    # Only on the unit's tree: the base passes its own proof.
+    plan = write_plan({"proof_command": f"if [ -e a.txt ]; then {proof}; fi", "units": [
         {"id": "u1", "objective": "o", "lanes": {"coder": {"command": "echo a > a.txt"}}}]})
     # Unsandboxed, where nothing stops a proof's git from writing: it is caught after.
     summary = run(repo, plan, "--sandbox", "none", expect=1)
@@ -131,7 +132,8 @@ def test_files_the_proof_creates_are_never_committed(repo: Path, write_plan: Any
 
 
 def test_proof_timeout_fails(repo: Path, write_plan: Any) -> None:
-    plan = write_plan({"proof_command": "sleep 30", "proof_timeout_s": 0.5, "units": [
+    plan = write_plan({"proof_command": "test ! -e a.txt || sleep 30", "proof_timeout_s": 0.5,
+                       "units": [
         {"id": "u1", "objective": "o", "lanes": {"coder": {"command": "echo a > a.txt"}}}]})
     summary = run(repo, plan, expect=1)
     assert status(summary, "u1") == ("failed", "proof_failed")
@@ -139,7 +141,7 @@ def test_proof_timeout_fails(repo: Path, write_plan: Any) -> None:
 
 def test_unit_proof_command_overrides_plan(repo: Path, write_plan: Any) -> None:
     plan = write_plan({"proof_command": "false", "units": [
-        {"id": "u1", "objective": "o", "proof_command": "test -f a.txt",
+        {"id": "u1", "objective": "o", "proof_command": "test -f README.md",
          "lanes": {"coder": {"command": "echo a > a.txt"}}}]})
     summary = run(repo, plan, expect=0)
     assert status(summary, "u1") == ("integrated", None)
@@ -154,7 +156,8 @@ def test_proof_runs_on_exactly_the_tree_that_lands(repo: Path, write_plan: Any,
          "lanes": {"coder": {"command": f"echo {i} > f{i}.txt"}}} for i in range(3)]})
     summary = run(repo, plan, expect=0)
     landed = [git(repo, "rev-parse", f"{u['commit']}^{{tree}}") for u in summary["units"]]
-    assert seen.read_text().split() == landed
+    # First the base's own proof, beside the lanes.
+    assert seen.read_text().split() == [git(repo, "rev-parse", "main~3^{tree}"), *landed]
 
 
 def test_no_hooks_run_not_even_ones_a_lane_plants(repo: Path, write_plan: Any,

@@ -16,11 +16,13 @@ from conftest import git, no_worktrees_left, wtmesh
 
 def slow_plan(tmp_path: Path, name: str, ids: list[str], lane_s: float = 1.0,
               proof_s: float = 0.5) -> Path:
-    """Units writing their own file after ``lane_s`` seconds; a proof of ``proof_s``."""
+    """Units writing their own file after ``lane_s`` seconds; a proof of ``proof_s`` (on
+    the base, which has none of their files, at once)."""
     plan = tmp_path / f"{name}.json"
     plan.write_text(json.dumps({
         "max_active": 2,
-        "proof_command": f"sleep {proof_s}; test ! -e broken.txt",
+        "proof_command": f"if ls *.txt >/dev/null 2>&1; then sleep {proof_s}; fi; "
+                         "test ! -e broken.txt",
         "lanes": {"coder": {"command": f"sleep {lane_s}; echo {{id}} > {{id}}.txt"}},
         "units": [{"id": uid, "objective": f"write {uid}", "unit_scope": f"{uid}.txt"}
                   for uid in ids]}))

@@ -651,7 +651,7 @@ def test_unit_overrides_plan(write_plan: Callable[..., Path]) -> None:
 def test_unit_lanes_override_in_a_real_run(repo: Path, write_plan: Callable[..., Path],
                                            tmp_path: Path) -> None:
     plan = write_plan({"lanes": {"coder": {"command": lane("act.py", "write:plan.txt=p\\n")}},
-                       "proof_command": lane("act.py", "exit:1"),
+                       "proof_command": "test ! -e x.txt",
                        "units": [
         {"id": "own", "objective": "o", "proof_command": None,
          "lanes": {"coder": {"command": lane("act.py", "write:own.txt=o\\n")}}},

@@ -212,6 +212,7 @@ def test_a_lane_cannot_touch_the_tree_a_proof_runs_on(
     git(repo, "add", "check.sh")
     git(repo, "commit", "-q", "-m", "a check")
     proof = script(tmp_path, "proof", """
+[ -e broken.txt ] || exit 0  # the base's own proof
 pwd > "$1/proof.pwd.tmp" && mv "$1/proof.pwd.tmp" "$1/proof.pwd"
 wait_for "$1/lane.swapped"
 sh check.sh; verdict=$?
@@ -255,6 +256,7 @@ def test_a_proof_cannot_write_outside_the_integration_worktree(
         repo: Path, tmp_path: Path, marker: str, mode: str) -> None:
     config = (repo / ".git" / "config").read_bytes()
     proof = script(tmp_path, "proof", f"""
+[ -e a.txt ] || exit 0  # the base's own proof: it runs beside the lane
 try tree 'echo evil > "$WTMESH_REPO/proof-was-here"'
 try config 'printf "[alias]\\n\\tx = !true\\n" >> "$WTMESH_REPO/.git/config"'
 try run-files 'echo forged > "$WTMESH_REPO/.git/wtmesh/runs/$WTMESH_RUN_ID/units/u1/forged"'

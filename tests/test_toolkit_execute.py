@@ -39,7 +39,7 @@ ROWS = [
     ("b", "please reject this", "notes/", "", "", ""),
     ("c", "do nothing", "notes/", "", 'say "x"', ""),
     ("d", "stray outside", "notes/d.txt", "", "", ""),
-    ("p", "proof fails", "notes/p.txt", "false", "", ""),
+    ("p", "proof fails", "notes/p.txt", "test ! -e notes/p.txt", "", ""),  # the base passes
 ]
 
 

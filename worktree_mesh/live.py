@@ -168,7 +168,7 @@ class LiveView:
         elif event == "landed":
             model.integrator = f"landed {record['unit']}"
         elif event in ("lock_wait", "backpressure", "stranded", "left_behind",
-                       "index_lock_wait", "warning", "budget_exhausted"):
+                       "index_lock_wait", "warning", "budget_exhausted", "base_proof"):
             line = describe(record)
             if line:
                 model.notes = [*model.notes[-2:], line]

@@ -6,6 +6,7 @@ Core modules return records and write the ledger; only this module and the CLI p
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import threading
 from typing import TYPE_CHECKING, Any, TextIO
@@ -63,6 +64,8 @@ def _describe(record: dict[str, Any]) -> str | None:
                 + sandbox_note(record) + preset_note(record))
     if event == "warning":
         return f"wtmesh: warning: {record['message']}"
+    if event == "base_proof":
+        return base_proof_line(record)
     if event == "budget_exhausted":
         return (f"wtmesh: the run has spent {cost_text(record['spent_usd'])} of its "
                 f"--max-cost-usd {cost_text(record['max_cost_usd'])}: no new lane starts "
@@ -130,6 +133,21 @@ def _describe(record: dict[str, Any]) -> str | None:
 
 
 CONSENSUS_EVENTS = ("candidate_finished", "critique", "vote", "chosen")
+
+
+def base_proof_line(record: dict[str, Any]) -> str:
+    """What the run's base made of its own proof."""
+    status, notes = record["status"], record.get("notes") or ""
+    if status == "fail":
+        return f"wtmesh: {notes}; the run stops, nothing lands"
+    command = record.get("command")
+    shown = command if isinstance(command, str) else shlex.join(map(str, command or []))
+    said = f"base {str(record['base'])[:12]} proof `{first_line(shown)}`"
+    if status == "skipped":
+        return f"wtmesh: warning: {said} not run: {notes}"
+    if record.get("kept"):
+        return f"{said} {notes}"
+    return f"{said} passed in {record.get('duration_s') or 0:.1f}s"
 
 
 def of_unit(record: dict[str, Any]) -> str:

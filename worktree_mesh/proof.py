@@ -62,7 +62,7 @@ class Prover:
             self.report("proof_finished", **said, status=skipped.status, duration_s=0.0,
                         notes=skipped.notes)
             return skipped
-        key = (tree, repr(unit.proof_command), unit.proof_timeout_s)
+        key = self._key(unit, tree)
         cached = self._verdicts.get(key)
         if cached is not None:
             self.report("proof_finished", **said, status=cached.status, duration_s=0.0,
@@ -77,6 +77,19 @@ class Prover:
                     duration_s=round(verdict.duration_s, 3), notes=verdict.notes)
         self._verdicts[key] = verdict
         return verdict
+
+    def prove_base(self, unit: Unit, base: Sha, tree: Sha, log: Path) -> Verdict:
+        """``unit``'s proof on the run's base commit (whose tree is ``tree``), logged to
+        ``log``. Its verdict is kept as any other: a candidate whose tree is the base's
+        is not proven again."""
+        key = self._key(unit, tree)
+        if key not in self._verdicts:
+            self._verdicts[key] = self._run(unit, base, tree, log)
+        return self._verdicts[key]
+
+    @staticmethod
+    def _key(unit: Unit, tree: Sha) -> tuple[str, str, float]:
+        return (tree, repr(unit.proof_command), unit.proof_timeout_s)
 
     def _run(self, unit: Unit, candidate: Sha, tree: Sha, log: Path) -> Verdict:
         assert unit.proof_command is not None

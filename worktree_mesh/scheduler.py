@@ -24,12 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import conflict, faults, integrating, preflight, proc, test_first
+from . import base_proof, conflict, faults, integrating, preflight, proc, test_first
 from . import ledger as ledger_mod
 from . import usage as usage_mod
 from .consensus import comparison
 from .consensus.flow import ConsensusUnit
 from .errors import (
+    EXIT_ENVIRONMENT,
     EXIT_INTERRUPTED,
     EnvironmentRefused,
     WtmeshError,
@@ -152,6 +153,8 @@ class Run:
                                on_give=self._slot_freed)
         self._wake: Future[None] | None = None  # done when a slot comes free
         self.integration_pool: ThreadPoolExecutor | None = None
+        self.base_passed: set[str] = set()  # base proofs a resumed run need not run again
+        self.base_blocked: str | None = None  # why the base fails its own proof
 
     # -- events ------------------------------------------------------------------------
 
@@ -276,8 +279,9 @@ class Run:
                                      "resumed from a second process")
         self.ledger = Ledger(self.run_dir.ledger, self.run_id)
         # What the interrupted process spent still counts against the budget.
-        self.spending.spent = usage_mod.spent_usd(
-            usage_mod.lane_spends(ledger_mod.read(self.run_dir.ledger)))
+        earlier = ledger_mod.read(self.run_dir.ledger)
+        self.spending.spent = usage_mod.spent_usd(usage_mod.lane_spends(earlier))
+        self.base_passed = base_proof.passed_before(earlier)
         stopped = stop_leftover_processes(self.run_id)
         # The dead process's worktrees: its pool is gone, and they may hold half a lane.
         self.git.remove_worktrees_under(self.run_dir.worktrees)
@@ -496,11 +500,18 @@ class Run:
         integrating: tuple[Future[list[Landing]], list[UnitProgress]] | None = None
         red_checks: dict[Future[RedProof], UnitProgress] = {}  # test-first units' proofs
         # The one integration thread makes its worktree from the start, beside the first
-        # unit's: no landing can begin before it, and with quick lanes the first unit is
-        # ready to land about as soon as its own worktree is.
-        warming = integration_pool.submit(self.integrator.warm_up, self.head)
+        # unit's, and proves the base there: no landing can begin before both, and with
+        # quick lanes the first unit is ready to land about as soon as its own worktree
+        # is.
+        integration_pool.submit(self.integrator.warm_up, self.head)
+        base: Future[str | None] | None = integration_pool.submit(self._prove_base)
         try:
             while True:
+                if base is not None and base.done():
+                    self.base_blocked, base = base.result(), None
+                    if self.base_blocked is not None:
+                        self._block(list(running), self.base_blocked)
+                        return
                 self._skip_orphans()
                 self._skip_over_budget()
                 self._settle_groups()
@@ -528,24 +539,21 @@ class Run:
                         assert progress.work is not None
                         red_checks[integration_pool.submit(
                             self.integrator.prove_red, progress.unit, progress.work)] = progress
-                hold: list[Future[Any]] = []  # what a unit held back waits for
-                hold_s: float | None = None  # a batch gathering: look again after this
-                batch = self._next_batch() if integrating is None else []
-                if batch:
-                    # Until the integration worktree is made, the integrator could not
-                    # start on them anyway: units that come meanwhile join them.
-                    if not warming.done():
-                        hold = [warming]
-                    else:
-                        hold_s = self._gather_s(batch)
-                if batch and not hold and hold_s is None:
+                # Until the integration worktree is made and the base proven, the
+                # integrator could not start on any unit: units that come meanwhile
+                # join the first batch.
+                batch = self._next_batch() if integrating is None and base is None else []
+                hold_s = self._gather_s(batch) if batch else None  # a batch gathering
+                if batch and hold_s is None:
                     integrate = (self.integrator.integrate_group if batch[0].unit.test_first
                                  else self.integrator.integrate)
                     integrating = (integration_pool.submit(integrate, self._hand_over(batch)),
                                    batch)
                 if all(p.state in FINAL_STATES for p in self.units.values()):
                     return
-                waiting: list[Future[Any]] = [*running, *red_checks, *hold, self._wake]
+                waiting: list[Future[Any]] = [*running, *red_checks, self._wake]
+                if base is not None:  # proven: units may land, or a red base stops the run
+                    waiting.append(base)
                 if integrating is not None:
                     waiting.append(integrating[0])
                 if not waiting:  # pragma: no cover - readiness guarantees progress
@@ -606,6 +614,22 @@ class Run:
                          "its proof never passed: "
                          + (f"no implementation unit reached it ({said})" if members
                             else "no unit depends on it to make it pass"))
+
+    def _prove_base(self) -> str | None:
+        """On the integration thread: why the base fails its own proof, or None."""
+        onto = self.git.read_ref(self.integrator.landing_ref) or self.options.base
+        return base_proof.prove(self.integrator.prover, self.order, onto, self.emit,
+                                self.base_passed)
+
+    def _block(self, running: list[Future[UnitWork]], why: str) -> None:
+        """The base fails its own proof: nothing can land. Every lane is stopped, and
+        once their threads are done (a lane's own report would say it is running again)
+        every unit not finished ends ``delivery_blocked``."""
+        proc.RUNNING_GROUPS.stop_all()
+        wait(running)
+        for progress in self.units.values():
+            if progress.state not in FINAL_STATES:
+                self._finish(progress, "failed", "delivery_blocked", why)
 
     def _skip_orphans(self) -> None:
         """Dependants of a unit that did not integrate are skipped, transitively."""
@@ -815,7 +839,8 @@ class Run:
         self._set(progress, "pending")
 
     def _finish_run(self) -> dict[str, Any]:
-        exit_code = self.integration.exit_code(p.state for p in self.units.values())
+        exit_code = EXIT_ENVIRONMENT if self.base_blocked is not None else \
+            self.integration.exit_code(p.state for p in self.units.values())
         summary = self._summary(exit_code)
         # The summary file first: once run_finished is in the ledger, resume points here.
         write_atomic(self.run_dir.path / "summary.json",
