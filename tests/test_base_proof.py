@@ -4,11 +4,12 @@ units' lanes; a base that fails its own proof stops the run (exit 3), nothing la
 from __future__ import annotations
 
 import json
+import os
 import signal
 from pathlib import Path
 from typing import Any
 
-from conftest import git, no_worktrees_left, state_dir, wtmesh
+from conftest import git, no_worktrees_left, one_error_line, state_dir, wtmesh
 
 from worktree_mesh import resume
 
@@ -141,3 +142,26 @@ def test_a_resumed_run_does_not_prove_the_base_again(repo: Path, write_plan: Any
         ("pass", False), ("pass", True)]
     assert "passed before the interruption: not run again" in res.stdout
 
+
+def test_resume_refuses_a_lane_program_that_is_gone(repo: Path, write_plan: Any,
+                                                    tmp_path: Path) -> None:
+    agent = tmp_path / "bin" / "agent"
+    agent.parent.mkdir()
+    agent.write_text("#!/bin/sh\necho {} > a.txt\n")
+    agent.chmod(0o755)
+    plan = write_plan({"proof_command": "true", "units": [
+        {"id": "u1", "objective": "o", "unit_scope": "a.txt",
+         "lanes": {"coder": {"command": [str(agent)]}}}]})
+    first = wtmesh("run", plan, cwd=repo, env={"WTMESH_FAULT": "at:lane"})
+    assert first.returncode == KILLED, first.stderr
+    moved = agent.with_name("moved")
+    os.rename(agent, moved)
+    (run_dir,) = state_dir(repo).glob("runs/*")
+    before = (run_dir / "ledger.jsonl").read_bytes()
+    line = one_error_line(wtmesh("run", plan, "--resume", cwd=repo), code=3)
+    assert line == (f"wtmesh: error: unit u1, coder lane: {agent} does not exist; "
+                    "nothing was started")
+    assert (run_dir / "ledger.jsonl").read_bytes() == before
+    os.rename(moved, agent)
+    res = wtmesh("run", plan, "--resume", cwd=repo)
+    assert res.returncode == 0, (res.stdout, res.stderr)

@@ -273,6 +273,11 @@ class Run:
     def resume(self, recovery: Recovery) -> None:
         """Continue an interrupted run: stop what it left running, undo a half-done move of
         the user's worktree, then take each unit's state from git and the ledger."""
+        # A missing program is refused before anything is touched, for the units whose
+        # lanes are still to run.
+        early = resume_steps(self.git, recovery, (u.id for u in self.order),
+                             landed_in_git(self.git, recovery))
+        preflight.check([u for u in self.order if early[u.id].kind in ("rerun", "start")])
         self.state.check_usable()
         if not self.run_lock.try_acquire():
             raise EnvironmentRefused(f"run {self.run_id} is still running; it cannot be "
