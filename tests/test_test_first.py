@@ -104,17 +104,20 @@ def test_tests_that_already_pass_are_proof_missing_and_nothing_lands(
 
 def test_a_head_that_already_fails_is_delivery_blocked(
         repo: Path, tmp_path: Path, write_plan: Any) -> None:
-    (repo / "tests/test_broken.py").write_text(
-        "import unittest\n\n\nclass T(unittest.TestCase):\n"
-        "    def test_x(self):\n        self.fail('red')\n")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "a red head")
-    base = git(repo, "rev-parse", "main")
-    res = wtmesh("run", write_plan(_group(tmp_path, f"append:{POWER}")), "--json", cwd=repo)
+    """The head went red for the test-first unit's proof: a unit with a proof of its own
+    (``true``) landed a failing test. A red proof there would say nothing."""
+    broken = ("tests/test_broken.py=import unittest\\n\\n\\nclass T(unittest.TestCase):\\n"
+              "    def test_x(self):\\n        self.fail('red')\\n")
+    plan = _group(tmp_path, f"append:{POWER}")
+    plan["units"][0]["depends_on"] = ["breaks"]
+    plan["units"].insert(0, _unit("breaks", f"write:{broken}", proof_command=["true"]))
+    res = wtmesh("run", write_plan(plan), "--json", cwd=repo)
     assert res.returncode == 1, res.stderr
-    tests = res.json()["units"][0]
+    breaks, tests, impl = res.json()["units"]
+    assert breaks["status"] == "integrated"
     assert (tests["status"], tests["failure_code"]) == ("failed", "delivery_blocked")
-    assert git(repo, "rev-parse", "main") == base
+    assert (impl["status"], impl["failure_code"]) == ("skipped", "dependency_failed")
+    assert git(repo, "rev-parse", "main") == breaks["commit"]
 
 
 def test_a_group_that_cannot_reach_green_lands_nothing_and_says_why(

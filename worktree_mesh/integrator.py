@@ -53,7 +53,7 @@ import os
 import shlex
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +61,7 @@ from typing import Any
 
 import filelock
 
-from . import diffs, faults, mail_safe, proc, series_check
+from . import base_proof, diffs, faults, mail_safe, proc, series_check
 from .errors import EnvironmentRefused, UsageError
 from .git import INDEX_LOCK_WAIT_S, Git, Sha
 from .integration_worktree import IntegrationWorktree
@@ -147,15 +147,6 @@ class RedProof:
     notes: str
     head: Sha
     commit: Sha | None
-
-
-def _distinct_proofs(units: Iterable[Unit]) -> list[Unit]:
-    """One unit per distinct proof (command and timeout), in order."""
-    seen: dict[tuple[str, float], Unit] = {}
-    for unit in units:
-        if unit.proof_command is not None:
-            seen.setdefault((repr(unit.proof_command), unit.proof_timeout_s), unit)
-    return list(seen.values())
 
 
 def apply_on_objects(git: Git, run_dir: RunDir, onto: Sha, patch: Path,
@@ -649,7 +640,7 @@ class Integrator:
                 tip = links[-1]
                 assert tip.commit is not None and tip.tree is not None
                 members = [unit.id for unit, _work in items]
-                for unit in _distinct_proofs(unit for unit, _work in items):
+                for unit in base_proof.distinct(unit for unit, _work in items):
                     verdict = self.prover.prove(unit, tip.commit, tip.tree, members)
                     if verdict.status == "fail":
                         return self._group_failed(items, tip_unit, Landing(
