@@ -145,3 +145,40 @@ def test_not_a_terminal_gives_plain_lines(repo: Path, tmp_path: Path) -> None:
     assert res.returncode == 1
     assert "\x1b[" not in res.stdout  # no cursor movement, no colours
     assert "unit-0               integrated" in res.stdout
+
+
+def test_a_test_first_group_is_shown_first_and_its_tests_red(repo: Path,
+                                                             tmp_path: Path) -> None:
+    """Listed last in the plan, the test-first unit has the first row (its group starts
+    first), and shows red while its implementation runs."""
+    go = tmp_path / "go"
+    test = ("tests/test_power.py=import unittest\\n\\nfrom calc.ops import power\\n\\n\\n"
+            "class P(unittest.TestCase):\\n    def test_power(self):\\n"
+            "        self.assertEqual(power(2, 3), 8)\\n")
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({
+        "proof_command": [sys.executable, "-m", "unittest", "discover", "-s", "tests", "-t", "."],
+        "sandbox_writable": [str(tmp_path)], "units": [
+            {"id": "docs", "objective": "o", "unit_scope": "docs/",
+             "lanes": {"coder": {"command": lane("act.py", "write:docs/a.md=a\\n")}}},
+            {"id": "impl", "objective": "o", "unit_scope": "calc/", "depends_on": ["pin"],
+             "lanes": {"coder": {"command": lane(
+                 "act.py", f"await:{go}",
+                 "append:calc/ops.py=\\n\\ndef power(a, b):\\n    return a ** b\\n"),
+                 "timeout_s": 120}}},
+            {"id": "pin", "objective": "o", "unit_scope": "tests/", "test_first": True,
+             "lanes": {"coder": {"command": lane("act.py", f"write:{test}")}}}]}))
+    term = Terminal([sys.executable, "-m", "worktree_mesh", "run", str(plan)],
+                    repo, rows=30, cols=110)
+    try:
+        deadline = time.monotonic() + 60
+        while not any(" red" in row for s in term.snapshots[-3:] for row in rows_of(s, "pin")):
+            assert time.monotonic() < deadline, "the test-first unit never showed red"
+            term.pump(0.1)
+        shown = [line.split()[0] for line in term.snapshots[-1].replace("│", " ").splitlines()
+                 if line.split() and line.split()[0] in ("docs", "impl", "pin")]
+        assert shown == ["pin", "impl", "docs"], shown
+    finally:
+        go.touch()
+    assert term.finish() == 0
+    assert "3 integrated" in term.text
