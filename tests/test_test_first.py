@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import PROOF, git, lane, one_error_line, wtmesh
+from test_patch_series import am_series
 
 KILLED = -signal.SIGKILL
 TEST = ("tests/test_power.py=import unittest\\n\\nfrom calc.ops import power\\n\\n\\n"
@@ -263,3 +264,22 @@ def test_an_implementation_that_rewrites_the_tests_to_pass_is_a_scope_violation(
                 if e["event"] == "unit_finished"}
     assert "tests/test_power.py" in finished["impl"]["notes"]
     assert git(repo, "rev-parse", "main") == base
+
+
+def test_patch_first_delivers_the_group_as_a_series_that_git_am_replays(
+        repo: Path, tmp_path: Path, write_plan: Any) -> None:
+    """The reviewer gets the red test commit, saying so, then the implementation; main
+    stays where it was."""
+    base = git(repo, "rev-parse", "main")
+    plan = _group(tmp_path, f"append:{POWER}", delivery_mode="patch_first")
+    res = wtmesh("run", write_plan(plan), "--json", cwd=repo)
+    assert res.returncode == 0, res.stderr
+    summary = res.json()
+    assert git(repo, "rev-parse", "main") == base
+    assert [u["patch"] for u in summary["units"]] == ["0001-tests.patch", "0002-impl.patch"]
+    clone = am_series(repo, summary, tmp_path / "reviewer")
+    assert git(clone, "rev-parse", "HEAD^{tree}") == git(repo, "rev-parse",
+                                                          summary["head"] + "^{tree}")
+    assert "red by design (test-first, green at impl)" in git(clone, "log", "-1",
+                                                                "--format=%B", "HEAD^")
+    assert _proof_passes(clone, git(clone, "rev-parse", "HEAD"), tmp_path)
